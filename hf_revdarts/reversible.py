@@ -1,0 +1,222 @@
+"""Multi-split reversible coupling and backpropagation with reconstruction.
+
+A layer splits its input X (width d) into n parts and, for k = 1..n in order, computes
+
+    Y_k = X_k + G_k(X_{k+1}, ..., X_n, Y_1, ..., Y_{k-1})
+
+whose exact inverse, for k = n..1, is X_k = Y_k - G_k(same inputs). ``ReversibleStack`` runs a list of
+such layers either with ordinary autograd (every activation kept) or through ``_ReversibleFunction``,
+which keeps only the stack's output and rebuilds each layer's input from its output during backward.
+
+This file is copied next to saved models (``trust_remote_code``); it imports only torch and ``.ops``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from .ops import OpContext
+
+
+class RngState:
+    """The CPU (and, for CUDA inputs, the device's) RNG state before a split function ran, so that its
+    dropout masks are replayed bit-exactly when it is recomputed in backward."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.cpu = torch.get_rng_state()
+        self.device = device if device.type == "cuda" else None
+        self.cuda = torch.cuda.get_rng_state(device) if self.device is not None else None
+
+    def replay(self) -> Any:
+        fork = torch.random.fork_rng(devices=[self.device] if self.device is not None else [])
+        fork.__enter__()
+        torch.set_rng_state(self.cpu)
+        if self.device is not None:
+            torch.cuda.set_rng_state(self.cuda, self.device)
+        return fork
+
+
+class ReversibleLayer(nn.Module):
+    """One n-split coupling layer; ``functions[k]`` is G_k, called as ``G_k(inputs, ctx, side, state)``."""
+
+    def __init__(self, functions: list[nn.Module]) -> None:
+        super().__init__()
+        self.functions = nn.ModuleList(functions)
+
+    @property
+    def splits(self) -> int:
+        return len(self.functions)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        ctx: OpContext,
+        side: torch.Tensor | None = None,
+        state: dict | None = None,
+        rng: list | None = None,
+    ) -> torch.Tensor:
+        xs = list(x.chunk(self.splits, dim=-1))
+        ys: list[torch.Tensor] = []
+        for k, g in enumerate(self.functions):
+            if rng is not None:
+                rng.append(RngState(x.device) if self.training else None)
+            sub = None if state is None else state.setdefault(k, {})
+            ys.append(xs[k] + g(xs[k + 1 :] + ys, ctx, side, sub))
+        return torch.cat(ys, dim=-1)
+
+    @torch.no_grad()
+    def inverse(self, y: torch.Tensor, ctx: OpContext, side: torch.Tensor | None = None) -> torch.Tensor:
+        """X from Y (eval mode: no dropout). Used by tests; backward uses the fused ``backward_step``."""
+        parts = list(y.chunk(self.splits, dim=-1))
+        for k in reversed(range(self.splits)):
+            parts[k] = parts[k] - self.functions[k](parts[k + 1 :] + parts[:k], ctx, side, None)
+        return torch.cat(parts, dim=-1)
+
+    def backward_step(
+        self,
+        y: torch.Tensor,
+        dy: torch.Tensor,
+        ctx: OpContext,
+        side: torch.Tensor | None,
+        rng: list,
+        grads: dict[int, torch.Tensor],
+        side_grad: list,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Rebuild X from Y and turn dL/dY into dL/dX, accumulating parameter and side-input gradients.
+
+        Undoes the couplings from the last split to the first. At step k the parts hold
+        (Y_1..Y_k, X_{k+1}..X_n); G_k is recomputed once with grad enabled and serves both the
+        reconstruction X_k = Y_k - G_k and the vector-Jacobian product with dL/dY_k.
+        """
+        parts = [p.detach() for p in y.chunk(self.splits, dim=-1)]
+        dparts = list(dy.chunk(self.splits, dim=-1))
+        for k in reversed(range(self.splits)):
+            g_fn = self.functions[k]
+            others = list(range(k + 1, self.splits)) + list(range(k))
+            inputs = [parts[j].detach().requires_grad_() for j in others]
+            fork = rng[k].replay() if rng[k] is not None else None
+            try:
+                out = g_fn(inputs, ctx, side, None)
+            finally:
+                if fork is not None:
+                    fork.__exit__(None, None, None)
+            with torch.no_grad():
+                parts[k] = parts[k] - out
+            if not out.requires_grad:  # e.g. the zero op: nothing flows back through G_k
+                continue
+            params = [p for p in g_fn.parameters() if p.requires_grad]
+            wrt = inputs + ([side] if side is not None and side.requires_grad else []) + params
+            got = torch.autograd.grad(out, wrt, grad_outputs=dparts[k], allow_unused=True)
+            for j, gj in zip(others, got[: len(inputs)]):
+                if gj is not None:
+                    dparts[j] = dparts[j] + gj
+            rest = got[len(inputs) :]
+            if side is not None and side.requires_grad:
+                if rest[0] is not None:
+                    side_grad[0] = rest[0] if side_grad[0] is None else side_grad[0] + rest[0]
+                rest = rest[1:]
+            for p, gp in zip(params, rest):
+                if gp is not None:
+                    key = id(p)
+                    grads[key] = gp if key not in grads else grads[key] + gp
+        return torch.cat(parts, dim=-1), torch.cat(dparts, dim=-1)
+
+
+class _ReversibleFunction(torch.autograd.Function):
+    """Runs a stack of ``ReversibleLayer`` keeping only its output; backward reconstructs layer inputs.
+
+    The parameters are inputs of the Function and their gradients are its return values (no ``.grad``
+    written on the side), so ``torch.autograd.grad``, hooks and DDP's reducer see them like any other.
+    """
+
+    @staticmethod
+    def forward(ctx, x, side, stack, op_ctx, *params):  # type: ignore[override]
+        ctx.stack, ctx.op_ctx = stack, op_ctx
+        ctx.params = params
+        ctx.autocast = _autocast_state(x.device.type)
+        ctx.rng, ctx.exact = [], {}
+        every = stack.exact_every
+        h = x
+        for i, layer in enumerate(stack.layers):
+            if every and i % every == 0:
+                ctx.exact[i] = h.detach()  # an exact anchor: reconstruction error restarts from zero here
+            rng: list = []
+            h = layer(h, op_ctx, side, None, rng)
+            ctx.rng.append(rng)
+        ctx.save_for_backward(h, side)
+        return h
+
+    @staticmethod
+    def backward(ctx, dy):  # type: ignore[override]
+        y, side = ctx.saved_tensors
+        stack = ctx.stack
+        grads: dict[int, torch.Tensor] = {}
+        side_grad: list = [None]
+        side_in = side.detach().requires_grad_(ctx.needs_input_grad[1]) if side is not None else None
+        device_type, enabled, dtype = ctx.autocast
+        with torch.enable_grad(), torch.autocast(device_type, dtype=dtype, enabled=enabled):
+            for i in reversed(range(len(stack.layers))):
+                y, dy = stack.layers[i].backward_step(y, dy, ctx.op_ctx, side_in, ctx.rng[i], grads, side_grad)
+                if i in ctx.exact:
+                    y = ctx.exact[i]
+        param_grads = tuple(grads.get(id(p)) for p in ctx.params)
+        return (dy, side_grad[0], None, None) + param_grads
+
+
+def _autocast_state(device_type: str) -> tuple[str, bool, torch.dtype]:
+    if device_type not in ("cpu", "cuda", "xpu", "mps"):
+        return device_type, False, torch.float32
+    return device_type, torch.is_autocast_enabled(device_type), torch.get_autocast_dtype(device_type)
+
+
+class ReversibleStack(nn.Module):
+    """A stack of reversible layers.
+
+    ``reversible=True`` trains with backpropagation-with-reconstruction; ``False`` runs the same layers
+    with ordinary autograd, optionally with per-layer activation checkpointing (``gradient_checkpointing``).
+    Incremental decoding (a ``cache`` given) and inference without grad run the layers directly.
+    """
+
+    def __init__(self, layers: list[ReversibleLayer], reversible: bool = True, exact_every: int = 0) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(layers)
+        self.reversible = reversible
+        self.exact_every = exact_every
+        self.gradient_checkpointing = False
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        ctx: OpContext,
+        side: torch.Tensor | None = None,
+        cache: list[dict] | None = None,
+    ) -> torch.Tensor:
+        if cache is not None:
+            for layer, state in zip(self.layers, cache):
+                x = layer(x, ctx, side, state)
+            return x
+        params = _unique_params(self)
+        needs_grad = torch.is_grad_enabled() and (
+            x.requires_grad or (side is not None and side.requires_grad) or any(p.requires_grad for p in params)
+        )
+        if self.reversible and needs_grad:
+            return _ReversibleFunction.apply(x, side, self, ctx, *params)
+        for layer in self.layers:
+            if self.gradient_checkpointing and needs_grad:
+                fn = getattr(self, "_gradient_checkpointing_func", None)
+                x = fn(layer.__call__, x, ctx, side) if fn is not None else checkpoint(
+                    layer, x, ctx, side, use_reentrant=False
+                )
+            else:
+                x = layer(x, ctx, side)
+        return x
+
+
+def _unique_params(module: nn.Module) -> list[nn.Parameter]:
+    # Parameters tied across layers (e.g. α shared by a repeated block) appear once, so the Function
+    # returns one gradient per tensor and DDP marks each ready exactly once.
+    return [p for p in module.parameters() if p.requires_grad]
