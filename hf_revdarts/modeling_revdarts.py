@@ -10,7 +10,7 @@ This file and its relative imports are copied next to saved models (``trust_remo
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
@@ -60,13 +60,24 @@ def shift_tokens_right(labels: torch.Tensor, pad_token_id: int, decoder_start_to
     return shifted.masked_fill(shifted == -100, pad_token_id)
 
 
-def _build_layers(config: RevDartsConfig, decoder: bool, genotype: list[list[str]]) -> list[ReversibleLayer]:
+SplitBuilder = Callable[..., nn.Module]
+
+
+def derived_split(name: str, width: int, config: RevDartsConfig, causal: bool, layer: int, split: int) -> nn.Module:
+    """The split function of a derived model: the genotype's op for (layer, split)."""
+    return SplitFunction(name, width, config, causal)
+
+
+def _build_layers(
+    config: RevDartsConfig, decoder: bool, genotype: list[list[str]], build_split: SplitBuilder
+) -> list[ReversibleLayer]:
+    # build_split(name, width, config, causal, layer, split) -> G_k; the supernet passes a mixed-op builder.
     splits = config.decoder_splits if decoder else config.encoder_splits
     width = config.d_model // splits
     layers = []
-    for names in genotype:
+    for i, names in enumerate(genotype):
         names = list(names) + (["cross_attn"] if decoder else [])
-        layers.append(ReversibleLayer([SplitFunction(name, width, config, causal=decoder) for name in names]))
+        layers.append(ReversibleLayer([build_split(n, width, config, decoder, i, k) for k, n in enumerate(names)]))
     return layers
 
 
@@ -117,12 +128,14 @@ class RevDartsStackEmbedding(nn.Module):
 
 
 class RevDartsEncoder(nn.Module):
-    def __init__(self, config: RevDartsConfig) -> None:
+    def __init__(self, config: RevDartsConfig, build_split: SplitBuilder = derived_split) -> None:
         super().__init__()
         self.embed = RevDartsStackEmbedding(config)
         self.dropout = config.dropout
         self.stack = ReversibleStack(
-            _build_layers(config, False, config.encoder_genotype), config.reversible, config.reversible_exact_every
+            _build_layers(config, False, config.encoder_genotype, build_split),
+            config.reversible,
+            config.reversible_exact_every,
         )
         self.norm = nn.LayerNorm(config.d_model)
 
@@ -134,12 +147,14 @@ class RevDartsEncoder(nn.Module):
 
 
 class RevDartsDecoder(nn.Module):
-    def __init__(self, config: RevDartsConfig) -> None:
+    def __init__(self, config: RevDartsConfig, build_split: SplitBuilder = derived_split) -> None:
         super().__init__()
         self.embed = RevDartsStackEmbedding(config)
         self.dropout = config.dropout
         self.stack = ReversibleStack(
-            _build_layers(config, True, config.decoder_genotype), config.reversible, config.reversible_exact_every
+            _build_layers(config, True, config.decoder_genotype, build_split),
+            config.reversible,
+            config.reversible_exact_every,
         )
         self.norm = nn.LayerNorm(config.d_model)
 
@@ -179,12 +194,12 @@ class RevDartsDecoder(nn.Module):
 class RevDartsModel(RevDartsPreTrainedModel):
     """Encoder-decoder body: returns the decoder's last hidden state (width d_model)."""
 
-    def __init__(self, config: RevDartsConfig) -> None:
+    def __init__(self, config: RevDartsConfig, build_split: SplitBuilder = derived_split) -> None:
         super().__init__(config)
         e = config.embedding_dim or config.d_model
         self.shared = nn.Embedding(config.vocab_size, e, padding_idx=config.pad_token_id)
-        self.encoder = RevDartsEncoder(config)
-        self.decoder = RevDartsDecoder(config)
+        self.encoder = RevDartsEncoder(config, build_split)
+        self.decoder = RevDartsDecoder(config, build_split)
         self.post_init()
 
     def get_input_embeddings(self) -> nn.Embedding:
@@ -277,9 +292,9 @@ class RevDartsForConditionalGeneration(RevDartsPreTrainedModel, GenerationMixin)
     else:
         _tied_weights_keys = ["lm_head.weight"]
 
-    def __init__(self, config: RevDartsConfig) -> None:
+    def __init__(self, config: RevDartsConfig, build_split: SplitBuilder = derived_split) -> None:
         super().__init__(config)
-        self.model = RevDartsModel(config)
+        self.model = RevDartsModel(config, build_split)
         e = config.embedding_dim or config.d_model
         self.output_proj = nn.Linear(config.d_model, e, bias=False) if e != config.d_model else None
         self.lm_head = nn.Linear(e, config.vocab_size, bias=False)
