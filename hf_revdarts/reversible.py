@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.func import functional_call
 from torch.utils.checkpoint import checkpoint
 
 from .ops import OpContext
@@ -98,9 +99,14 @@ class ReversibleLayer(nn.Module):
             g_fn = self.functions[k]
             others = list(range(k + 1, self.splits)) + list(range(k))
             inputs = [parts[j].detach().requires_grad_() for j in others]
+            # Recompute on detached stand-ins of the parameters: the inner autograd.grad must not fire the
+            # user's (or DDP's) hooks on the real parameters; they see the gradient once, when we return it.
+            named = [(n, p) for n, p in g_fn.named_parameters() if p.requires_grad]
+            params = [p for _, p in named]
+            stand_ins = {n: p.detach().requires_grad_() for n, p in named}
             fork = rng[k].replay() if rng[k] is not None else None
             try:
-                out = g_fn(inputs, ctx, side, None)
+                out = functional_call(g_fn, stand_ins, (inputs, ctx, side, None))
             finally:
                 if fork is not None:
                     fork.__exit__(None, None, None)
@@ -108,8 +114,7 @@ class ReversibleLayer(nn.Module):
                 parts[k] = parts[k] - out
             if not out.requires_grad:  # e.g. the zero op: nothing flows back through G_k
                 continue
-            params = [p for p in g_fn.parameters() if p.requires_grad]
-            wrt = inputs + ([side] if side is not None and side.requires_grad else []) + params
+            wrt = inputs + ([side] if side is not None and side.requires_grad else []) + list(stand_ins.values())
             got = torch.autograd.grad(out, wrt, grad_outputs=dparts[k], allow_unused=True)
             for j, gj in zip(others, got[: len(inputs)]):
                 if gj is not None:
