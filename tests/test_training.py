@@ -1,0 +1,227 @@
+"""Derived models: training/train.py, evaluate.py and publish.py on a tiny slice of the bundled sample."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "training"))
+
+import evaluate as evaluate_script  # noqa: E402
+import publish as publish_script  # noqa: E402
+import train as train_script  # noqa: E402
+
+TINY = ["--d_model", "48", "--num_heads", "2", "--vocab_size", "300", "--max_tokens", "400", "--max_length", "24",
+        "--warmup_steps", "4", "--lr", "3e-3", "--bleu_sentences", "8", "--num_threads", "1"]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("data")
+    for split, n in (("train", 120), ("val", 16), ("test", 12)):
+        for lang in ("en", "de"):
+            lines = (REPO / "samples" / "en-de" / f"{split}.{lang}").read_text(encoding="utf-8").splitlines()[:n]
+            (folder / f"{split}.{lang}").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return folder
+
+
+def _train(data: Path, out: Path, *extra: str) -> None:
+    assert train_script.main(["--dataset", str(data), "--output_dir", str(out), *TINY, *extra]) == 0
+
+
+@pytest.fixture(scope="module")
+def trained(data, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("train")
+    _train(data, out, "--max_steps", "6", "--eval_every", "3", "--save_every", "3", "--genotype", "standard",
+           "--encoder_layers", "2", "--decoder_layers", "2")
+    return out
+
+
+@pytest.fixture(scope="module")
+def evaluated(trained, data) -> Path:
+    out = trained / "eval_test.json"
+    assert evaluate_script.main(["--model", str(trained / "best"), "--dataset", str(data), "--split", "test",
+                                 "--num_beams", "2", "--output", str(out)]) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def published(trained, evaluated, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("pub") / "revdarts-tiny"
+    assert publish_script.main(["--model", str(trained / "best"), "--eval_results", str(evaluated),
+                                "--output_dir", str(out), "--example", "The man sees the ball."]) == 0
+    return out
+
+
+def test_train_writes_best_folder_history_and_checkpoints(trained):
+    summary = json.loads((trained / "train_summary.json").read_text())
+    assert summary["steps"] == 6 and [h["step"] for h in summary["history"]] == [3, 6]
+    assert {"bleu", "chrf", "bleu_signature", "val_loss"} <= set(summary["history"][-1])
+    assert summary["genotype"]["encoder"] == [["self_attn", "ffn"]] * 2
+    best = trained / "best"
+    for name in ("model.safetensors", "config.json", "tokenizer.json", "modeling_revdarts.py"):
+        assert (best / name).is_file(), name
+    assert sorted(p.name for p in trained.glob("checkpoint-*")) == ["checkpoint-000003", "checkpoint-000006"]
+    assert not list(trained.glob(".tmp-*"))
+
+
+def test_resume_reaches_the_uninterrupted_weights(trained, data, tmp_path):
+    resumed = tmp_path / "resumed"
+    resumed.mkdir()
+    shutil.copytree(trained / "checkpoint-000003", resumed / "checkpoint-000003")
+    shutil.copytree(trained / "tokenizer", resumed / "tokenizer")
+    _train(data, resumed, "--max_steps", "6", "--eval_every", "3", "--save_every", "3", "--genotype", "standard",
+           "--encoder_layers", "2", "--decoder_layers", "2", "--resume_from_checkpoint", "latest")
+    a = torch.load(trained / "checkpoint-000006" / "pytorch_model.bin")
+    b = torch.load(resumed / "checkpoint-000006" / "pytorch_model.bin")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_genotype_is_stacked_as_a_block(data, tmp_path):
+    geno = {"encoder": [["conv_3", "glu"]], "decoder": [["dynconv_3", "ffn"]]}
+    (tmp_path / "genotype.json").write_text(json.dumps(geno))
+    args = train_script.parse_args(["--output_dir", "x", "--encoder_layers", "4", "--decoder_layers", "2"])
+    tok = type("Tok", (), {"pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2, "__len__": lambda s: 50})()
+    cfg = train_script.build_config(args, tok, train_script.load_genotype(str(tmp_path / "genotype.json"))[0])
+    assert cfg.encoder_genotype == [["conv_3", "glu"]] * 4 and cfg.decoder_genotype == [["dynconv_3", "ffn"]] * 2
+    args.encoder_layers = 3
+    geno["encoder"] = [["conv_3", "glu"], ["ffn", "ffn"]]
+    with pytest.raises(ValueError, match="not a multiple"):
+        train_script.build_config(args, tok, geno)
+    (tmp_path / "bad.json").write_text("{not json")
+    with pytest.raises(ValueError, match="not valid JSON"):
+        train_script.load_genotype(str(tmp_path / "bad.json"))
+
+
+def test_evaluate_reports_sacrebleu_with_signature(evaluated):
+    res = json.loads(evaluated.read_text())
+    assert res["sentences"] == 12 and len(res["hypotheses"]) == 12
+    assert res["bleu_signature"].startswith("nrefs:1|case:mixed|eff:no|tok:13a")
+    assert 0.0 <= res["bleu"] <= 100.0 and 0.0 <= res["chrf"] <= 100.0
+
+
+def test_model_card_parses_and_carries_the_measured_bleu(published, evaluated):
+    from huggingface_hub import ModelCard
+    from huggingface_hub.repocard_data import model_index_to_eval_results
+
+    card = ModelCard.load(published / "README.md")
+    data = card.data.to_dict()
+    assert data["pipeline_tag"] == "translation" and data["language"] == ["en", "de"]
+    assert data["license"] == "apache-2.0" and set(data["metrics"]) == {"bleu", "chrf"}
+    name, results = model_index_to_eval_results(data["model-index"])
+    bleu = [r for r in results if r.metric_type == "bleu"][0]
+    measured = json.loads(evaluated.read_text())
+    assert bleu.metric_value == measured["bleu"] and bleu.metric_config == measured["bleu_signature"]
+    assert (published / "genotype.png").stat().st_size > 1000
+    assert "![genotype](genotype.png)" in card.text
+
+
+_FRESH = textwrap.dedent(
+    """
+    import json, sys
+    repo = sys.argv[2]
+    sys.path[:] = [p for p in sys.path if p not in ("", ".") and p.rstrip("/") != repo.rstrip("/")]
+    sys.modules["hf_revdarts"] = None  # hides an editable install too
+    import torch
+    from transformers import AutoModelForSeq2SeqLM, AutoTokenizer, pipeline
+    folder = sys.argv[1]
+    model = AutoModelForSeq2SeqLM.from_pretrained(folder, trust_remote_code=True).eval()
+    tok = AutoTokenizer.from_pretrained(folder, trust_remote_code=True)
+    enc = tok(["The man sees the ball.", "The dog sleeps."], text_target=["Der Mann.", "Der Hund."],
+              return_tensors="pt", padding=True)
+    with torch.no_grad():
+        logits = model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"],
+                       decoder_input_ids=enc["labels"]).logits
+    out = pipeline("translation", model=folder, trust_remote_code=True)(["The man sees the ball."], num_beams=2,
+                                                                        max_length=16)
+    print("RESULT " + json.dumps({"logits": logits.tolist(), "pipeline": out}))
+    """
+)
+
+
+def _fresh(python: str, folder: Path, tmp_path: Path) -> dict:
+    import os
+
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env.update(HF_MODULES_CACHE=str(tmp_path / "modules"), HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
+    script = tmp_path / "fresh.py"
+    script.write_text(_FRESH)
+    run = subprocess.run([python, str(script), str(folder), str(REPO)], cwd=tmp_path, env=env, text=True,
+                         capture_output=True, stdin=subprocess.DEVNULL, timeout=300)
+    assert run.returncode == 0, run.stderr[-4000:]
+    return json.loads([line for line in run.stdout.splitlines() if line.startswith("RESULT ")][-1][7:])
+
+
+def test_published_folder_works_without_hf_revdarts(published, tmp_path):
+    from transformers import AutoTokenizer
+
+    import hf_revdarts  # noqa: F401
+    from hf_revdarts import RevDartsForConditionalGeneration
+
+    model = RevDartsForConditionalGeneration.from_pretrained(published).eval()
+    tok = AutoTokenizer.from_pretrained(published)
+    enc = tok(["The man sees the ball.", "The dog sleeps."], text_target=["Der Mann.", "Der Hund."],
+              return_tensors="pt", padding=True)
+    with torch.no_grad():
+        ref = model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"],
+                    decoder_input_ids=enc["labels"]).logits
+    pythons = [sys.executable] + [str(p) for p in [REPO / ".venv-457" / "bin" / "python"] if p.exists()]
+    for python in pythons:
+        got = _fresh(python, published, tmp_path)
+        torch.testing.assert_close(torch.tensor(got["logits"]), ref, rtol=0, atol=1e-5)
+        assert isinstance(got["pipeline"][0]["translation_text"], str)
+
+
+def test_publish_refuses_to_overwrite_and_failures_keep_the_old_folder(published, trained, evaluated, monkeypatch):
+    args = ["--model", str(trained / "best"), "--eval_results", str(evaluated), "--output_dir", str(published),
+            "--example", "The man sees the ball."]
+    with pytest.raises(FileExistsError, match="--overwrite"):
+        publish_script.main(args)
+    before = {p.name: p.stat().st_mtime_ns for p in published.iterdir()}
+
+    import hf_revdarts.tokenization
+
+    def crash(*a, **k):  # dies after the weights were written into the new folder
+        raise RuntimeError("simulated crash while writing the tokenizer")
+
+    monkeypatch.setattr(hf_revdarts.tokenization, "save_tokenizer", crash)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        publish_script.main([*args, "--overwrite"])
+    assert {p.name: p.stat().st_mtime_ns for p in published.iterdir()} == before
+    assert not [p for p in published.parent.iterdir() if p.name.startswith((".tmp-", ".old-"))]
+
+
+def test_bad_model_folders_are_clear_errors(trained, tmp_path):
+    best = trained / "best"
+    no_tok = tmp_path / "no_tok"
+    shutil.copytree(best, no_tok)
+    (no_tok / "tokenizer.json").unlink()
+    with pytest.raises(FileNotFoundError, match="no tokenizer"):
+        evaluate_script.load_model_folder(no_tok)
+    no_weights = tmp_path / "no_weights"
+    shutil.copytree(best, no_weights)
+    (no_weights / "model.safetensors").unlink()
+    with pytest.raises(FileNotFoundError, match="no weights"):
+        evaluate_script.load_model_folder(no_weights)
+    corrupt = tmp_path / "corrupt"
+    shutil.copytree(best, corrupt)
+    data = (corrupt / "model.safetensors").read_bytes()
+    (corrupt / "model.safetensors").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match="corrupt or truncated"):
+        evaluate_script.load_model_folder(corrupt)
+    mismatch = tmp_path / "mismatch"
+    shutil.copytree(best, mismatch)
+    from hf_revdarts.tokenization import save_tokenizer, train_tokenizer
+
+    other = train_tokenizer((REPO / "samples" / "en-de" / "train.en").read_text().splitlines(), vocab_size=120)
+    save_tokenizer(other, mismatch)
+    with pytest.raises(ValueError, match="vocab_size"):
+        evaluate_script.load_model_folder(mismatch)
