@@ -5,8 +5,9 @@ A layer splits its input X (width d) into n parts and, for k = 1..n in order, co
     Y_k = X_k + G_k(X_{k+1}, ..., X_n, Y_1, ..., Y_{k-1})
 
 whose exact inverse, for k = n..1, is X_k = Y_k - G_k(same inputs). ``ReversibleStack`` runs a list of
-such layers either with ordinary autograd (every activation kept) or through ``_ReversibleFunction``,
-which keeps only the stack's output and rebuilds each layer's input from its output during backward.
+such layers either with ordinary autograd (every activation kept) or through one
+``_ReversibleLayerFunction`` per layer, which together keep only the stack's output and rebuild each
+layer's input from its output during backward.
 
 This file is copied next to saved models (``trust_remote_code``); it imports only torch and ``.ops``.
 """
@@ -131,45 +132,63 @@ class ReversibleLayer(nn.Module):
         return torch.cat(parts, dim=-1), torch.cat(dparts, dim=-1)
 
 
-class _ReversibleFunction(torch.autograd.Function):
-    """Runs a stack of ``ReversibleLayer`` keeping only its output; backward reconstructs layer inputs.
+class _Tape:
+    """Shared by the layer Functions of one reversible pass through a stack.
 
-    The parameters are inputs of the Function and their gradients are its return values (no ``.grad``
-    written on the side), so ``torch.autograd.grad``, hooks and DDP's reducer see them like any other.
+    After forward it holds the stack output; during backward, the (reconstructed) output of the layer whose
+    backward runs next: autograd runs layer i's backward only after layer i+1's, which rebuilt layer i's
+    output as its own input. No layer Function saves a tensor, so memory stays that of one layer.
+    """
+
+    def __init__(self, side: torch.Tensor | None, device_type: str) -> None:
+        self.y: torch.Tensor | None = None
+        self.next = -1  # index of the layer whose backward must run next
+        self.side = side
+        self._side_in: torch.Tensor | None = None
+        self.autocast = _autocast_state(device_type)
+
+    def side_input(self) -> torch.Tensor | None:
+        # One detached leaf for all layers: each layer's vector-Jacobian product w.r.t. the encoder output.
+        if self.side is not None and self._side_in is None:
+            self._side_in = self.side.detach().requires_grad_(self.side.requires_grad)
+        return self._side_in
+
+
+class _ReversibleLayerFunction(torch.autograd.Function):
+    """One reversible layer whose backward rebuilds its input from its output (read from the tape).
+
+    The layer's parameters are inputs of the Function and their gradients its return values (no ``.grad``
+    written on the side), so ``torch.autograd.grad``, hooks and DDP's reducer see them like any other;
+    one Function per layer keeps just one layer's parameter gradients alive at a time.
     """
 
     @staticmethod
-    def forward(ctx, x, side, stack, op_ctx, *params):  # type: ignore[override]
-        ctx.stack, ctx.op_ctx = stack, op_ctx
-        ctx.params = params
-        ctx.autocast = _autocast_state(x.device.type)
-        ctx.rng, ctx.exact = [], {}
-        every = stack.exact_every
-        h = x
-        for i, layer in enumerate(stack.layers):
-            if every and i % every == 0:
-                ctx.exact[i] = h.detach()  # an exact anchor: reconstruction error restarts from zero here
-            rng: list = []
-            h = layer(h, op_ctx, side, None, rng)
-            ctx.rng.append(rng)
-        ctx.save_for_backward(h, side)
-        return h
+    def forward(ctx, x, side, layer, index, op_ctx, tape, anchor, *params):  # type: ignore[override]
+        ctx.layer, ctx.index, ctx.op_ctx, ctx.tape, ctx.params = layer, index, op_ctx, tape, params
+        # An exact copy of the input every k layers: reconstruction error restarts from zero there.
+        ctx.anchor = x.detach() if anchor else None
+        ctx.rng = []
+        y = layer(x, op_ctx, side, None, ctx.rng)
+        tape.y, tape.next = y.detach(), index
+        return y
 
     @staticmethod
     def backward(ctx, dy):  # type: ignore[override]
-        y, side = ctx.saved_tensors
-        stack = ctx.stack
+        tape = ctx.tape
+        y, tape.y = tape.y, None
+        if y is None or tape.next != ctx.index:
+            raise RuntimeError(
+                "backward through reversible layers ran twice for one forward pass (retain_graph / a second "
+                "autograd.grad); reconstruction consumes the activations: use config.reversible=False for that"
+            )
         grads: dict[int, torch.Tensor] = {}
         side_grad: list = [None]
-        side_in = side.detach().requires_grad_(ctx.needs_input_grad[1]) if side is not None else None
-        device_type, enabled, dtype = ctx.autocast
+        device_type, enabled, dtype = tape.autocast
         with torch.enable_grad(), torch.autocast(device_type, dtype=dtype, enabled=enabled):
-            for i in reversed(range(len(stack.layers))):
-                y, dy = stack.layers[i].backward_step(y, dy, ctx.op_ctx, side_in, ctx.rng[i], grads, side_grad)
-                if i in ctx.exact:
-                    y = ctx.exact[i]
-        param_grads = tuple(grads.get(id(p)) for p in ctx.params)
-        return (dy, side_grad[0], None, None) + param_grads
+            x, dx = ctx.layer.backward_step(y, dy, ctx.op_ctx, tape.side_input(), ctx.rng, grads, side_grad)
+        if ctx.index > 0:
+            tape.y, tape.next = (ctx.anchor if ctx.anchor is not None else x), ctx.index - 1
+        return (dx, side_grad[0], None, None, None, None, None) + tuple(grads.get(id(p)) for p in ctx.params)
 
 
 def _autocast_state(device_type: str) -> tuple[str, bool, torch.dtype]:
@@ -206,10 +225,14 @@ class ReversibleStack(nn.Module):
             return x
         params = _unique_params(self)
         needs_grad = torch.is_grad_enabled() and (
-            x.requires_grad or (side is not None and side.requires_grad) or any(p.requires_grad for p in params)
+            x.requires_grad or (side is not None and side.requires_grad) or len(params) > 0
         )
         if self.reversible and needs_grad:
-            return _ReversibleFunction.apply(x, side, self, ctx, *params)
+            tape = _Tape(side, x.device.type)
+            for i, layer in enumerate(self.layers):
+                anchor = bool(self.exact_every) and i > 0 and i % self.exact_every == 0
+                x = _ReversibleLayerFunction.apply(x, side, layer, i, ctx, tape, anchor, *_unique_params(layer))
+            return x
         for layer in self.layers:
             if self.gradient_checkpointing and needs_grad:
                 fn = getattr(self, "_gradient_checkpointing_func", None)
@@ -222,6 +245,6 @@ class ReversibleStack(nn.Module):
 
 
 def _unique_params(module: nn.Module) -> list[nn.Parameter]:
-    # Parameters tied across layers (e.g. α shared by a repeated block) appear once, so the Function
-    # returns one gradient per tensor and DDP marks each ready exactly once.
+    # A parameter used twice within a layer is one input of its Function (one gradient returned); one tied
+    # across layers (α shared by a repeated block) is an input of each, and autograd sums them.
     return [p for p in module.parameters() if p.requires_grad]

@@ -235,3 +235,12 @@ def test_ddp_two_cpu_processes_match_single_process(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(out.read_text())
     assert result["worst"] <= 1e-5, result
+
+
+def test_second_backward_through_reconstruction_is_a_clear_error():
+    torch.manual_seed(0)
+    model = RevDartsForConditionalGeneration(tiny_config()).train()
+    loss = model(**padded_batch(model.config.vocab_size)).loss
+    loss.backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="reversible=False"):
+        loss.backward()
