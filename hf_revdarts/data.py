@@ -1,0 +1,292 @@
+"""Parallel text: loading (Hub dataset or local folder), tokenisation and length-bucketed batching.
+
+Local folders hold one file per split and language, ``{split}.{lang}`` or ``{split}.{lang}.gz``, one
+sentence a line, line i of every language aligned (the layout of Multi30k's raw release). Hub datasets are
+read with ``datasets.load_dataset``; both the ``translation`` dict column (wmt14, opus) and one column per
+language are understood. Every problem is reported before any training work starts.
+"""
+
+from __future__ import annotations
+
+import gzip
+import logging
+import os
+import random
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+# Split names differ between releases; a local folder may use any of these for the same role.
+SPLIT_ALIASES: dict[str, tuple[str, ...]] = {
+    "validation": ("validation", "val", "valid", "dev"),
+    "val": ("val", "validation", "valid", "dev"),
+    "test": ("test", "test_2016_flickr"),
+}
+
+
+def _read_lines(path: Path) -> list[str]:
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt", encoding="utf-8") as f:
+        return [line.rstrip("\n").rstrip("\r") for line in f]
+
+
+def _local_file(folder: Path, split: str, lang: str) -> Path | None:
+    for name in SPLIT_ALIASES.get(split, (split,)):
+        for suffix in ("", ".gz"):
+            path = folder / f"{name}.{lang}{suffix}"
+            if path.is_file():
+                return path
+    return None
+
+
+def local_languages(folder: str | os.PathLike, split: str) -> list[str]:
+    """Languages available for ``split`` in a local folder."""
+    names = SPLIT_ALIASES.get(split, (split,))
+    pattern = re.compile(r"^(?:%s)\.([A-Za-z_-]+?)(?:\.gz)?$" % "|".join(map(re.escape, names)))
+    return sorted({m.group(1) for p in Path(folder).iterdir() if (m := pattern.match(p.name))})
+
+
+def pairs_from_dataset(dataset: Any, src_lang: str, tgt_lang: str, where: str = "dataset") -> tuple[list[str], list[str]]:
+    """Source and target sentences of a ``datasets.Dataset`` with a ``translation`` dict column
+    (``{"de": ..., "en": ...}``) or one column per language."""
+    columns = list(dataset.column_names)
+    if len(dataset) == 0:
+        raise ValueError(f"{where} is empty: no sentence pairs to train on")
+    if "translation" in columns:
+        langs = sorted(dataset[0]["translation"].keys())
+        for lang in (src_lang, tgt_lang):
+            if lang not in langs:
+                raise ValueError(f"language {lang!r} is not in {where}; its translation column has {langs}")
+        rows = dataset["translation"]
+        src, tgt = [r[src_lang] for r in rows], [r[tgt_lang] for r in rows]
+    else:
+        for lang in (src_lang, tgt_lang):
+            if lang not in columns:
+                raise ValueError(
+                    f"language {lang!r} is not in {where}; it has no 'translation' column and its columns are {columns}"
+                )
+        src, tgt = list(dataset[src_lang]), list(dataset[tgt_lang])
+    return src, tgt
+
+
+def load_parallel_text(
+    source: str | os.PathLike,
+    src_lang: str,
+    tgt_lang: str,
+    split: str,
+    subset: str | None = None,
+    max_examples: int | None = None,
+) -> tuple[list[str], list[str]]:
+    """Aligned source/target sentences of one split.
+
+    ``source`` is a local folder of ``{split}.{lang}[.gz]`` files or a Hub dataset id (``subset`` is its
+    configuration, e.g. ``"de-en"`` for wmt14). Raises ``FileNotFoundError``/``ValueError`` with the cause
+    for a missing or empty dataset, a language that is not there, or files of different line counts.
+    """
+    if src_lang == tgt_lang:
+        raise ValueError(f"source and target language are both {src_lang!r}; give two different languages")
+    path = Path(source)
+    if path.exists():
+        if not path.is_dir():
+            raise ValueError(f"dataset {str(source)!r} is a file; give a folder of {{split}}.{{lang}}[.gz] files")
+        langs = local_languages(path, split)
+        if not langs:
+            present = sorted(p.name for p in path.iterdir())[:20]
+            raise FileNotFoundError(
+                f"no files for split {split!r} in {str(path)!r} (expected {split}.<lang> or {split}.<lang>.gz; "
+                f"found {present})"
+            )
+        files = {}
+        for lang in (src_lang, tgt_lang):
+            f = _local_file(path, split, lang)
+            if f is None:
+                raise ValueError(f"language {lang!r} is not in {str(path)!r} for split {split!r}; available: {langs}")
+            files[lang] = f
+        src, tgt = _read_lines(files[src_lang]), _read_lines(files[tgt_lang])
+        if len(src) != len(tgt):
+            raise ValueError(
+                f"{files[src_lang]} has {len(src)} lines but {files[tgt_lang]} has {len(tgt)}: parallel files must "
+                "be aligned line by line"
+            )
+        where = f"{files[src_lang]} / {files[tgt_lang]}"
+    else:
+        if os.sep in str(source) and not re.match(r"^[\w.-]+/[\w.-]+$", str(source)):
+            raise FileNotFoundError(f"dataset folder {str(source)!r} does not exist")
+        import datasets  # imported late: only Hub sources need it
+
+        try:
+            ds = datasets.load_dataset(str(source), subset, split=split)
+        except FileNotFoundError as e:
+            raise FileNotFoundError(f"dataset {str(source)!r} is neither a local folder nor a loadable Hub dataset: {e}") from e
+        where = f"Hub dataset {source}{'/' + subset if subset else ''} split {split}"
+        src, tgt = pairs_from_dataset(ds, src_lang, tgt_lang, where)
+    if not src or all(not s.strip() for s in src):
+        raise ValueError(f"{where} is empty: no sentence pairs for split {split!r}")
+    if max_examples is not None:
+        src, tgt = src[:max_examples], tgt[:max_examples]
+    return src, tgt
+
+
+def get_tokenizer(texts: Sequence[str], vocab_size: int) -> Any:
+    """A joint BPE tokenizer trained on ``texts`` (pad 0, bos 1, eos 2, unk 3; eos appended).
+
+    Uses ``hf_revdarts.tokenization.train_tokenizer`` (the project's tokenizer); falls back to an
+    equivalent minimal trainer only if that module is not available.
+    """
+    try:
+        from .tokenization import train_tokenizer
+    except ImportError:
+        logger.warning("hf_revdarts.tokenization not found; using the minimal fallback BPE trainer")
+        return _fallback_tokenizer(texts, vocab_size)
+    return train_tokenizer(list(texts), vocab_size)
+
+
+def _fallback_tokenizer(texts: Sequence[str], vocab_size: int) -> Any:
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<pad>", "<s>", "</s>", "<unk>"]
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.normalizer = normalizers.NFKC()
+    tok.pre_tokenizer = pre_tokenizers.Metaspace()
+    tok.decoder = decoders.Metaspace()
+    tok.train_from_iterator(list(texts), trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials))
+    tok.post_processor = processors.TemplateProcessing(single="$A </s>", pair="$A $B </s>", special_tokens=[("</s>", 2)])
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        pad_token="<pad>",
+        bos_token="<s>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        model_input_names=["input_ids", "attention_mask"],
+    )
+
+
+def save_tokenizer_atomic(tokenizer: Any, folder: str | os.PathLike) -> None:
+    """Save the tokenizer to ``folder`` via a temporary sibling folder and ``os.replace``."""
+    folder = Path(folder)
+    tmp = folder.with_name(f".tmp-{folder.name}-{os.getpid()}")
+    try:
+        from .tokenization import save_tokenizer
+    except ImportError:
+        save_tokenizer = None
+    if save_tokenizer is not None:
+        save_tokenizer(tokenizer, tmp)
+    else:
+        tokenizer.save_pretrained(str(tmp))
+    if folder.exists():
+        import shutil
+
+        shutil.rmtree(folder)
+    os.replace(tmp, folder)
+
+
+def encode_pairs(
+    tokenizer: Any, src: Sequence[str], tgt: Sequence[str], max_length: int
+) -> list[tuple[list[int], list[int]]]:
+    """Token ids (eos appended by the tokenizer) of each pair, truncated to ``max_length``; empty pairs dropped."""
+    enc = tokenizer(list(src), text_target=list(tgt), truncation=True, max_length=max_length)
+    pairs = [(list(s), list(t)) for s, t in zip(enc["input_ids"], enc["labels"]) if len(s) > 1 and len(t) > 1]
+    if not pairs:
+        raise ValueError("every sentence pair is empty after tokenisation")
+    return pairs
+
+
+def token_batches(
+    lengths: Sequence[int], max_tokens: int, seed: int = 0, epoch: int = 0, shuffle: bool = True
+) -> list[list[int]]:
+    """Group example indices into batches of at most ``max_tokens`` (padded) tokens.
+
+    Examples are sorted by length (ties broken at random when shuffling) so a batch holds similar lengths
+    and little padding; the order of the batches is then shuffled. Deterministic in (seed, epoch), which
+    a resumed run relies on to see the same batches.
+    """
+    if max_tokens < max(lengths):
+        raise ValueError(f"max_tokens={max_tokens} is smaller than the longest example ({max(lengths)} tokens)")
+    rng = random.Random(seed * 1_000_003 + epoch)
+    order = list(range(len(lengths)))
+    if shuffle:
+        rng.shuffle(order)
+    order.sort(key=lambda i: lengths[i])  # stable: shuffled order among equal lengths
+    batches, current, longest = [], [], 0
+    for i in order:
+        longest_new = max(longest, lengths[i])
+        if current and longest_new * (len(current) + 1) > max_tokens:
+            batches.append(current)
+            current, longest_new = [], lengths[i]
+        current.append(i)
+        longest = longest_new
+    if current:
+        batches.append(current)
+    if shuffle:
+        rng.shuffle(batches)
+    return batches
+
+
+def shard(batches: list[list[int]], rank: int, world: int) -> list[list[int]]:
+    """This rank's batches: every rank gets the same number (the remainder is dropped) so DDP steps match."""
+    usable = len(batches) - len(batches) % world
+    if usable == 0:
+        raise ValueError(f"only {len(batches)} batches for {world} processes; use more data or a smaller max_tokens")
+    return batches[rank:usable:world]
+
+
+def collate(pairs: Sequence[tuple[list[int], list[int]]], pad_id: int = 0) -> dict[str, torch.Tensor]:
+    """Right-padded ``input_ids``/``attention_mask`` and ``labels`` padded with -100 (ignored by the loss)."""
+    src_len = max(len(s) for s, _ in pairs)
+    tgt_len = max(len(t) for _, t in pairs)
+    ids = torch.full((len(pairs), src_len), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(pairs), src_len), dtype=torch.long)
+    labels = torch.full((len(pairs), tgt_len), -100, dtype=torch.long)
+    for i, (s, t) in enumerate(pairs):
+        ids[i, : len(s)] = torch.tensor(s)
+        mask[i, : len(s)] = 1
+        labels[i, : len(t)] = torch.tensor(t)
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+@dataclass
+class BatchStream:
+    """An endless, resumable stream of this rank's batches over one dataset (epoch after epoch)."""
+
+    examples: list[tuple[list[int], list[int]]]
+    max_tokens: int
+    seed: int
+    rank: int = 0
+    world: int = 1
+    shuffle: bool = True
+    pad_id: int = 0
+    epoch: int = 0
+    position: int = 0
+    _batches: list[list[int]] | None = field(default=None, repr=False)
+
+    def _epoch_batches(self) -> list[list[int]]:
+        if self._batches is None:
+            lengths = [max(len(s), len(t)) for s, t in self.examples]
+            all_batches = token_batches(lengths, self.max_tokens, self.seed, self.epoch, self.shuffle)
+            self._batches = shard(all_batches, self.rank, self.world)
+        return self._batches
+
+    def __len__(self) -> int:
+        return len(self._epoch_batches())
+
+    def next(self) -> dict[str, torch.Tensor]:
+        batches = self._epoch_batches()
+        if self.position >= len(batches):
+            self.epoch, self.position, self._batches = self.epoch + 1, 0, None
+            batches = self._epoch_batches()
+        batch = batches[self.position]
+        self.position += 1
+        return collate([self.examples[i] for i in batch], self.pad_id)
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "position": self.position}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.epoch, self.position, self._batches = int(state["epoch"]), int(state["position"]), None
