@@ -16,7 +16,7 @@ from _helpers import grad_errors, padded_batch, param_grads, set_reversible, tin
 from hf_revdarts import RevDartsConfig, RevDartsForConditionalGeneration, RevDartsModel
 from hf_revdarts.configuration_revdarts import DECODER_OPS, ENCODER_OPS
 from hf_revdarts.ops import OPS, OpContext, SplitFunction
-from hf_revdarts.reversible import ReversibleLayer, ReversibleStack
+from hf_revdarts.reversible import ReversibleLayer
 
 HERE = Path(__file__).resolve().parent
 

@@ -21,18 +21,27 @@ import json
 import logging
 import math
 import os
-import shutil
 import signal
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-DEFAULT_DATA = REPO.parent / "shared" / "data" / "multi30k"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import (  # noqa: E402
+    SAMPLE_DATA,
+    TrainState,
+    atomic_savefig,
+    atomic_write_text,
+    evaluate_loss,
+    find_checkpoint,
+    remove_stale_temporaries,
+    save_checkpoint,
+)
+
+DEFAULT_DATA = SAMPLE_DATA
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -99,105 +108,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def _split_ops(text: str | None) -> list[str] | None:
     return [t.strip() for t in text.split(",") if t.strip()] if text else None
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write via a temporary file in the same folder and ``os.replace``: readers see old or new, never half."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def atomic_savefig(fig: Any, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".png")
-    os.close(fd)
-    try:
-        fig.savefig(tmp, dpi=110, bbox_inches="tight")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-class TrainState:
-    """Everything of the loop that a checkpoint must restore besides model/optimisers/scheduler/RNG."""
-
-    def __init__(self, streams: dict[str, Any]) -> None:
-        self.step = 0
-        self.streams = streams
-        self.history: list[dict[str, Any]] = []
-        self.stopped_early = False
-
-    def state_dict(self) -> dict[str, Any]:
-        return {
-            "step": self.step,
-            "streams": {k: s.state_dict() for k, s in self.streams.items()},
-            "history": self.history,
-            "stopped_early": self.stopped_early,
-        }
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.step = int(state["step"])
-        for k, s in self.streams.items():
-            s.load_state_dict(state["streams"][k])
-        self.history = list(state["history"])
-        self.stopped_early = bool(state.get("stopped_early", False))
-
-
-def find_checkpoint(output_dir: Path, spec: str) -> Path:
-    if spec != "latest":
-        path = Path(spec)
-        if not (path / "train_state.json").is_file():
-            raise FileNotFoundError(f"{spec} is not a complete checkpoint folder (no train_state.json)")
-        return path
-    found = sorted(output_dir.glob("checkpoint-*"))
-    found = [c for c in found if (c / "train_state.json").is_file()]
-    if not found:
-        raise FileNotFoundError(f"--resume_from_checkpoint latest: no checkpoint-* folder in {output_dir}")
-    return found[-1]
-
-
-def save_checkpoint(accelerator: Any, output_dir: Path, state: TrainState, limit: int) -> None:
-    """save_state into a temporary folder, then rename: a kill mid-save leaves only a .tmp folder behind."""
-    final = output_dir / f"checkpoint-{state.step:06d}"
-    tmp = output_dir / f".tmp-checkpoint-{state.step:06d}"
-    if accelerator.is_main_process and tmp.exists():
-        shutil.rmtree(tmp)
-    accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp), safe_serialization=False)
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        # The loop state is written last and in JSON: its presence marks a complete checkpoint.
-        (tmp / "train_state.json").write_text(json.dumps(state.state_dict()))
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-        for old in sorted(output_dir.glob("checkpoint-*"))[:-limit] if limit > 0 else []:
-            shutil.rmtree(old, ignore_errors=True)
-    accelerator.wait_for_everyone()
-
-
-@torch.no_grad()
-def evaluate(model: Any, accelerator: Any, batches: list[dict[str, torch.Tensor]]) -> float:
-    """Token-weighted mean loss over this rank's eval batches, summed over ranks (label smoothing included)."""
-    model.eval()
-    total = torch.zeros(2, dtype=torch.float64, device=accelerator.device)
-    for batch in batches:
-        batch = {k: v.to(accelerator.device) for k, v in batch.items()}
-        n = (batch["labels"] != -100).sum()
-        total[0] += model(**batch).loss.double() * n
-        total[1] += n
-    model.train()
-    total = accelerator.reduce(total, reduction="sum")
-    return float(total[0] / total[1].clamp_min(1))
 
 
 def alpha_snapshot(supernet: Any, step: int, val_loss: float, stats: dict[str, Any]) -> dict[str, Any]:
@@ -332,8 +242,7 @@ def main(argv: list[str] | None = None) -> int:
     set_seed(args.seed)
     if accelerator.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)
-        for stale in output_dir.glob(".tmp-*"):  # left by a run killed mid-write
-            shutil.rmtree(stale, ignore_errors=True) if stale.is_dir() else stale.unlink(missing_ok=True)
+        remove_stale_temporaries(output_dir)  # left by a run killed mid-write
     accelerator.wait_for_everyone()
 
     # ---- tokenizer: trained once (main process), reused on resume so ids never change ---------------
@@ -435,7 +344,7 @@ def main(argv: list[str] | None = None) -> int:
     kill_at = int(os.environ.get("REVDARTS_TEST_SIGKILL_AT_STEP", "0"))  # test hook: simulate a crash
     accum = args.gradient_accumulation_steps
     if state.step == 0 and not state.history:
-        record(evaluate(model, accelerator, eval_batches))
+        record(evaluate_loss(model, accelerator, eval_batches))
     model.train()
     bar = tqdm(total=args.max_steps, initial=state.step, disable=not accelerator.is_local_main_process, desc="search")
     start = time.time()
@@ -467,7 +376,7 @@ def main(argv: list[str] | None = None) -> int:
         bar.set_postfix(train=f"{train_loss:.3f}", arch=f"{arch_loss:.3f}")
         accelerator.log({"train_loss": train_loss, "arch_loss": arch_loss, "lr": lr}, step=state.step)
         if state.step % args.eval_every == 0 or state.step == args.max_steps:
-            if record(evaluate(model, accelerator, eval_batches)):
+            if record(evaluate_loss(model, accelerator, eval_batches)):
                 state.stopped_early = True
         if state.step % args.save_every == 0 or state.step == args.max_steps or state.stopped_early:
             save_checkpoint(accelerator, output_dir, state, args.checkpoints_total_limit)
