@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import socket
 import os
 import subprocess
 import sys
@@ -275,6 +276,12 @@ def _env(**extra: str) -> dict[str, str]:
     return env
 
 
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def _run(args: list[str], env: dict[str, str], timeout: int = 300) -> subprocess.CompletedProcess:
     return subprocess.run(args, env=env, cwd=REPO, capture_output=True, text=True, timeout=timeout)
 
@@ -328,7 +335,7 @@ def test_two_process_run_has_identical_alpha_on_every_rank(tmp_path: Path, order
     extra = {"--second_order": ""} if order == "second" else {}
     accelerate = Path(sys.executable).with_name("accelerate")
     cmd = [str(accelerate), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-           "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29617" if order == "first" else "29618",
+           "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(_free_port()),
            str(REPO / "training" / "search.py")]
     res = _run(cmd + _script_args(data, tmp_path / "ddp", steps=4, **extra), _env(ACCELERATE_USE_CPU="1"))
     assert res.returncode == 0, (res.stdout[-2000:], res.stderr[-4000:])
