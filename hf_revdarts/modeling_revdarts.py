@@ -10,6 +10,9 @@ This file and its relative imports are copied next to saved models (``trust_remo
 from __future__ import annotations
 
 import math
+import os
+import shutil
+from pathlib import Path
 from typing import Any, Callable
 
 import torch
@@ -30,21 +33,32 @@ CACHE_FIELD = "cache" if "cache" in Seq2SeqLMOutput.__dataclass_fields__ else "p
 
 class RevDartsCache:
     """Incremental-decoding state: per decoder layer and split, the state dict of its op (self-attention
-    keys/values, the last w-1 inputs of each convolution, the cross-attention keys/values)."""
+    keys/values, the last w-1 inputs of each convolution and dynamic convolution, the cross-attention
+    keys/values computed once from the encoder output).
+
+    ``static`` lists the (layer, split) states that depend on the encoder output only (cross-attention):
+    beam search permutes beams within a source sentence, whose rows there are identical, so
+    ``reorder_cache(beam_idx, within_batch=True)`` leaves them alone.
+    """
 
     is_compileable = False
 
-    def __init__(self, num_layers: int) -> None:
+    def __init__(self, num_layers: int, static: frozenset[tuple[int, int]] = frozenset()) -> None:
         self.layers: list[dict] = [{} for _ in range(num_layers)]
         self.seen_tokens = 0
+        self.static = frozenset(static)
 
     def get_seq_length(self, layer_idx: int = 0) -> int:
         return self.seen_tokens
 
-    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
-        """Follow beam search: keep, for each new beam, the state of the beam it extends."""
-        for layer in self.layers:
-            for state in layer.values():
+    def reorder_cache(self, beam_idx: torch.LongTensor, within_batch: bool = False) -> None:
+        """Follow beam search: keep, for each new beam, the state of the beam it extends. With
+        ``within_batch`` (every index points at a beam of the same source sentence, as in ``generate``),
+        the encoder-only states are kept as they are."""
+        for i, layer in enumerate(self.layers):
+            for k, state in layer.items():
+                if within_batch and (i, k) in self.static:
+                    continue
                 for key, value in state.items():
                     state[key] = value.index_select(0, beam_idx.to(value.device))
 
@@ -81,11 +95,56 @@ def _build_layers(
     return layers
 
 
+# Where a saved folder's config.json points ``AutoModel*`` and ``pipeline("translation")`` (remote code).
+AUTO_MAP = {
+    "AutoConfig": "configuration_revdarts.RevDartsConfig",
+    "AutoModel": "modeling_revdarts.RevDartsModel",
+    "AutoModelForSeq2SeqLM": "modeling_revdarts.RevDartsForConditionalGeneration",
+}
+CUSTOM_PIPELINES = {
+    "translation": {
+        "impl": "pipeline_translation.TranslationPipeline",
+        "pt": ["AutoModelForSeq2SeqLM"],
+        "type": "text",
+    }
+}
+
+
+def _pipeline_file() -> Path:
+    # This import is never needed at load time; it is here so that transformers' relative-import scan copies
+    # pipeline_translation.py along with this file (into saved folders and its dynamic-module cache), which
+    # keeps the pipeline shippable by a model that was itself loaded as remote code.
+    from .pipeline_translation import TranslationPipeline  # noqa: F401
+
+    return Path(__file__).with_name("pipeline_translation.py")
+
+
 class RevDartsPreTrainedModel(PreTrainedModel):
     config_class = RevDartsConfig
     base_model_prefix = "model"
     main_input_name = "input_ids"
     supports_gradient_checkpointing = True
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        # A subclass defined elsewhere (e.g. the search supernet) is not one of the classes the saved
+        # ``auto_map`` names: it does not inherit the registration (its module cannot travel as remote code).
+        super().__init_subclass__(**kwargs)
+        cls._auto_class = None
+
+    def save_pretrained(self, save_directory: str | os.PathLike, *args: Any, **kwargs: Any) -> Any:
+        """``PreTrainedModel.save_pretrained`` plus what makes the folder self-contained: ``auto_map`` for
+        AutoConfig/AutoModel/AutoModelForSeq2SeqLM, the modeling code (copied by transformers, with its
+        relative imports), and the translation pipeline (``custom_pipelines``, its .py file)."""
+        if self._auto_class is not None:
+            os.makedirs(save_directory, exist_ok=True)
+            auto_map = dict(getattr(self.config, "auto_map", None) or {})
+            auto_map.update(AUTO_MAP)
+            self.config.auto_map = auto_map
+            if isinstance(self, RevDartsForConditionalGeneration):
+                self.config.custom_pipelines = {k: dict(v) for k, v in CUSTOM_PIPELINES.items()}
+                # Written before the parent call: with push_to_hub=True it uploads the folder itself.
+                shutil.copyfile(_pipeline_file(), Path(save_directory) / "pipeline_translation.py")
+        return super().save_pretrained(save_directory, *args, **kwargs)
 
     def _init_weights(self, module: nn.Module) -> None:
         std = self.config.init_std
@@ -157,6 +216,16 @@ class RevDartsDecoder(nn.Module):
             config.reversible_exact_every,
         )
         self.norm = nn.LayerNorm(config.d_model)
+        # (layer, split) of every cross-attention: their cache state is a function of the encoder output only.
+        self.static_states = frozenset(
+            (i, k)
+            for i, layer in enumerate(self.stack.layers)
+            for k, fn in enumerate(layer.functions)
+            if getattr(getattr(fn, "op", None), "name", None) == "cross_attn"
+        )
+
+    def new_cache(self) -> "RevDartsCache":
+        return RevDartsCache(len(self.stack.layers), self.static_states)
 
     def forward(
         self,
@@ -250,7 +319,7 @@ class RevDartsModel(RevDartsPreTrainedModel):
         elif not isinstance(encoder_outputs, BaseModelOutput):
             encoder_outputs = BaseModelOutput(last_hidden_state=encoder_outputs[0])
         if use_cache and cache is None:
-            cache = RevDartsCache(self.config.decoder_layers)
+            cache = self.decoder.new_cache()
         if not use_cache:
             cache = None
         if decoder_inputs_embeds is None:
@@ -299,6 +368,21 @@ class RevDartsForConditionalGeneration(RevDartsPreTrainedModel, GenerationMixin)
         self.output_proj = nn.Linear(config.d_model, e, bias=False) if e != config.d_model else None
         self.lm_head = nn.Linear(e, config.vocab_size, bias=False)
         self.post_init()
+        self._set_generation_defaults()
+
+    def _set_generation_defaults(self) -> None:
+        """A plain ``generate(**inputs)`` starts, pads and stops with the config's ids and may run up to the
+        decoder's position limit (generation_config.json of a saved model overrides these)."""
+        gen = getattr(self, "generation_config", None)
+        if gen is None:
+            return
+        cfg = self.config
+        gen.decoder_start_token_id = cfg.decoder_start_token_id
+        gen.bos_token_id = cfg.bos_token_id
+        gen.eos_token_id = cfg.eos_token_id
+        gen.pad_token_id = cfg.pad_token_id
+        if gen.max_length is None or gen.max_length == 20:  # transformers' generic default
+            gen.max_length = cfg.max_position_embeddings
 
     @classmethod
     def _supports_default_dynamic_cache(cls) -> bool:
@@ -392,8 +476,14 @@ class RevDartsForConditionalGeneration(RevDartsPreTrainedModel, GenerationMixin)
         }
 
     def _reorder_cache(self, cache: RevDartsCache, beam_idx: torch.LongTensor) -> RevDartsCache:
-        cache.reorder_cache(beam_idx)
+        # generate's beam search only permutes the beams of each source sentence
+        cache.reorder_cache(beam_idx, within_batch=True)
         return cache
 
     def prepare_decoder_input_ids_from_labels(self, labels: torch.Tensor) -> torch.Tensor:
         return shift_tokens_right(labels, self.config.pad_token_id, self.config.decoder_start_token_id)
+
+
+RevDartsConfig.register_for_auto_class()
+RevDartsModel.register_for_auto_class("AutoModel")
+RevDartsForConditionalGeneration.register_for_auto_class("AutoModelForSeq2SeqLM")
