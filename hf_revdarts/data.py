@@ -134,52 +134,19 @@ def load_parallel_text(
 
 
 def get_tokenizer(texts: Sequence[str], vocab_size: int) -> Any:
-    """A joint BPE tokenizer trained on ``texts`` (pad 0, bos 1, eos 2, unk 3; eos appended).
+    """A joint BPE tokenizer trained on ``texts`` (pad 0, bos 1, eos 2, unk 3; eos appended)."""
+    from .tokenization import train_tokenizer
 
-    Uses ``hf_revdarts.tokenization.train_tokenizer`` (the project's tokenizer); falls back to an
-    equivalent minimal trainer only if that module is not available.
-    """
-    try:
-        from .tokenization import train_tokenizer
-    except ImportError:
-        logger.warning("hf_revdarts.tokenization not found; using the minimal fallback BPE trainer")
-        return _fallback_tokenizer(texts, vocab_size)
     return train_tokenizer(list(texts), vocab_size)
-
-
-def _fallback_tokenizer(texts: Sequence[str], vocab_size: int) -> Any:
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    specials = ["<pad>", "<s>", "</s>", "<unk>"]
-    tok = Tokenizer(models.BPE(unk_token="<unk>"))
-    tok.normalizer = normalizers.NFKC()
-    tok.pre_tokenizer = pre_tokenizers.Metaspace()
-    tok.decoder = decoders.Metaspace()
-    tok.train_from_iterator(list(texts), trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials))
-    tok.post_processor = processors.TemplateProcessing(single="$A </s>", pair="$A $B </s>", special_tokens=[("</s>", 2)])
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        pad_token="<pad>",
-        bos_token="<s>",
-        eos_token="</s>",
-        unk_token="<unk>",
-        model_input_names=["input_ids", "attention_mask"],
-    )
 
 
 def save_tokenizer_atomic(tokenizer: Any, folder: str | os.PathLike) -> None:
     """Save the tokenizer to ``folder`` via a temporary sibling folder and ``os.replace``."""
     folder = Path(folder)
     tmp = folder.with_name(f".tmp-{folder.name}-{os.getpid()}")
-    try:
-        from .tokenization import save_tokenizer
-    except ImportError:
-        save_tokenizer = None
-    if save_tokenizer is not None:
-        save_tokenizer(tokenizer, tmp)
-    else:
-        tokenizer.save_pretrained(str(tmp))
+    from .tokenization import save_tokenizer
+
+    save_tokenizer(tokenizer, tmp)
     if folder.exists():
         import shutil
 
@@ -187,7 +154,7 @@ def save_tokenizer_atomic(tokenizer: Any, folder: str | os.PathLike) -> None:
     os.replace(tmp, folder)
 
 
-def encode_pairs(
+def tokenize_pairs(
     tokenizer: Any, src: Sequence[str], tgt: Sequence[str], max_length: int
 ) -> list[tuple[list[int], list[int]]]:
     """Token ids (eos appended by the tokenizer) of each pair, truncated to ``max_length``; empty pairs dropped."""

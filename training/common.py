@@ -217,3 +217,10 @@ def bleu_and_chrf(hypotheses: list[str], references: list[str]) -> dict[str, Any
         "bleu_detail": str(b),
         "sentences": len(hypotheses),
     }
+
+
+def shutdown(accelerator: Any) -> None:
+    """Leave the process group together: a gloo group left to the interpreter's exit can hang a rank."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        accelerator.wait_for_everyone()
+        torch.distributed.destroy_process_group()

@@ -39,6 +39,7 @@ from common import (  # noqa: E402
     find_checkpoint,
     remove_stale_temporaries,
     save_checkpoint,
+    shutdown,
 )
 
 DEFAULT_DATA = SAMPLE_DATA
@@ -199,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
     from tqdm.auto import tqdm
 
     from hf_revdarts import RevDartsConfig
-    from hf_revdarts.data import BatchStream, encode_pairs, get_tokenizer, load_parallel_text, save_tokenizer_atomic
+    from hf_revdarts.data import BatchStream, tokenize_pairs, get_tokenizer, load_parallel_text, save_tokenizer_atomic
     from hf_revdarts.search import Architect, CollapseGuard, RevDartsSupernet
     from hf_revdarts.search.architect import inverse_sqrt_schedule, make_arch_optimizer, make_weight_optimizer
     from hf_revdarts.search.supernet import validate_search_space
@@ -254,9 +255,9 @@ def main(argv: list[str] | None = None) -> int:
 
     tokenizer = PreTrainedTokenizerFast.from_pretrained(str(tok_dir))
     pad = tokenizer.pad_token_id
-    train_ex = encode_pairs(tokenizer, train_src, train_tgt, args.max_length)
-    arch_ex = encode_pairs(tokenizer, arch_src, arch_tgt, args.max_length)
-    eval_ex = encode_pairs(tokenizer, eval_src, eval_tgt, args.max_length)
+    train_ex = tokenize_pairs(tokenizer, train_src, train_tgt, args.max_length)
+    arch_ex = tokenize_pairs(tokenizer, arch_src, arch_tgt, args.max_length)
+    eval_ex = tokenize_pairs(tokenizer, eval_src, eval_tgt, args.max_length)
     rank, world = accelerator.process_index, accelerator.num_processes
     streams = {
         "train": BatchStream(train_ex, args.max_tokens, args.seed, rank, world, pad_id=pad),
@@ -411,6 +412,7 @@ def main(argv: list[str] | None = None) -> int:
         atomic_write_text(output_dir / "search_summary.json", json.dumps(summary, indent=1))
         print(json.dumps(summary))
     accelerator.end_training()
+    shutdown(accelerator)
     return 0
 
 

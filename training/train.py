@@ -41,6 +41,7 @@ from common import (  # noqa: E402
     find_checkpoint,
     remove_stale_temporaries,
     save_checkpoint,
+    shutdown,
     translate,
 )
 
@@ -172,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     from transformers import PreTrainedTokenizerFast
 
     from hf_revdarts import RevDartsForConditionalGeneration
-    from hf_revdarts.data import BatchStream, encode_pairs, get_tokenizer, load_parallel_text, save_tokenizer_atomic
+    from hf_revdarts.data import BatchStream, tokenize_pairs, get_tokenizer, load_parallel_text, save_tokenizer_atomic
     from hf_revdarts.search.architect import inverse_sqrt_schedule
 
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
@@ -217,8 +218,8 @@ def main(argv: list[str] | None = None) -> int:
         save_tokenizer_atomic(tokenizer, tok_dir)
     accelerator.wait_for_everyone()
     tokenizer = PreTrainedTokenizerFast.from_pretrained(str(tok_dir))
-    train_ex = encode_pairs(tokenizer, train_src, train_tgt, args.max_length)
-    eval_ex = encode_pairs(tokenizer, eval_src, eval_tgt, args.max_length)
+    train_ex = tokenize_pairs(tokenizer, train_src, train_tgt, args.max_length)
+    eval_ex = tokenize_pairs(tokenizer, eval_src, eval_tgt, args.max_length)
     rank, world = accelerator.process_index, accelerator.num_processes
     pad = tokenizer.pad_token_id
     streams = {"train": BatchStream(train_ex, args.max_tokens, args.seed, rank, world, pad_id=pad)}
@@ -310,6 +311,7 @@ def main(argv: list[str] | None = None) -> int:
         atomic_write_json(output_dir / "train_summary.json", summary)
         print(json.dumps({k: summary[k] for k in ("steps", "train_seconds", "best", "parameters")}))
     accelerator.end_training()
+    shutdown(accelerator)
     return 0
 
 
