@@ -113,7 +113,7 @@ def build_card(model: Any, results: dict[str, Any], args: argparse.Namespace, ex
         card_data,
         template_path=str(TEMPLATE),
         model_name=name,
-        repo_id=args.hub_model_id or str(Path(args.output_dir).resolve()),
+        repo_id=args.hub_model_id or str(args.output_dir),
         src_lang_name=LANGUAGE_NAMES.get(src, src),
         tgt_lang_name=LANGUAGE_NAMES.get(tgt, tgt),
         example_source=extra["example_source"].replace('"', '\\"'),
