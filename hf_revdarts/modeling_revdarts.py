@@ -186,17 +186,23 @@ class RevDartsStackEmbedding(nn.Module):
         return x + sinusoidal_positions(past_length, length, self.d_model, x.device, x.dtype)
 
 
-class RevDartsEncoder(nn.Module):
-    def __init__(self, config: RevDartsConfig, build_split: SplitBuilder = derived_split) -> None:
+class _RevDartsSide(nn.Module):
+    """What encoder and decoder share: the embedding, the reversible stack of their genotype, a final LayerNorm."""
+
+    def __init__(self, config: RevDartsConfig, decoder: bool, build_split: SplitBuilder) -> None:
         super().__init__()
         self.embed = RevDartsStackEmbedding(config)
         self.dropout = config.dropout
+        genotype = config.decoder_genotype if decoder else config.encoder_genotype
         self.stack = ReversibleStack(
-            _build_layers(config, False, config.encoder_genotype, build_split),
-            config.reversible,
-            config.reversible_exact_every,
+            _build_layers(config, decoder, genotype, build_split), config.reversible, config.reversible_exact_every
         )
         self.norm = nn.LayerNorm(config.d_model)
+
+
+class RevDartsEncoder(_RevDartsSide):
+    def __init__(self, config: RevDartsConfig, build_split: SplitBuilder = derived_split) -> None:
+        super().__init__(config, False, build_split)
 
     def forward(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         x = F.dropout(self.embed(inputs_embeds), self.dropout, self.training)
@@ -205,17 +211,9 @@ class RevDartsEncoder(nn.Module):
         return self.norm(self.stack(x, ctx))
 
 
-class RevDartsDecoder(nn.Module):
+class RevDartsDecoder(_RevDartsSide):
     def __init__(self, config: RevDartsConfig, build_split: SplitBuilder = derived_split) -> None:
-        super().__init__()
-        self.embed = RevDartsStackEmbedding(config)
-        self.dropout = config.dropout
-        self.stack = ReversibleStack(
-            _build_layers(config, True, config.decoder_genotype, build_split),
-            config.reversible,
-            config.reversible_exact_every,
-        )
-        self.norm = nn.LayerNorm(config.d_model)
+        super().__init__(config, True, build_split)
         # (layer, split) of every cross-attention: their cache state is a function of the encoder output only.
         self.static_states = frozenset(
             (i, k)
