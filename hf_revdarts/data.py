@@ -140,20 +140,6 @@ def get_tokenizer(texts: Sequence[str], vocab_size: int) -> Any:
     return train_tokenizer(list(texts), vocab_size)
 
 
-def save_tokenizer_atomic(tokenizer: Any, folder: str | os.PathLike) -> None:
-    """Save the tokenizer to ``folder`` via a temporary sibling folder and ``os.replace``."""
-    folder = Path(folder)
-    tmp = folder.with_name(f".tmp-{folder.name}-{os.getpid()}")
-    from .tokenization import save_tokenizer
-
-    save_tokenizer(tokenizer, tmp)
-    if folder.exists():
-        import shutil
-
-        shutil.rmtree(folder)
-    os.replace(tmp, folder)
-
-
 def tokenize_pairs(
     tokenizer: Any, src: Sequence[str], tgt: Sequence[str], max_length: int
 ) -> list[tuple[list[int], list[int]]]:

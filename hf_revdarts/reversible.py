@@ -223,9 +223,10 @@ class ReversibleStack(nn.Module):
             for layer, state in zip(self.layers, cache):
                 x = layer(x, ctx, side, state)
             return x
-        params = _unique_params(self)
         needs_grad = torch.is_grad_enabled() and (
-            x.requires_grad or (side is not None and side.requires_grad) or len(params) > 0
+            x.requires_grad
+            or (side is not None and side.requires_grad)
+            or any(p.requires_grad for p in self.parameters())
         )
         if self.reversible and needs_grad:
             tape = _Tape(side, x.device.type)

@@ -33,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (  # noqa: E402
     SAMPLE_DATA,
     TrainState,
+    atomic_folder,
     atomic_savefig,
     atomic_write_text,
     evaluate_loss,
@@ -200,7 +201,8 @@ def main(argv: list[str] | None = None) -> int:
     from tqdm.auto import tqdm
 
     from hf_revdarts import RevDartsConfig
-    from hf_revdarts.data import BatchStream, tokenize_pairs, get_tokenizer, load_parallel_text, save_tokenizer_atomic
+    from hf_revdarts.data import BatchStream, tokenize_pairs, get_tokenizer, load_parallel_text
+    from hf_revdarts.tokenization import save_tokenizer
     from hf_revdarts.search import Architect, CollapseGuard, RevDartsSupernet
     from hf_revdarts.search.architect import inverse_sqrt_schedule, make_arch_optimizer, make_weight_optimizer
     from hf_revdarts.search.supernet import validate_search_space
@@ -249,7 +251,8 @@ def main(argv: list[str] | None = None) -> int:
     # ---- tokenizer: trained once (main process), reused on resume so ids never change ---------------
     tok_dir = output_dir / "tokenizer"
     if accelerator.is_main_process and not (tok_dir / "tokenizer.json").is_file():
-        save_tokenizer_atomic(get_tokenizer(train_src + train_tgt + arch_src + arch_tgt, args.vocab_size), tok_dir)
+        with atomic_folder(tok_dir) as tmp:
+            save_tokenizer(get_tokenizer(train_src + train_tgt + arch_src + arch_tgt, args.vocab_size), tmp)
     accelerator.wait_for_everyone()
     from transformers import PreTrainedTokenizerFast
 

@@ -173,7 +173,8 @@ def main(argv: list[str] | None = None) -> int:
     from transformers import PreTrainedTokenizerFast
 
     from hf_revdarts import RevDartsForConditionalGeneration
-    from hf_revdarts.data import BatchStream, tokenize_pairs, get_tokenizer, load_parallel_text, save_tokenizer_atomic
+    from hf_revdarts.data import BatchStream, tokenize_pairs, get_tokenizer, load_parallel_text
+    from hf_revdarts.tokenization import save_tokenizer
     from hf_revdarts.search.architect import inverse_sqrt_schedule
 
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
@@ -215,7 +216,8 @@ def main(argv: list[str] | None = None) -> int:
             if tok_source is not None
             else get_tokenizer(train_src + train_tgt, args.vocab_size)
         )
-        save_tokenizer_atomic(tokenizer, tok_dir)
+        with atomic_folder(tok_dir) as tmp:
+            save_tokenizer(tokenizer, tmp)
     accelerator.wait_for_everyone()
     tokenizer = PreTrainedTokenizerFast.from_pretrained(str(tok_dir))
     train_ex = tokenize_pairs(tokenizer, train_src, train_tgt, args.max_length)
