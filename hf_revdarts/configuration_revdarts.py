@@ -9,7 +9,7 @@ from typing import Any
 
 from transformers import PretrainedConfig
 
-# Canonical candidate-op names (DESIGN.md §1). The order is the order of the α vector in the supernet.
+# Canonical candidate-op names. The order is the order of the α vector in the supernet.
 ENCODER_OPS: tuple[str, ...] = (
     "conv_3",
     "conv_5",
@@ -68,28 +68,95 @@ def validate_genotype(genotype: Any, num_layers: int, names_per_layer: int, allo
                 raise ValueError(f"{field}[{i}] has unknown op {name!r}; valid {side} ops: {', '.join(allowed)}")
 
 
+def validate_search_ops(ops: Any, allowed: tuple[str, ...], side: str) -> None:
+    """Raise ``ValueError`` naming ``search_{side}_ops`` when it is not ``None`` or distinct op names of ``allowed``."""
+    field = f"search_{side}_ops"
+    if ops is None:
+        return
+    if not isinstance(ops, (list, tuple)) or not all(isinstance(name, str) for name in ops):
+        raise ValueError(f"{field} must be a list of op names (or None for all {side} ops), got {ops!r}")
+    if not ops:
+        raise ValueError(f"{field} is empty: the {side} search space needs at least one op from: {', '.join(allowed)}")
+    for name in ops:
+        if name not in allowed:
+            hint = " ('cross_attn' exists only in the decoder)" if name == "cross_attn" else ""
+            raise ValueError(f"{field} has unknown op {name!r}{hint}; valid {side} ops: {', '.join(allowed)}")
+    if len(set(ops)) != len(ops):
+        raise ValueError(f"{field} lists an op twice: {list(ops)}")
+
+
 class RevDartsConfig(PretrainedConfig):
     r"""
-    Configuration of a multi-split reversible encoder-decoder whose layers are given by a searched genotype.
+    Configuration of a multi-split reversible encoder-decoder whose layers are given by a searched genotype, and of
+    the search supernet built from the same sizes (``RevDartsSupernet(config)``).
 
     Args:
-        vocab_size: joint source/target vocabulary size.
-        d_model: width of the residual stream; split into ``encoder_splits`` / ``decoder_splits`` equal parts.
-        embedding_dim: width *e* of the factorised embedding (vocab × e, then e × d). ``None`` means e = d and
-            no projection.
-        encoder_layers, decoder_layers: number of reversible layers per stack.
-        encoder_splits, decoder_splits: splits per layer (the decoder's last split is fixed cross-attention).
-        pooling: how a split function merges its n-1 inputs, ``"max"`` or ``"avg"``.
-        num_heads: heads of every attention op (must divide each split's width).
-        ffn_multiplier: hidden width of ``ffn`` as a multiple of the split width.
-        dropout, attention_dropout, activation_dropout: dropout probabilities.
-        max_position_embeddings: longest input accepted (sinusoidal positions are precomputed up to it).
-        reversible: train with backpropagation-with-reconstruction (``False``: ordinary autograd, same network).
-        reversible_exact_every: keep an exact copy of the stack input every k layers so that reconstruction
-            error cannot compound over more than k layers (0 = keep none, memory flat in depth).
-        label_smoothing: label smoothing of the training loss.
-        encoder_genotype, decoder_genotype: one list of op names per layer; ``None`` gives the
-            self_attn/ffn Transformer genotype.
+        vocab_size (`int`, *optional*, defaults to 8000):
+            Size of the joint source/target vocabulary.
+        d_model (`int`, *optional*, defaults to 384):
+            Width of the residual stream; split into `encoder_splits` / `decoder_splits` equal parts.
+        embedding_dim (`int`, *optional*):
+            Width *e* of the factorised embedding (vocab × e, then e × d). `None` means e = `d_model`, no projection.
+        encoder_layers (`int`, *optional*, defaults to 6):
+            Number of reversible layers of the encoder stack.
+        decoder_layers (`int`, *optional*, defaults to 6):
+            Number of reversible layers of the decoder stack.
+        encoder_splits (`int`, *optional*, defaults to 2):
+            Parts a layer's input is split into in the encoder (each part has one searched split function).
+        decoder_splits (`int`, *optional*, defaults to 3):
+            Parts a layer's input is split into in the decoder; the last one is fixed cross-attention.
+        pooling (`str`, *optional*, defaults to `"max"`):
+            How a split function merges its n-1 inputs: `"max"` or `"avg"` (element-wise).
+        num_heads (`int`, *optional*, defaults to 8):
+            Heads of every attention op; must divide each split's width.
+        ffn_multiplier (`int`, *optional*, defaults to 4):
+            Hidden width of the `ffn` op as a multiple of the split width.
+        dropout (`float`, *optional*, defaults to 0.1):
+            Dropout probability on embeddings and on every op's output.
+        attention_dropout (`float`, *optional*, defaults to 0.0):
+            Dropout probability on attention weights.
+        activation_dropout (`float`, *optional*, defaults to 0.0):
+            Dropout probability inside `ffn` after its activation.
+        max_position_embeddings (`int`, *optional*, defaults to 512):
+            Longest input accepted, in tokens (sinusoidal positions are computed up to it).
+        scale_embedding (`bool`, *optional*, defaults to `True`):
+            Multiply token embeddings by sqrt(`d_model`).
+        init_std (`float`, *optional*, defaults to 0.02):
+            Standard deviation of the normal initialisation of linear, convolution and embedding weights.
+        reversible (`bool`, *optional*, defaults to `True`):
+            Train with backpropagation-with-reconstruction; `False` runs the same network with ordinary autograd.
+        reversible_exact_every (`int`, *optional*, defaults to 0):
+            Keep an exact copy of the stack input every k layers, so fp32 reconstruction error cannot compound
+            over more than k layers (0 keeps none: memory flat in depth).
+        label_smoothing (`float`, *optional*, defaults to 0.0):
+            Label smoothing of the training loss.
+        encoder_genotype (`list[list[str]]`, *optional*):
+            One list of `encoder_splits` op names per encoder layer; `None` gives the self_attn/ffn Transformer.
+        decoder_genotype (`list[list[str]]`, *optional*):
+            One list of `decoder_splits - 1` op names per decoder layer; `None` gives the self_attn/ffn Transformer.
+        search_encoder_ops (`list[str]`, *optional*):
+            Search only: the candidate ops of every searched encoder split, in α order; `None` means all 13.
+        search_decoder_ops (`list[str]`, *optional*):
+            Search only: the candidate ops of every searched decoder split, in α order; `None` means all 14.
+        tie_blocks (`int`, *optional*, defaults to 0):
+            Search only: 0 gives every layer its own α; s > 0 shares α across a repeated block of s layers
+            (layer i uses block position i mod s), as the paper does with s = 2.
+        alpha_init_std (`float`, *optional*, defaults to 1e-3):
+            Search only: α starts as `alpha_init_std * N(0, 1)`, i.e. near uniform (DARTS' choice).
+        use_cache (`bool`, *optional*, defaults to `True`):
+            Whether `generate` keeps attention keys/values and convolution history between steps.
+        pad_token_id (`int`, *optional*, defaults to 0):
+            Padding token id (its embedding row is zero).
+        bos_token_id (`int`, *optional*, defaults to 1):
+            Beginning-of-sequence token id.
+        eos_token_id (`int`, *optional*, defaults to 2):
+            End-of-sequence token id.
+        decoder_start_token_id (`int`, *optional*, defaults to 1):
+            First decoder input token during teacher forcing and generation.
+        is_encoder_decoder (`bool`, *optional*, defaults to `True`):
+            Always `True` (an encoder-decoder); kept as an argument for `PretrainedConfig`.
+        tie_word_embeddings (`bool`, *optional*, defaults to `True`):
+            Tie the LM head to the shared source/target embedding.
     """
 
     model_type = "revdarts"
@@ -122,6 +189,10 @@ class RevDartsConfig(PretrainedConfig):
         label_smoothing: float = 0.0,
         encoder_genotype: list[list[str]] | None = None,
         decoder_genotype: list[list[str]] | None = None,
+        search_encoder_ops: list[str] | None = None,
+        search_decoder_ops: list[str] | None = None,
+        tie_blocks: int = 0,
+        alpha_init_std: float = 1e-3,
         use_cache: bool = True,
         pad_token_id: int = 0,
         bos_token_id: int = 1,
@@ -153,6 +224,10 @@ class RevDartsConfig(PretrainedConfig):
         std = standard_genotype(encoder_layers, decoder_layers, decoder_splits)
         self.encoder_genotype = [list(x) for x in encoder_genotype] if encoder_genotype is not None else std["encoder"]
         self.decoder_genotype = [list(x) for x in decoder_genotype] if decoder_genotype is not None else std["decoder"]
+        self.search_encoder_ops = list(search_encoder_ops) if search_encoder_ops is not None else None
+        self.search_decoder_ops = list(search_decoder_ops) if search_decoder_ops is not None else None
+        self.tie_blocks = tie_blocks
+        self.alpha_init_std = alpha_init_std
         self.use_cache = use_cache
         super().__init__(
             pad_token_id=pad_token_id,
@@ -195,3 +270,12 @@ class RevDartsConfig(PretrainedConfig):
             raise ValueError(f"max_position_embeddings={self.max_position_embeddings} must be positive")
         validate_genotype(self.encoder_genotype, self.encoder_layers, self.encoder_splits, ENCODER_OPS, "encoder")
         validate_genotype(self.decoder_genotype, self.decoder_layers, self.decoder_splits - 1, DECODER_OPS, "decoder")
+        validate_search_ops(self.search_encoder_ops, ENCODER_OPS, "encoder")
+        validate_search_ops(self.search_decoder_ops, DECODER_OPS, "decoder")
+        if not isinstance(self.tie_blocks, int) or isinstance(self.tie_blocks, bool) or self.tie_blocks < 0:
+            raise ValueError(
+                f"tie_blocks={self.tie_blocks!r} must be an integer >= 0 (0 = every layer its own α, s > 0 = share α "
+                "across a repeated block of s layers)"
+            )
+        if not isinstance(self.alpha_init_std, (int, float)) or not 0.0 <= self.alpha_init_std < float("inf"):
+            raise ValueError(f"alpha_init_std={self.alpha_init_std!r} must be a finite number >= 0 (DARTS uses 1e-3)")

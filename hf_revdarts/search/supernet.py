@@ -19,6 +19,7 @@ optimisers and DDP see it once and its gradient is the sum over the tied layers.
 
 from __future__ import annotations
 
+import copy
 import logging
 from collections.abc import Sequence
 from typing import Any
@@ -54,6 +55,30 @@ def validate_search_space(ops: Sequence[str] | None, side: str) -> tuple[str, ..
     if len(set(ops)) != len(ops):
         raise ValueError(f"the {side} search space lists an op twice: {list(ops)}")
     return ops
+
+
+def _with_search_overrides(
+    config: RevDartsConfig,
+    tie_blocks: int | None,
+    encoder_ops: Sequence[str] | None,
+    decoder_ops: Sequence[str] | None,
+    alpha_init_std: float | None,
+) -> RevDartsConfig:
+    """``config`` itself, or a validated copy with the given search settings written in."""
+    overrides = {
+        "tie_blocks": tie_blocks,
+        "search_encoder_ops": list(encoder_ops) if encoder_ops is not None else None,
+        "search_decoder_ops": list(decoder_ops) if decoder_ops is not None else None,
+        "alpha_init_std": alpha_init_std,
+    }
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    if not overrides:
+        return config
+    config = copy.deepcopy(config)  # the caller's config stays as it was
+    for key, value in overrides.items():
+        setattr(config, key, value)
+    config.validate_revdarts()
+    return config
 
 
 class MixedSplit(nn.Module):
@@ -94,31 +119,35 @@ class MixedSplit(nn.Module):
 class RevDartsSupernet(RevDartsForConditionalGeneration):
     """The one-shot supernet: a RevDarts model whose searchable splits are mixed ops.
 
+    Built from a ``RevDartsConfig`` alone: its sizes, splits, pooling, dropout and ``reversible``, and the
+    search settings ``search_encoder_ops`` / ``search_decoder_ops`` (candidate ops per side, default all 13 /
+    14), ``tie_blocks`` (0: every layer its own α; s > 0: α shared across a repeated block of s layers, layer
+    i using block position i mod s, as in the paper with s = 2) and ``alpha_init_std`` (α starts as
+    ``alpha_init_std * N(0, 1)``, near uniform). The genotype fields are ignored (only the layer counts
+    matter). ``save_pretrained`` / ``from_pretrained`` round-trip the supernet, α included.
+
     Args:
-        config: a ``RevDartsConfig`` for sizes, splits, pooling, dropout, ``reversible``; its genotype
-            fields are ignored (only the layer counts matter).
-        tie_blocks: 0 searches every layer with its own α; s > 0 shares α across a repeated block of s
-            layers (layer i uses block position i mod s), as in the paper (s = 2).
-        encoder_ops, decoder_ops: a custom candidate list per side (default: all 13 / 14 ops).
-        alpha_init_std: α starts as ``alpha_init_std * N(0, 1)`` (DARTS uses 1e-3), i.e. near uniform.
+        config: the ``RevDartsConfig`` to build from.
+        tie_blocks, encoder_ops, decoder_ops, alpha_init_std: optional overrides of the config's
+            ``tie_blocks``, ``search_encoder_ops``, ``search_decoder_ops`` and ``alpha_init_std``; given ones
+            are written into a copy of the config (``self.config``), so that a saved supernet rebuilds alike.
     """
 
     def __init__(
         self,
         config: RevDartsConfig,
-        tie_blocks: int = 0,
+        tie_blocks: int | None = None,
         encoder_ops: Sequence[str] | None = None,
         decoder_ops: Sequence[str] | None = None,
-        alpha_init_std: float = 1e-3,
+        alpha_init_std: float | None = None,
     ) -> None:
-        if tie_blocks < 0:
-            raise ValueError(f"tie_blocks={tie_blocks} must be >= 0 (0 = untied, s > 0 = share α across s layers)")
-        self.tie_blocks = int(tie_blocks)
+        config = _with_search_overrides(config, tie_blocks, encoder_ops, decoder_ops, alpha_init_std)
+        self.tie_blocks = int(config.tie_blocks)
         self.search_space = {
-            "encoder": validate_search_space(encoder_ops, "encoder"),
-            "decoder": validate_search_space(decoder_ops, "decoder"),
+            "encoder": validate_search_space(config.search_encoder_ops, "encoder"),
+            "decoder": validate_search_space(config.search_decoder_ops, "decoder"),
         }
-        self._alpha_init_std = alpha_init_std
+        self._alpha_init_std = float(config.alpha_init_std)
         # α per (side, block position, split), created on first use by the builder; a plain dict (not
         # registered here) because the MixedSplits register them below the stacks.
         alphas: dict[tuple[str, int, int], nn.Parameter] = {}
@@ -132,7 +161,7 @@ class RevDartsSupernet(RevDartsForConditionalGeneration):
             position = layer % self.tie_blocks if self.tie_blocks else layer
             key = (side, position, split)
             if key not in alphas:
-                alphas[key] = nn.Parameter(alpha_init_std * torch.randn(len(ops)))
+                alphas[key] = nn.Parameter(self._alpha_init_std * torch.randn(len(ops)))
             module = MixedSplit(ops, width, cfg, causal, alphas[key])
             nodes.append((side, layer, split, module))
             return module
@@ -142,7 +171,33 @@ class RevDartsSupernet(RevDartsForConditionalGeneration):
         self._alpha_keys = sorted(alphas, key=lambda k: (k[0] != "encoder", k[1], k[2]))
         self._alpha_table = alphas
         self._nodes = nodes
+        self._declare_tied_alphas()
         self._init_alphas()
+
+    # -- save / load ----------------------------------------------------------------------------------
+    def _declare_tied_alphas(self) -> None:
+        # A tied α is one Parameter under several state-dict names, and safetensors refuses aliased tensors.
+        # Declared as tied weights (its first name is the source), save_pretrained writes it once and
+        # from_pretrained points the other names back at the loaded source.
+        first: dict[int, str] = {}
+        tied: dict[str, str] = {}
+        for name, param in self.named_parameters(remove_duplicate=False):
+            if name.endswith(".alpha"):
+                source = first.setdefault(id(param), name)
+                if source != name:
+                    tied[name] = source
+        self._tied_weights_keys = {**(type(self)._tied_weights_keys or {}), **tied}
+        if hasattr(self, "all_tied_weights_keys"):  # transformers 5 ties from this mapping when loading
+            self.all_tied_weights_keys.update(tied)
+
+    def tie_weights(self, *args: Any, **kwargs: Any) -> None:
+        super().tie_weights(*args, **kwargs)
+        if hasattr(self, "_nodes"):
+            # Loading puts new Parameters into the modules (one per tied group, which tying then shares):
+            # re-read the α table from them, so that arch_parameters() are the registered, loaded tensors.
+            for side, layer, split, module in self._nodes:
+                position = layer % self.tie_blocks if self.tie_blocks else layer
+                self._alpha_table[(side, position, split)] = module.alpha
 
     # -- parameters ---------------------------------------------------------------------------------
     def _init_alphas(self) -> None:
