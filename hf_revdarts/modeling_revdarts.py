@@ -12,8 +12,9 @@ from __future__ import annotations
 import math
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -75,6 +76,11 @@ def shift_tokens_right(labels: torch.Tensor, pad_token_id: int, decoder_start_to
 
 
 SplitBuilder = Callable[..., nn.Module]
+
+
+def _return_dict(config: RevDartsConfig, return_dict: bool | None) -> bool:
+    # An output dataclass unless asked for a tuple (by the argument, else by config.return_dict).
+    return return_dict if return_dict is not None else getattr(config, "return_dict", True)
 
 
 def derived_split(name: str, width: int, config: RevDartsConfig, causal: bool, layer: int, split: int) -> nn.Module:
@@ -222,7 +228,7 @@ class RevDartsDecoder(_RevDartsSide):
             if getattr(getattr(fn, "op", None), "name", None) == "cross_attn"
         )
 
-    def new_cache(self) -> "RevDartsCache":
+    def new_cache(self) -> RevDartsCache:
         return RevDartsCache(len(self.stack.layers), self.static_states)
 
     def forward(
@@ -332,11 +338,12 @@ class RevDartsModel(RevDartsPreTrainedModel):
             attention_mask=decoder_attention_mask,
             cache=cache,
         )
-        return Seq2SeqModelOutput(
+        out = Seq2SeqModelOutput(
             last_hidden_state=hidden,
             encoder_last_hidden_state=encoder_outputs.last_hidden_state,
             **{CACHE_FIELD: cache},
         )
+        return out if _return_dict(self.config, return_dict) else out.to_tuple()
 
 
 class _EncoderView(nn.Module):
@@ -432,6 +439,7 @@ class RevDartsForConditionalGeneration(RevDartsPreTrainedModel, GenerationMixin)
             inputs_embeds=inputs_embeds,
             decoder_inputs_embeds=decoder_inputs_embeds,
             use_cache=use_cache,
+            return_dict=True,
             **kwargs,
         )
         hidden = out.last_hidden_state
@@ -446,12 +454,13 @@ class RevDartsForConditionalGeneration(RevDartsPreTrainedModel, GenerationMixin)
                 ignore_index=-100,
                 label_smoothing=self.config.label_smoothing,
             )
-        return Seq2SeqLMOutput(
+        output = Seq2SeqLMOutput(
             loss=loss,
             logits=logits,
             encoder_last_hidden_state=out.encoder_last_hidden_state,
             **{CACHE_FIELD: getattr(out, CACHE_FIELD)},
         )
+        return output if _return_dict(self.config, return_dict) else output.to_tuple()
 
     def prepare_inputs_for_generation(
         self,
