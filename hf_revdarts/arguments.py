@@ -1,0 +1,343 @@
+"""The argument schema of the search and training scripts, and the one builder of their ``RevDartsConfig``.
+
+Arguments are dataclasses read by ``transformers.HfArgumentParser``, as in transformers' example scripts:
+every field is a command-line flag (``--name``) and a key of a config file. A script is run with flags,
+with a YAML or JSON file, or both (flags override the file, the file overrides the script's defaults)::
+
+    python training/search.py configs/multi30k-en-de-search.yaml --max_steps 50
+
+Adding a flag is adding a field (with its ``help``) to the dataclass it belongs to. The search and the
+training share ``DatasetArguments``, ``DataArguments``, ``ModelArguments`` and ``RunArguments``; what only
+one of them reads is in ``SearchArguments`` / ``TrainArguments``. Each script sets its own defaults for
+shared fields where they differ (a small supernet for the search, a model to train for train.py).
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import os
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from .configuration_revdarts import RevDartsConfig, standard_genotype
+
+# The bundled English→German sample (present in a source checkout): the default data of every script.
+SAMPLE_DATA = Path(__file__).resolve().parents[1] / "samples" / "en-de"
+MEMORY_MODES = ("reversible", "ordinary", "checkpoint")
+CONFIG_SUFFIXES = (".yaml", ".yml", ".json")
+
+
+def _positive(obj: Any, *names: str) -> None:
+    for name in names:
+        if getattr(obj, name) < 1:
+            raise ValueError(f"--{name} must be >= 1, got {getattr(obj, name)}")
+
+
+def _fraction(obj: Any, *names: str) -> None:
+    for name in names:
+        value = getattr(obj, name)
+        if value is not None and not 0.0 <= value <= 1.0:
+            raise ValueError(f"--{name} must be a fraction in [0, 1], got {value}")
+
+
+# ---------------------------------------------------------------- the schema --------------------------------
+@dataclass
+class DatasetArguments:
+    """Which parallel text (every script that reads data)."""
+
+    dataset: str = field(
+        default=str(SAMPLE_DATA),
+        metadata={"help": "local folder of {split}.{lang}[.gz] files or a Hub dataset id (default: the bundled sample)"},
+    )
+    dataset_config: str | None = field(default=None, metadata={"help": "Hub dataset configuration, e.g. de-en for wmt14"})
+    src_lang: str = field(default="en", metadata={"help": "source language code"})
+    tgt_lang: str = field(default="de", metadata={"help": "target language code"})
+
+
+@dataclass
+class DataArguments:
+    """How much of the text is used and how it is tokenised and batched."""
+
+    train_split: str = field(default="train", metadata={"help": "split trained on"})
+    eval_split: str = field(default="validation", metadata={"help": "split evaluated at each --eval_every"})
+    max_train_examples: int | None = field(default=None, metadata={"help": "first N training pairs (default: all)"})
+    max_eval_examples: int | None = field(default=500, metadata={"help": "first N evaluation pairs"})
+    tokenizer: str | None = field(
+        default=None,
+        metadata={"help": "tokenizer folder to reuse (train.py default: the search's); otherwise a BPE is trained"},
+    )
+    vocab_size: int = field(default=8000, metadata={"help": "vocabulary of a tokenizer trained here"})
+    max_length: int = field(default=64, metadata={"help": "tokens per sentence after truncation"})
+    max_tokens: int = field(default=2048, metadata={"help": "padded tokens per batch and process"})
+
+    def __post_init__(self) -> None:
+        _positive(self, "vocab_size", "max_length", "max_tokens")
+
+
+@dataclass
+class ModelArguments:
+    """Sizes of the supernet (search) or of the derived model (train), and how memory is spent."""
+
+    d_model: int = field(default=192, metadata={"help": "width of the residual stream"})
+    embedding_dim: int | None = field(default=None, metadata={"help": "factorised embedding width e (default: d_model)"})
+    num_heads: int = field(default=4, metadata={"help": "attention heads (must divide each split's width)"})
+    encoder_layers: int | None = field(default=None, metadata={"help": "encoder layers (train.py default: the genotype's)"})
+    decoder_layers: int | None = field(default=None, metadata={"help": "decoder layers (train.py default: the genotype's)"})
+    dropout: float = field(default=0.1, metadata={"help": "dropout probability"})
+    label_smoothing: float = field(default=0.1, metadata={"help": "label smoothing of the training loss"})
+    max_position_embeddings: int | None = field(
+        default=None, metadata={"help": "longest input in tokens (default: max(128, max_length + 2))"}
+    )
+    memory_mode: Literal["reversible", "ordinary", "checkpoint"] = field(
+        default="reversible",
+        metadata={
+            "help": "reversible: backprop-with-reconstruction (activation memory flat in depth); ordinary: plain "
+            "autograd; checkpoint: plain autograd with per-layer activation checkpointing"
+        },
+    )
+
+    def __post_init__(self) -> None:
+        if self.memory_mode not in MEMORY_MODES:
+            raise ValueError(f"--memory_mode {self.memory_mode!r} is not one of {', '.join(MEMORY_MODES)}")
+
+
+@dataclass
+class RunArguments:
+    """Optimisation and bookkeeping of a run (search and train)."""
+
+    output_dir: str = field(metadata={"help": "folder of everything the run writes (required)"})
+    max_steps: int = field(default=1000, metadata={"help": "optimiser steps"})
+    lr: float = field(default=1e-3, metadata={"help": "peak learning rate of the weights (inverse-sqrt schedule)"})
+    warmup_steps: int = field(default=200, metadata={"help": "linear warm-up steps of the schedule"})
+    gradient_accumulation_steps: int = field(default=1, metadata={"help": "micro-batches per optimiser step"})
+    max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping of the weights (0 = off)"})
+    mixed_precision: Literal["no", "bf16", "fp16"] | None = field(
+        default=None, metadata={"help": "no, bf16 or fp16 (default: accelerate's configuration)"}
+    )
+    seed: int = field(default=0, metadata={"help": "seed of initialisation, dropout and batch order"})
+    eval_every: int = field(default=200, metadata={"help": "evaluate every N steps (and at the end)"})
+    save_every: int = field(default=500, metadata={"help": "checkpoint every N steps (and at the end)"})
+    checkpoints_total_limit: int = field(default=2, metadata={"help": "checkpoints kept (0 = all)"})
+    resume_from_checkpoint: str | None = field(default=None, metadata={"help": "'latest' or a checkpoint folder"})
+    num_threads: int = field(default=0, metadata={"help": "torch threads per process (0: cores / processes)"})
+
+    def __post_init__(self) -> None:
+        _positive(self, "max_steps", "eval_every", "save_every", "gradient_accumulation_steps")
+
+
+@dataclass
+class SearchArguments:
+    """What only the architecture search reads."""
+
+    arch_split: str | None = field(default=None, metadata={"help": "held-out split for α (default: part of train)"})
+    arch_fraction: float = field(default=0.5, metadata={"help": "share of train held out for α without --arch_split"})
+    eval_batches: int = field(default=20, metadata={"help": "evaluation batches per process for the reported loss"})
+    encoder_ops: list[str] | None = field(
+        default=None, metadata={"help": "encoder search space, comma- or space-separated (default: all 13 ops)"}
+    )
+    decoder_ops: list[str] | None = field(
+        default=None, metadata={"help": "decoder search space, comma- or space-separated (default: all 14 ops)"}
+    )
+    tie_blocks: int = field(default=2, metadata={"help": "share α across blocks of s layers (0 = every layer its own)"})
+    alpha_init_std: float = field(default=1e-3, metadata={"help": "α starts as alpha_init_std * N(0, 1)"})
+    arch_lr: float = field(default=3e-4, metadata={"help": "α learning rate (Adam, fixed)"})
+    arch_weight_decay: float = field(default=1e-3, metadata={"help": "α weight decay"})
+    arch_start_step: int = field(default=0, metadata={"help": "weight-only warm-up steps before α updates begin"})
+    second_order: bool = field(default=False, metadata={"help": "unrolled (finite-difference) DARTS gradient for α"})
+    warn_share: float = field(default=0.3, metadata={"help": "warn when mean α mass on zero/identity exceeds it"})
+    stop_share: float = field(default=0.6, metadata={"help": "stop when mean α mass on zero/identity exceeds it"})
+    stop_argmax_fraction: float = field(default=0.5, metadata={"help": "stop when this share of nodes picks them"})
+    no_figures: bool = field(default=False, metadata={"help": "skip the pictures at the end"})
+
+    def __post_init__(self) -> None:
+        self.encoder_ops = _op_list(self.encoder_ops)
+        self.decoder_ops = _op_list(self.decoder_ops)
+        _positive(self, "eval_batches")
+        _fraction(self, "warn_share", "stop_share", "stop_argmax_fraction")
+        if not 0 < self.arch_fraction < 1:
+            raise ValueError(f"--arch_fraction must be in (0, 1), got {self.arch_fraction}")
+
+
+@dataclass
+class TrainArguments:
+    """What only the training of a derived model reads."""
+
+    genotype: str = field(
+        default="standard", metadata={"help": "search output folder, a genotype.json, or 'standard' (self_attn/ffn)"}
+    )
+    time_budget_minutes: float = field(default=0.0, metadata={"help": "stop after this much training time (0 = off)"})
+    bleu_sentences: int = field(default=200, metadata={"help": "validation sentences translated per evaluation"})
+
+
+SHARED_ARGUMENTS = (DatasetArguments, DataArguments, ModelArguments, RunArguments)
+
+
+def _op_list(value: str | Sequence[str] | None) -> list[str] | None:
+    # "ffn,glu", ["ffn", "glu"] and ["ffn,glu"] all mean the same list.
+    if value is None:
+        return None
+    items = [value] if isinstance(value, str) else list(value)
+    ops = [op.strip() for item in items for op in str(item).split(",") if op.strip()]
+    return ops or None
+
+
+# ---------------------------------------------------------------- parsing -----------------------------------
+def read_config_file(path: str | os.PathLike, known: set[str]) -> dict[str, Any]:
+    """The flat ``{flag: value}`` mapping of a YAML or JSON config file; unknown keys are an error."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file {path} does not exist")
+    text = path.read_text(encoding="utf-8")
+    if path.suffix == ".json":
+        data = json.loads(text)
+    else:
+        import yaml
+
+        data = yaml.safe_load(text)
+    data = {} if data is None else data
+    if not isinstance(data, dict):
+        raise ValueError(f"config file {path} must hold a mapping of flag names to values, got {type(data).__name__}")
+    unknown = sorted(set(data) - known)
+    if unknown:
+        hints = {k: difflib.get_close_matches(k, known, n=1) for k in unknown}
+        said = ", ".join(f"{k!r}" + (f" (did you mean {h[0]!r}?)" if h else "") for k, h in hints.items())
+        raise ValueError(f"config file {path} has unknown keys: {said}")
+    return data
+
+
+def parse_args(
+    dataclass_types: Sequence[type],
+    argv: Sequence[str] | None = None,
+    defaults: dict[str, Any] | None = None,
+    description: str | None = None,
+) -> tuple[Any, ...]:
+    """One instance per dataclass, from (in rising priority) the dataclass defaults, ``defaults`` (the
+    script's own), a config file given as the first argument (.yaml, .yml or .json), and flags."""
+    import argparse
+
+    from transformers import HfArgumentParser
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = HfArgumentParser(
+        dataclass_types, description=description, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    known = {action.dest for action in parser._actions} - {"help"}
+    values = dict(defaults or {})
+    if set(values) - known:
+        raise ValueError(f"defaults for unknown arguments: {sorted(set(values) - known)}")
+    if argv and argv[0].endswith(CONFIG_SUFFIXES):
+        values.update(read_config_file(argv.pop(0), known))
+    parser.set_defaults(**values)
+    for action in parser._actions:
+        if action.dest in values:
+            action.required = False  # given by the file: the flag becomes an override
+    return tuple(parser.parse_args_into_dataclasses(args=argv, look_for_args_file=False))
+
+
+def loggable_arguments(*groups: Any) -> dict[str, int | float | str | bool]:
+    """All fields of the given argument dataclasses in one flat dict of scalars (lists and None as text), for
+    TensorBoard's hparams and the saved run settings."""
+    out: dict[str, Any] = {}
+    for group in groups:
+        out.update({k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in vars(group).items()})
+    return out
+
+
+# ---------------------------------------------------------------- config builder ----------------------------
+def load_genotype(spec: str) -> tuple[dict[str, list[list[str]]] | None, Path | None]:
+    """(genotype, or None for ``standard``; the search folder it came from, if any) of ``--genotype``."""
+    if spec == "standard":
+        return None, None
+    path = Path(spec)
+    folder = path if path.is_dir() else None
+    if folder is not None:
+        path = folder / "genotype.json"
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"--genotype {spec}: no genotype.json there; give a search output folder, a genotype.json file, or "
+            "'standard'"
+        )
+    try:
+        genotype = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path} is not valid JSON: {e}") from e
+    if not isinstance(genotype, dict) or set(genotype) != {"encoder", "decoder"}:
+        keys = list(genotype) if isinstance(genotype, dict) else type(genotype).__name__
+        raise ValueError(f"{path} must hold {{'encoder': [[...]], 'decoder': [[...]]}}, got {keys}")
+    return genotype, folder
+
+
+def stack_genotype(layers: list[list[str]], depth: int | None, side: str) -> list[list[str]]:
+    """Repeat a searched block of s layers to reach ``depth`` layers (the paper stacks its s=2 block)."""
+    if depth is None or depth == len(layers):
+        return [list(x) for x in layers]
+    if depth % len(layers):
+        raise ValueError(
+            f"--{side}_layers={depth} is not a multiple of the genotype's {len(layers)} {side} layers; the "
+            "genotype is stacked as a repeated block"
+        )
+    return [list(x) for _ in range(depth // len(layers)) for x in layers]
+
+
+def build_config(
+    model_args: ModelArguments,
+    tokenizer: Any | None,
+    max_length: int,
+    genotype: dict[str, list[list[str]]] | None = None,
+    search_args: SearchArguments | None = None,
+) -> RevDartsConfig:
+    """The ``RevDartsConfig`` of a run: sizes and memory mode from ``model_args``, vocabulary and special ids
+    from ``tokenizer``, positions for ``max_length`` tokens; the layers from ``genotype`` (stacked to the
+    asked depth; ``None``: the self_attn/ffn Transformer, 6+6 layers unless asked otherwise), or, with
+    ``search_args``, the search settings of a supernet (its genotype fields are then unused).
+
+    With ``tokenizer=None`` (before a tokenizer exists) the vocabulary and ids keep the config defaults: a
+    script builds this once up front so that every size and search setting is checked before any work.
+    """
+    if genotype is None:
+        genotype = standard_genotype(model_args.encoder_layers or 6, model_args.decoder_layers or 6)
+    encoder = stack_genotype(genotype["encoder"], model_args.encoder_layers, "encoder")
+    decoder = stack_genotype(genotype["decoder"], model_args.decoder_layers, "decoder")
+    search = {}
+    if search_args is not None:
+        search = dict(
+            search_encoder_ops=search_args.encoder_ops,
+            search_decoder_ops=search_args.decoder_ops,
+            tie_blocks=search_args.tie_blocks,
+            alpha_init_std=search_args.alpha_init_std,
+        )
+    vocabulary = {}
+    if tokenizer is not None:
+        vocabulary = dict(
+            vocab_size=len(tokenizer),
+            pad_token_id=tokenizer.pad_token_id,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            decoder_start_token_id=tokenizer.bos_token_id,
+        )
+    return RevDartsConfig(
+        d_model=model_args.d_model,
+        embedding_dim=model_args.embedding_dim,
+        num_heads=model_args.num_heads,
+        encoder_layers=len(encoder),
+        decoder_layers=len(decoder),
+        encoder_genotype=encoder,
+        decoder_genotype=decoder,
+        dropout=model_args.dropout,
+        label_smoothing=model_args.label_smoothing,
+        reversible=model_args.memory_mode == "reversible",
+        max_position_embeddings=model_args.max_position_embeddings or max(128, max_length + 2),
+        **vocabulary,
+        **search,
+    )
+
+
+def apply_memory_mode(model: Any, memory_mode: str) -> Any:
+    """Per-layer activation checkpointing for ``checkpoint`` (the config already holds ``reversible``)."""
+    if memory_mode == "checkpoint":
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    return model
