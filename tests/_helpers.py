@@ -77,3 +77,20 @@ def grad_errors(got: dict[str, torch.Tensor], ref: dict[str, torch.Tensor]) -> t
         denom = g.norm() if g.norm() > 1e-6 * scale else scale
         worst = max(worst, float((got[name] - g).norm() / denom))
     return float((flat_got - flat_ref).norm() / scale), worst
+
+
+def load_script(name: str):
+    """Import ``training/<name>.py`` as a module (under a name that shadows no library, e.g. ``evaluate``)."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "training" / f"{name}.py"
+    module_name = f"revdarts_script_{name}"
+    if module_name in sys.modules:
+        return sys.modules[module_name]
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module  # dataclasses resolve their annotations through sys.modules
+    spec.loader.exec_module(module)
+    return module

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import gzip
 import json
-import socket
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -15,8 +15,7 @@ import pytest
 import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
-from _helpers import grad_errors, padded_batch, set_reversible  # noqa: E402
-
+from _helpers import grad_errors, load_script, padded_batch, set_reversible  # noqa: E402
 from hf_revdarts import RevDartsConfig, RevDartsForConditionalGeneration  # noqa: E402
 from hf_revdarts.configuration_revdarts import DECODER_OPS, ENCODER_OPS  # noqa: E402
 from hf_revdarts.data import (  # noqa: E402
@@ -113,6 +112,17 @@ def test_contract_parameters_genotype_derive_config(tmp_path: Path) -> None:
     assert derived(**padded_batch(VOCAB)).loss.isfinite()
 
 
+def test_return_dict_false_gives_the_same_values_as_a_tuple() -> None:
+    """forward honours return_dict (the argument, else config.return_dict), supernet and derived model alike."""
+    batch = padded_batch(VOCAB)
+    for model in (RevDartsSupernet(tiny(layers=1, dropout=0.0)), RevDartsForConditionalGeneration(tiny(dropout=0.0))):
+        out = model(**batch)
+        as_tuple = model(**batch, return_dict=False)
+        assert isinstance(as_tuple, tuple) and torch.equal(as_tuple[0], out.loss) and torch.equal(as_tuple[1], out.logits)
+        model.config.return_dict = False
+        assert isinstance(model(**batch), tuple) and not isinstance(model(**batch, return_dict=True), tuple)
+
+
 def test_custom_search_space_and_errors() -> None:
     model = RevDartsSupernet(tiny(layers=1), encoder_ops=["ffn", "identity"], decoder_ops=["self_attn", "zero"])
     assert [tuple(a.shape) for a in model.arch_parameters()] == [(2,), (2,), (2,), (2,)]
@@ -123,6 +133,59 @@ def test_custom_search_space_and_errors() -> None:
         RevDartsSupernet(tiny(layers=1), encoder_ops=["cross_attn"])
     with pytest.raises(ValueError, match="empty"):
         RevDartsSupernet(tiny(layers=1), decoder_ops=[])
+
+
+@pytest.mark.parametrize("tie_blocks", [0, 2])
+def test_supernet_from_config_alone_round_trips_as_a_folder(tmp_path: Path, tie_blocks: int) -> None:
+    """The search settings live in the config: RevDartsSupernet(config) rebuilds the same search space, and
+    save_pretrained/from_pretrained keep every weight and α (a tied α is one tensor in several modules)."""
+    config = tiny(layers=4, search_encoder_ops=["ffn", "glu", "zero"], tie_blocks=tie_blocks, alpha_init_std=0.5)
+    torch.manual_seed(0)
+    model = RevDartsSupernet(config)
+    assert model.op_names("encoder") == ("ffn", "glu", "zero") and model.op_names("decoder") == DECODER_OPS
+    assert len(model.arch_parameters()) == 2 * (2 * (tie_blocks or 4)), "one α per block position and split"
+    assert max(float(a.detach().abs().max()) for a in model.arch_parameters()) > 0.1, "alpha_init_std is read"
+    model.save_pretrained(tmp_path)
+    loaded = RevDartsSupernet.from_pretrained(tmp_path)
+    assert loaded.config.tie_blocks == tie_blocks and loaded.config.search_encoder_ops == ["ffn", "glu", "zero"]
+    for (name, a), (name2, b) in zip(model.named_arch_parameters(), loaded.named_arch_parameters()):
+        assert name == name2 and torch.equal(a, b)
+    registered = {id(p) for p in loaded.parameters()}
+    assert all(id(a) in registered for a in loaded.arch_parameters()), "α must be the loaded, trained tensors"
+    if tie_blocks:
+        layers = loaded.model.encoder.stack.layers
+        assert layers[0].functions[0].alpha is layers[tie_blocks].functions[0].alpha
+    before, after = model.state_dict(), loaded.state_dict()
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+    assert loaded.genotype() == model.genotype()
+
+
+def test_keyword_overrides_are_written_into_a_copy_of_the_config() -> None:
+    config = tiny(layers=2)
+    model = RevDartsSupernet(config, tie_blocks=1, encoder_ops=["ffn", "identity"], alpha_init_std=0.0)
+    assert model.config.tie_blocks == 1 and model.config.search_encoder_ops == ["ffn", "identity"]
+    assert config.tie_blocks == 0 and config.search_encoder_ops is None, "the caller's config is left alone"
+    assert all(torch.equal(a, torch.zeros_like(a)) for a in model.arch_parameters())
+    with pytest.raises(ValueError, match="tie_blocks"):
+        RevDartsSupernet(config, tie_blocks=-1)
+    with pytest.raises(ValueError, match="search_decoder_ops"):
+        tiny(search_decoder_ops=["conv_4"])
+
+
+def test_alpha_figures_from_a_history(tmp_path: Path) -> None:
+    from hf_revdarts.search.visualize import normalised_entropy, plot_decisiveness, plot_heatmap
+
+    assert normalised_entropy([0.25] * 4) == pytest.approx(1.0)
+    assert normalised_entropy([1.0, 0.0, 0.0]) == pytest.approx(0.0, abs=1e-9)
+    ops = {"encoder": ("ffn", "glu", "zero"), "decoder": ("ffn", "cross_attn")}
+    history = [
+        {"step": 0, "softmax": {"encoder.p0.s0": [1 / 3] * 3, "decoder.p0.s0": [0.5, 0.5]}},
+        {"step": 5, "softmax": {"encoder.p0.s0": [0.6, 0.3, 0.1], "decoder.p0.s0": [0.9, 0.1]}},
+    ]
+    plot_heatmap(history, ops, tmp_path / "heatmap.png")
+    plot_decisiveness(history, tmp_path / "entropy.png")
+    assert (tmp_path / "heatmap.png").stat().st_size > 1000 and (tmp_path / "entropy.png").stat().st_size > 1000
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["entropy.png", "heatmap.png"], "no temporaries left"
 
 
 # ---------------------------------------------------------------- architect ----------------------------
@@ -270,10 +333,7 @@ def _script_args(data: Path, out: Path, steps: int = 6, **extra: str) -> list[st
 
 
 def _env(**extra: str) -> dict[str, str]:
-    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1", **extra)
-    env.pop("REVDARTS_TEST_SIGKILL_AT_STEP", None)
-    env.update(extra)
-    return env
+    return dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1", **extra)
 
 
 def _free_port() -> int:
@@ -287,9 +347,7 @@ def _run(args: list[str], env: dict[str, str], timeout: int = 300) -> subprocess
 
 
 def test_script_rejects_bad_input_before_work(tmp_path: Path) -> None:
-    sys.path.insert(0, str(REPO / "training"))
-    import search as search_script  # type: ignore
-
+    search_script = load_script("search")
     data = tmp_path / "d"
     _write(data, "train.en", ["a", "b"])
     _write(data, "train.de", ["x"])
@@ -310,7 +368,8 @@ def test_sigkill_and_resume_reaches_same_alpha_and_genotype(tmp_path: Path) -> N
     script = [sys.executable, str(REPO / "training" / "search.py")]
     full = _run(script + _script_args(data, tmp_path / "full"), _env())
     assert full.returncode == 0, full.stderr[-3000:]
-    killed = _run(script + _script_args(data, tmp_path / "resumed"), _env(REVDARTS_TEST_SIGKILL_AT_STEP="5"))
+    killer = [sys.executable, str(REPO / "tests" / "search_killed_at_step.py"), "5"]
+    killed = _run(killer + _script_args(data, tmp_path / "resumed"), _env())
     assert killed.returncode == -9, killed.stderr[-3000:]
     ckpts = sorted(p.name for p in (tmp_path / "resumed").glob("checkpoint-*"))
     assert ckpts == ["checkpoint-000003"], ckpts
@@ -326,6 +385,8 @@ def test_sigkill_and_resume_reaches_same_alpha_and_genotype(tmp_path: Path) -> N
     assert hist[-1]["entropy"] < hist[0]["entropy"], "α must move away from uniform"
     cfg = RevDartsConfig.from_pretrained(tmp_path / "full" / "derived_config")
     assert cfg.get_genotype() == json.loads((tmp_path / "full" / "genotype.json").read_text())
+    supernet = RevDartsSupernet.from_pretrained(tmp_path / "resumed" / "supernet")
+    assert {n: a.tolist() for n, a in supernet.named_arch_parameters()} == b, "the supernet folder holds the final α"
     assert not list((tmp_path / "resumed").glob(".tmp-*"))
 
 

@@ -12,12 +12,14 @@ from pathlib import Path
 import pytest
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "training"))
+from _helpers import load_script
+from hf_revdarts.arguments import ModelArguments, build_config, load_genotype
+from hf_revdarts.evaluation import load_model_folder
 
-import evaluate as evaluate_script  # noqa: E402
-import publish as publish_script  # noqa: E402
-import train as train_script  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
+evaluate_script = load_script("evaluate")
+publish_script = load_script("publish")
+train_script = load_script("train")
 
 TINY = ["--d_model", "48", "--num_heads", "2", "--vocab_size", "300", "--max_tokens", "400", "--max_length", "24",
         "--warmup_steps", "4", "--lr", "3e-3", "--bleu_sentences", "8", "--num_threads", "1"]
@@ -88,17 +90,17 @@ def test_resume_reaches_the_uninterrupted_weights(trained, data, tmp_path):
 def test_genotype_is_stacked_as_a_block(data, tmp_path):
     geno = {"encoder": [["conv_3", "glu"]], "decoder": [["dynconv_3", "ffn"]]}
     (tmp_path / "genotype.json").write_text(json.dumps(geno))
-    args = train_script.parse_args(["--output_dir", "x", "--encoder_layers", "4", "--decoder_layers", "2"])
+    args = train_script.parse_train_args(["--output_dir", "x", "--encoder_layers", "4", "--decoder_layers", "2"])
     tok = type("Tok", (), {"pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2, "__len__": lambda s: 50})()
-    cfg = train_script.build_config(args, tok, train_script.load_genotype(str(tmp_path / "genotype.json"))[0])
+    cfg = build_config(args.model, tok, args.data.max_length, load_genotype(str(tmp_path / "genotype.json"))[0])
     assert cfg.encoder_genotype == [["conv_3", "glu"]] * 4 and cfg.decoder_genotype == [["dynconv_3", "ffn"]] * 2
-    args.encoder_layers = 3
+    assert cfg.vocab_size == 50 and cfg.max_position_embeddings == 128 and cfg.reversible
     geno["encoder"] = [["conv_3", "glu"], ["ffn", "ffn"]]
     with pytest.raises(ValueError, match="not a multiple"):
-        train_script.build_config(args, tok, geno)
+        build_config(ModelArguments(encoder_layers=3), tok, 64, geno)
     (tmp_path / "bad.json").write_text("{not json")
     with pytest.raises(ValueError, match="not valid JSON"):
-        train_script.load_genotype(str(tmp_path / "bad.json"))
+        load_genotype(str(tmp_path / "bad.json"))
 
 
 def test_evaluate_reports_sacrebleu_with_signature(evaluated):
@@ -187,12 +189,10 @@ def test_publish_refuses_to_overwrite_and_failures_keep_the_old_folder(published
         publish_script.main(args)
     before = {p.name: p.stat().st_mtime_ns for p in published.iterdir()}
 
-    import hf_revdarts.tokenization
-
     def crash(*a, **k):  # dies after the weights were written into the new folder
         raise RuntimeError("simulated crash while writing the tokenizer")
 
-    monkeypatch.setattr(hf_revdarts.tokenization, "save_tokenizer", crash)
+    monkeypatch.setattr(publish_script, "save_tokenizer", crash)
     with pytest.raises(RuntimeError, match="simulated crash"):
         publish_script.main([*args, "--overwrite"])
     assert {p.name: p.stat().st_mtime_ns for p in published.iterdir()} == before
@@ -205,18 +205,18 @@ def test_bad_model_folders_are_clear_errors(trained, tmp_path):
     shutil.copytree(best, no_tok)
     (no_tok / "tokenizer.json").unlink()
     with pytest.raises(FileNotFoundError, match="no tokenizer"):
-        evaluate_script.load_model_folder(no_tok)
+        load_model_folder(no_tok)
     no_weights = tmp_path / "no_weights"
     shutil.copytree(best, no_weights)
     (no_weights / "model.safetensors").unlink()
     with pytest.raises(FileNotFoundError, match="no weights"):
-        evaluate_script.load_model_folder(no_weights)
+        load_model_folder(no_weights)
     corrupt = tmp_path / "corrupt"
     shutil.copytree(best, corrupt)
     data = (corrupt / "model.safetensors").read_bytes()
     (corrupt / "model.safetensors").write_bytes(data[: len(data) // 2])
     with pytest.raises(ValueError, match="corrupt or truncated"):
-        evaluate_script.load_model_folder(corrupt)
+        load_model_folder(corrupt)
     mismatch = tmp_path / "mismatch"
     shutil.copytree(best, mismatch)
     from hf_revdarts.tokenization import save_tokenizer, train_tokenizer
@@ -224,4 +224,73 @@ def test_bad_model_folders_are_clear_errors(trained, tmp_path):
     other = train_tokenizer((REPO / "samples" / "en-de" / "train.en").read_text().splitlines(), vocab_size=120)
     save_tokenizer(other, mismatch)
     with pytest.raises(ValueError, match="vocab_size"):
-        evaluate_script.load_model_folder(mismatch)
+        load_model_folder(mismatch)
+
+
+def test_config_file_then_flags(tmp_path):
+    config = tmp_path / "train.yaml"
+    config.write_text("output_dir: runs/x\nlr: 5e-4\nmemory_mode: checkpoint\nencoder_layers: 2\n")
+    args = train_script.parse_train_args([str(config), "--lr", "1e-2", "--genotype", "g.json"])
+    assert args.run.output_dir == "runs/x" and args.model.encoder_layers == 2 and args.model.memory_mode == "checkpoint"
+    assert args.run.lr == 1e-2 and args.train.genotype == "g.json", "flags override the file"
+    assert args.run.max_steps == 1000 and args.data.vocab_size == 8000, "the rest keeps the defaults"
+    typo = tmp_path / "train.json"
+    typo.write_text(json.dumps({"output_dir": "o", "max_stepz": 3}))
+    with pytest.raises(ValueError, match="'max_stepz' \\(did you mean 'max_steps'\\?\\)"):
+        train_script.parse_train_args([str(typo)])
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("output_dir: o\nmemory_mode: fast\n")  # a file's value is checked like a flag's
+    with pytest.raises(ValueError, match="--memory_mode 'fast'"):
+        train_script.parse_train_args([str(bad)])
+
+
+@pytest.mark.parametrize("config", sorted((REPO / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_committed_configs_parse(config):
+    script = load_script("search" if "search" in config.name else "train")
+    args = script.parse_search_args([str(config)]) if "search" in config.name else script.parse_train_args([str(config)])
+    assert args.run.output_dir and not Path(args.run.output_dir).is_absolute()
+    assert args.model.memory_mode in ("reversible", "ordinary")
+
+
+@pytest.mark.parametrize("mode", ["reversible", "checkpoint"])
+def test_memory_modes_give_ordinary_autograd_gradients(mode):
+    from _helpers import grad_errors, padded_batch, param_grads
+    from hf_revdarts import RevDartsForConditionalGeneration
+    from hf_revdarts.arguments import apply_memory_mode
+
+    tok = type("Tok", (), {"pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2, "__len__": lambda s: 60})()
+
+    def build(memory_mode):
+        args = ModelArguments(d_model=48, num_heads=2, encoder_layers=2, decoder_layers=2, memory_mode=memory_mode)
+        torch.manual_seed(0)
+        model = RevDartsForConditionalGeneration(build_config(args, tok, 16))
+        return apply_memory_mode(model, memory_mode).train()
+
+    model, reference = build(mode), build("ordinary")
+    stacks = [model.model.encoder.stack, model.model.decoder.stack]
+    assert model.config.reversible == (mode == "reversible") and not reference.config.reversible
+    assert all(s.gradient_checkpointing == (mode == "checkpoint") for s in stacks)
+    total, worst = grad_errors(param_grads(model, padded_batch(60)), param_grads(reference, padded_batch(60)))
+    assert total < 1e-5 and worst < 1e-4, (total, worst)
+
+
+def test_committed_json_has_no_absolute_paths():
+    """Published and committed results name models and data, never this machine's folders."""
+    listed = subprocess.run(["git", "ls-files", "*.json"], cwd=REPO, capture_output=True, text=True)
+    files = listed.stdout.split() if listed.returncode == 0 else []
+    if not files:
+        pytest.skip("not a git checkout")
+
+    def strings(value):
+        if isinstance(value, str):
+            yield value
+        elif isinstance(value, dict):
+            for v in value.values():
+                yield from strings(v)
+        elif isinstance(value, list):
+            for v in value:
+                yield from strings(v)
+
+    for name in files:
+        absolute = [s for s in strings(json.loads((REPO / name).read_text())) if Path(s).is_absolute()]
+        assert not absolute, f"{name} holds absolute paths: {absolute}"

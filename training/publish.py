@@ -7,51 +7,55 @@
 
 The folder holds: model.safetensors, config.json (genotype, ``auto_map``, ``custom_pipelines``), the
 modeling code for ``trust_remote_code`` (loadable where hf_revdarts is not installed), the translation
-pipeline, the tokenizer, generation_config.json, genotype.png and README.md, a model card built with
-``huggingface_hub.ModelCard`` (languages, license, datasets, metrics, ``pipeline_tag: translation``,
-``model-index`` with the measured BLEU and its sacreBLEU signature). It is built in a temporary folder and
-renamed into place: an interrupted publish leaves the previous folder intact.
+pipeline, the tokenizer, generation_config.json, genotype.png, eval_results.json and README.md, a model
+card built with ``huggingface_hub.ModelCard`` (languages, license, datasets, metrics,
+``pipeline_tag: translation``, ``model-index`` with the measured BLEU and its sacreBLEU signature). It is
+built in a temporary folder and renamed into place: an interrupted publish leaves the previous folder intact.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import shutil
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import REPO, atomic_folder  # noqa: E402
-from evaluate import load_model_folder  # noqa: E402
+from hf_revdarts.arguments import parse_args
+from hf_revdarts.data import load_parallel_text
+from hf_revdarts.evaluation import load_model_folder, translate
+from hf_revdarts.search.visualize import plot_genotype
+from hf_revdarts.tokenization import save_tokenizer
+from hf_revdarts.training_utils import atomic_folder, atomic_write_json
 
 logger = logging.getLogger("revdarts.publish")
-TEMPLATE = REPO / "model_cards" / "template.md"
+TEMPLATE = Path(__file__).resolve().parents[1] / "model_cards" / "template.md"
 LANGUAGE_NAMES = {"en": "English", "de": "German", "fr": "French", "cs": "Czech"}
+EVAL_KEYS = ("bleu", "chrf", "bleu_signature", "chrf_signature", "split", "src_lang", "tgt_lang", "hypotheses")
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", required=True, help="trained model folder (e.g. runs/train/best)")
-    p.add_argument("--eval_results", required=True, help="JSON written by training/evaluate.py")
-    p.add_argument("--output_dir", required=True, help="the folder to publish")
-    p.add_argument("--search_dir", default=None, help="search output (genotype.png, search_summary.json)")
-    p.add_argument("--train_summary", default=None, help="train_summary.json (default: next to --model)")
-    p.add_argument("--model_name", default=None, help="title of the card (default: the folder name)")
-    p.add_argument("--license", default="apache-2.0")
-    p.add_argument("--dataset_id", default=None, help="Hub id of the training data for the card metadata")
-    p.add_argument("--dataset_description", default=None)
-    p.add_argument("--example", default=None, help="source sentence shown in the card (default: first test one)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing non-empty --output_dir")
-    p.add_argument("--push_to_hub", action="store_true")
-    p.add_argument("--hub_model_id", default=None)
-    p.add_argument("--private", action="store_true")
-    args = p.parse_args(argv)
-    if args.push_to_hub and not args.hub_model_id:
-        p.error("--push_to_hub needs --hub_model_id (e.g. your-name/revdarts-en-de)")
-    return args
+@dataclass
+class PublishArguments:
+    model: str = field(metadata={"help": "trained model folder (e.g. runs/train/best)"})
+    eval_results: str = field(metadata={"help": "JSON written by training/evaluate.py"})
+    output_dir: str = field(metadata={"help": "the folder to publish"})
+    search_dir: str | None = field(default=None, metadata={"help": "search output (genotype.png, search_summary.json)"})
+    train_summary: str | None = field(default=None, metadata={"help": "train_summary.json (default: next to --model)"})
+    model_name: str | None = field(default=None, metadata={"help": "title of the card (default: the folder name)"})
+    license: str = field(default="apache-2.0", metadata={"help": "license in the card metadata"})
+    dataset_id: str | None = field(default=None, metadata={"help": "Hub id of the training data for the card"})
+    dataset_description: str | None = field(default=None, metadata={"help": "training data in words, for the card"})
+    example: str | None = field(default=None, metadata={"help": "source sentence in the card (default: first test one)"})
+    overwrite: bool = field(default=False, metadata={"help": "replace an existing non-empty --output_dir"})
+    push_to_hub: bool = field(default=False, metadata={"help": "upload the folder (needs --hub_model_id)"})
+    hub_model_id: str | None = field(default=None, metadata={"help": "user/name of the Hub repository"})
+    private: bool = field(default=False, metadata={"help": "create the Hub repository private"})
+
+    def __post_init__(self) -> None:
+        if self.push_to_hub and not self.hub_model_id:
+            raise ValueError("--push_to_hub needs --hub_model_id (e.g. your-name/revdarts-en-de)")
 
 
 def _read_json(path: Path, what: str) -> dict[str, Any]:
@@ -74,14 +78,18 @@ def _genotype_rows(genotype: list[list[str]]) -> str:
     return "; ".join(f"{'/'.join(layer)}" + (f" ×{n}" if n > 1 else "") for layer, n in rows)
 
 
-def build_card(model: Any, results: dict[str, Any], args: argparse.Namespace, extra: dict[str, Any]) -> Any:
+def _names(results: dict[str, Any], args: PublishArguments) -> tuple[str, str]:
+    """(model name, dataset name) as the card shows them: names, never a local path."""
+    return args.model_name or Path(args.output_dir).name, args.dataset_id or Path(results["dataset"]).name
+
+
+def build_card(model: Any, results: dict[str, Any], args: PublishArguments, extra: dict[str, Any]) -> Any:
     """The model card (``huggingface_hub.ModelCard``) from the template in model_cards/."""
     from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
     cfg = model.config
     src, tgt = results["src_lang"], results["tgt_lang"]
-    dataset_name = args.dataset_id or Path(results["dataset"]).name
-    name = args.model_name or Path(args.output_dir).name
+    name, dataset_name = _names(results, args)
     sig = results["bleu_signature"]
     eval_results = [
         EvalResult(
@@ -141,34 +149,32 @@ def build_card(model: Any, results: dict[str, Any], args: argparse.Namespace, ex
     )
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+def read_inputs(args: PublishArguments) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """(evaluation results, train summary or {}, search summary or {}); checks before any work."""
     out = Path(args.output_dir)
     if out.exists() and any(out.iterdir()) and not args.overwrite:
         raise FileExistsError(f"{out} exists and is not empty; pass --overwrite to replace it")
     results = _read_json(Path(args.eval_results), "--eval_results")
-    for key in ("bleu", "chrf", "bleu_signature", "chrf_signature", "split", "src_lang", "tgt_lang", "hypotheses"):
+    for key in EVAL_KEYS:
         if key not in results:
             raise ValueError(f"--eval_results {args.eval_results} lacks {key!r}; write it with training/evaluate.py")
-    model, tokenizer = load_model_folder(args.model)
-    train_summary_path = Path(args.train_summary) if args.train_summary else Path(args.model).parent / "train_summary.json"
-    train = _read_json(train_summary_path, "--train_summary") if train_summary_path.is_file() else {}
-    search_dir = Path(args.search_dir) if args.search_dir else None
-    search = _read_json(search_dir / "search_summary.json", "search summary") if search_dir and (search_dir / "search_summary.json").is_file() else {}
+    train_path = Path(args.train_summary) if args.train_summary else Path(args.model).parent / "train_summary.json"
+    train = _read_json(train_path, "--train_summary") if train_path.is_file() else {}
+    search_path = Path(args.search_dir) / "search_summary.json" if args.search_dir else None
+    search = _read_json(search_path, "search summary") if search_path and search_path.is_file() else {}
+    return results, train, search
 
-    from common import translate
 
+def card_extras(model: Any, tokenizer: Any, results: dict[str, Any], args: PublishArguments,
+                train: dict[str, Any], search: dict[str, Any]) -> dict[str, Any]:
+    """The card's example translation and its search/training cost lines."""
     example = args.example
     if example is None:
-        from hf_revdarts.data import load_parallel_text
-
         example = load_parallel_text(results["dataset"], results["src_lang"], results["tgt_lang"], results["split"],
                                      results.get("dataset_config"), 1)[0][0]
-    example_translation = translate(model, tokenizer, [example], num_beams=4)[0]
-    extra = {
+    return {
         "example_source": example,
-        "example_translation": example_translation,
+        "example_translation": translate(model, tokenizer, [example], num_beams=4)[0],
         "search_cost": (
             f"{search['steps']} steps, {search['seconds'] / 60:.1f} min on {search['processes']} process(es); "
             f"validation loss {search['val_loss_first']:.3f} → {search['val_loss_last']:.3f}"
@@ -183,31 +189,46 @@ def main(argv: list[str] | None = None) -> int:
             "in the domain and vocabulary of that data."
         ),
     }
-    card = build_card(model, results, args, extra)
 
-    from hf_revdarts.tokenization import save_tokenizer
 
-    with atomic_folder(out, overwrite=True) as tmp:
+def write_folder(model: Any, tokenizer: Any, card: Any, results: dict[str, Any], args: PublishArguments) -> None:
+    """The published folder, atomically: weights, config and code, tokenizer, genotype.png, card, scores."""
+    name, dataset_name = _names(results, args)
+    with atomic_folder(Path(args.output_dir), overwrite=True) as tmp:
         model.save_pretrained(tmp)
         save_tokenizer(tokenizer, tmp)
-        picture = search_dir / "genotype.png" if search_dir else None
+        picture = Path(args.search_dir) / "genotype.png" if args.search_dir else None
         if picture is not None and picture.is_file():
             shutil.copyfile(picture, tmp / "genotype.png")
         else:
-            from search import plot_genotype
-
             plot_genotype(model.config.get_genotype(), tmp / "genotype.png")
         card.save(str(tmp / "README.md"))
-        (tmp / "eval_results.json").write_text(json.dumps({k: v for k, v in results.items() if k != "hypotheses"}, indent=1))
-    logger.info(f"published {out}")
-    if args.push_to_hub:
-        from huggingface_hub import HfApi
+        # Names, not the local paths evaluate.py recorded: the folder is meant to be shared.
+        scores = {k: v for k, v in results.items() if k != "hypotheses"}
+        atomic_write_json(tmp / "eval_results.json", {**scores, "model": name, "dataset": dataset_name})
+    logger.info(f"published {args.output_dir}")
 
-        api = HfApi()
-        api.create_repo(args.hub_model_id, private=args.private, exist_ok=True)
-        api.upload_folder(folder_path=str(out), repo_id=args.hub_model_id, commit_message="Upload RevDarts model")
-        logger.info(f"pushed to https://huggingface.co/{args.hub_model_id}")
-    print(json.dumps({"published": str(out), "bleu": results["bleu"], "example": [example, example_translation]}))
+
+def push(args: PublishArguments) -> None:
+    from huggingface_hub import HfApi
+
+    api = HfApi()
+    api.create_repo(args.hub_model_id, private=args.private, exist_ok=True)
+    api.upload_folder(folder_path=str(args.output_dir), repo_id=args.hub_model_id, commit_message="Upload RevDarts model")
+    logger.info(f"pushed to https://huggingface.co/{args.hub_model_id}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    (args,) = parse_args((PublishArguments,), argv, description=__doc__)
+    results, train, search = read_inputs(args)
+    model, tokenizer = load_model_folder(args.model)
+    extra = card_extras(model, tokenizer, results, args, train, search)
+    write_folder(model, tokenizer, build_card(model, results, args, extra), results, args)
+    if args.push_to_hub:
+        push(args)
+    print(json.dumps({"published": str(args.output_dir), "bleu": results["bleu"],
+                      "example": [extra["example_source"], extra["example_translation"]]}))
     return 0
 
 
