@@ -159,8 +159,8 @@ def main() -> None:
 
     # 1. cached vs uncached
     print(f"\n## cached vs uncached RevDarts, greedy, batch {args.cache_batch}")
-    print(f"| genotype | params (M) | uncached s | cached s | speed-up |")
-    print(f"|---|---|---|---|---|")
+    print("| genotype | params (M) | uncached s | cached s | speed-up |")
+    print("|---|---|---|---|---|")
     batch = inputs(args, args.cache_batch)
     for genotype in ("standard", "every-op"):
         model = revdarts(args, genotype)

@@ -414,7 +414,7 @@ def main() -> None:
         print(f"{mode} activation memory at {hi} vs {lo} layers: {ratio((hi, mode), (lo, mode), 'act_mb')}x")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump([v for v in res.values()], f, indent=1)
+            json.dump(list(res.values()), f, indent=1)
 
 
 if __name__ == "__main__":

@@ -36,7 +36,8 @@ import contextlib
 import math
 import statistics
 import time
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import torch
 

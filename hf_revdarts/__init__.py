@@ -9,7 +9,6 @@ from .modeling_revdarts import (
     RevDartsModel,
     RevDartsPreTrainedModel,
 )
-
 from .tokenization import encode_pairs, save_tokenizer, train_tokenizer
 
 __version__ = "0.1.0"

@@ -10,8 +10,8 @@ This file is copied next to saved models (``trust_remote_code``); it imports onl
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 import torch.nn.functional as F

@@ -15,7 +15,6 @@ from torch.nn.parallel import DistributedDataParallel
 
 sys.path.insert(0, os.path.dirname(__file__))
 from _helpers import grad_errors, padded_batch, tiny_config  # noqa: E402
-
 from hf_revdarts import RevDartsForConditionalGeneration  # noqa: E402
 
 

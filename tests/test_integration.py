@@ -21,7 +21,7 @@ from transformers import AutoConfig, AutoModel, AutoModelForSeq2SeqLM, AutoToken
 
 import hf_revdarts
 from hf_revdarts import RevDartsConfig, RevDartsForConditionalGeneration, RevDartsModel
-from hf_revdarts.configuration_revdarts import DECODER_OPS, ENCODER_OPS
+from hf_revdarts.configuration_revdarts import DECODER_OPS
 from hf_revdarts.modeling_revdarts import CACHE_FIELD, RevDartsCache
 from hf_revdarts.tokenization import encode_pairs, save_tokenizer, train_tokenizer
 

@@ -2,7 +2,7 @@
 
 Alternating optimisation: a step on the weights θ with the training split, then a step on α with a
 held-out split. The first-order variant treats θ as constant when differentiating the validation loss
-w.r.t. α (the paper's choice, DESIGN §1). The second-order variant follows DARTS (Liu et al. 2019;
+w.r.t. α (the paper's choice). The second-order variant follows DARTS (Liu et al. 2019;
 quark0/darts ``cnn/architect.py``): the validation loss is taken at the unrolled weights
 θ' = θ - ξ∇θ L_train(θ, α), and the implicit term ∇²_{α,θ} L_train · ∇θ' L_val is approximated by a
 central finite difference around θ.
