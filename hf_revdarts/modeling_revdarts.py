@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 import transformers
 from torch import nn
-from transformers import GenerationMixin, PreTrainedModel
+from transformers import GenerationConfig, GenerationMixin, PreTrainedModel
 from transformers.modeling_outputs import BaseModelOutput, Seq2SeqLMOutput, Seq2SeqModelOutput
 
 from .configuration_revdarts import RevDartsConfig
@@ -27,6 +27,8 @@ from .ops import OpContext, SplitFunction, sinusoidal_positions
 from .reversible import ReversibleLayer, ReversibleStack
 
 _TRANSFORMERS_V5 = int(transformers.__version__.split(".")[0]) >= 5
+# What generation_config.max_length holds when nobody set it: None on transformers 5, 20 on 4.x.
+_UNSET_MAX_LENGTH = GenerationConfig().max_length
 # transformers 5.2x renamed the cache argument/output field from ``past_key_values`` to ``cache``.
 CACHE_FIELD = "cache" if "cache" in Seq2SeqLMOutput.__dataclass_fields__ else "past_key_values"
 
@@ -296,6 +298,10 @@ class RevDartsModel(RevDartsPreTrainedModel):
                 raise ValueError("pass input_ids (or inputs_embeds) to encode")
             self._check_ids(input_ids, "input_ids")
             inputs_embeds = self.shared(input_ids)
+        if attention_mask is not None and tuple(attention_mask.shape) != tuple(inputs_embeds.shape[:2]):
+            raise ValueError(
+                f"attention_mask has shape {tuple(attention_mask.shape)} but the input {tuple(inputs_embeds.shape[:2])}"
+            )
         return self.encoder(inputs_embeds, attention_mask)
 
     def forward(
@@ -325,6 +331,11 @@ class RevDartsModel(RevDartsPreTrainedModel):
                 raise ValueError("pass decoder_input_ids, or labels to RevDartsForConditionalGeneration")
             self._check_ids(decoder_input_ids, "decoder_input_ids")
             decoder_inputs_embeds = self.shared(decoder_input_ids)
+        if decoder_inputs_embeds.shape[0] != encoder_outputs.last_hidden_state.shape[0]:
+            raise ValueError(
+                f"the decoder inputs (labels/decoder_input_ids) have {decoder_inputs_embeds.shape[0]} rows but the "
+                f"encoder inputs {encoder_outputs.last_hidden_state.shape[0]}: give one target per source sentence"
+            )
         hidden = self.decoder(
             decoder_inputs_embeds,
             encoder_outputs.last_hidden_state,
@@ -369,8 +380,11 @@ class RevDartsForConditionalGeneration(RevDartsPreTrainedModel, GenerationMixin)
         self._set_generation_defaults()
 
     def _set_generation_defaults(self) -> None:
-        """A plain ``generate(**inputs)`` starts, pads and stops with the config's ids and may run up to the
-        decoder's position limit (generation_config.json of a saved model overrides these)."""
+        """A plain ``generate(**inputs)`` starts, pads and stops with the config's ids (generation_config.json of
+        a saved model overrides these). The length limit is *not* stored here: were ``max_length`` set in the
+        generation config, every ``generate(max_new_tokens=...)`` would log "Both `max_new_tokens` and
+        `max_length` seem to have been set" on transformers 5; ``generate`` supplies the decoder's position
+        limit when the caller gives neither."""
         gen = getattr(self, "generation_config", None)
         if gen is None:
             return
@@ -379,8 +393,63 @@ class RevDartsForConditionalGeneration(RevDartsPreTrainedModel, GenerationMixin)
         gen.bos_token_id = cfg.bos_token_id
         gen.eos_token_id = cfg.eos_token_id
         gen.pad_token_id = cfg.pad_token_id
-        if gen.max_length is None or gen.max_length == 20:  # transformers' generic default
-            gen.max_length = cfg.max_position_embeddings
+        self._forget_stored_position_limit()
+
+    def _forget_stored_position_limit(self) -> None:
+        # Folders saved before this fix store max_length = max_position_embeddings in generation_config.json,
+        # which means the same as leaving it unset (generate() then runs up to the position limit).
+        gen = getattr(self, "generation_config", None)
+        if gen is not None and gen.max_length == self.config.max_position_embeddings:
+            gen.max_length = _UNSET_MAX_LENGTH
+
+    def generate(self, inputs: torch.Tensor | None = None, generation_config: Any = None, **kwargs: Any) -> Any:
+        """``GenerationMixin.generate``, with the length checked against the decoder's position limit first.
+
+        Without ``max_length``/``max_new_tokens`` (in the call, the ``generation_config`` passed, or the model's),
+        generation may run until the output holds ``max_position_embeddings`` tokens. A request that would run
+        the decoder past its positions (it embeds every output token but the last) is a ``ValueError`` naming
+        ``max_new_tokens``/``max_length`` and the limit, raised before any decoding.
+        """
+        self._forget_stored_position_limit()
+
+        def setting(name: str) -> Any:
+            if kwargs.get(name) is not None:
+                return kwargs[name]
+            for gen in (generation_config, self.generation_config):
+                value = getattr(gen, name, None) if gen is not None else None
+                if value is not None and not (name == "max_length" and value == _UNSET_MAX_LENGTH):
+                    return value
+            return None
+
+        ids = inputs if inputs is not None else kwargs.get("input_ids")
+        if isinstance(ids, torch.Tensor) and ids.dim() == 2 and 0 in ids.shape:
+            raise ValueError(
+                f"input_ids has shape {tuple(ids.shape)}: nothing to translate (the tokenizer gives at least </s> "
+                "for each text)"
+            )
+        num_beams = setting("num_beams")
+        if num_beams is not None and (not isinstance(num_beams, int) or num_beams < 1):
+            raise ValueError(f"num_beams={num_beams!r} must be an integer >= 1 (1 = greedy or sampling)")
+        limit = self.config.max_position_embeddings
+        prefix = kwargs.get("decoder_input_ids")
+        start = prefix.shape[-1] if isinstance(prefix, torch.Tensor) else 1
+        max_new, max_length = setting("max_new_tokens"), setting("max_length")
+        if max_new is not None:
+            if isinstance(max_new, int) and start + max_new - 1 > limit:
+                raise ValueError(
+                    f"max_new_tokens={max_new} would run the decoder past its position limit "
+                    f"(max_position_embeddings={limit}): with {start} start token(s) it can produce at most "
+                    f"max_new_tokens={limit + 1 - start}"
+                )
+        elif max_length is not None:
+            if isinstance(max_length, int) and max_length - 1 > limit:
+                raise ValueError(
+                    f"max_length={max_length} would run the decoder past its position limit "
+                    f"(max_position_embeddings={limit}): use max_length <= {limit + 1}, or max_new_tokens"
+                )
+        else:
+            kwargs["max_length"] = limit
+        return super().generate(inputs, generation_config=generation_config, **kwargs)
 
     @classmethod
     def _supports_default_dynamic_cache(cls) -> bool:
