@@ -142,6 +142,25 @@ def save_tokenizer(tokenizer: PreTrainedTokenizerFast, folder: str | os.PathLike
     return files
 
 
+def load_tokenizer(folder: str | os.PathLike) -> PreTrainedTokenizerFast:
+    """``PreTrainedTokenizerFast.from_pretrained(folder)`` with errors that name the folder or the broken file
+    (transformers reports a damaged tokenizer.json as a bare ``JSONDecodeError``)."""
+    folder = Path(folder)
+    if not (folder / "tokenizer.json").is_file():
+        raise FileNotFoundError(f"{folder} has no tokenizer (tokenizer.json); save the tokenizer beside the model")
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        path = folder / name
+        if path.is_file():
+            try:
+                json.loads(path.read_text(encoding="utf-8"))
+            except (json.JSONDecodeError, UnicodeDecodeError) as e:
+                raise ValueError(f"{path} is not valid JSON ({e}): the tokenizer file is damaged or truncated") from e
+    try:
+        return PreTrainedTokenizerFast.from_pretrained(str(folder))
+    except Exception as e:  # noqa: BLE001 - tokenizers raises bare Exception subclasses for bad models
+        raise ValueError(f"the tokenizer in {folder} cannot be loaded: {type(e).__name__}: {e}") from e
+
+
 def encode_pairs(
     tokenizer: PreTrainedTokenizerFast,
     sources: list[str],
