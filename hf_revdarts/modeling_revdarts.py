@@ -381,10 +381,7 @@ class RevDartsForConditionalGeneration(RevDartsPreTrainedModel, GenerationMixin)
 
     def _set_generation_defaults(self) -> None:
         """A plain ``generate(**inputs)`` starts, pads and stops with the config's ids (generation_config.json of
-        a saved model overrides these). The length limit is *not* stored here: were ``max_length`` set in the
-        generation config, every ``generate(max_new_tokens=...)`` would log "Both `max_new_tokens` and
-        `max_length` seem to have been set" on transformers 5; ``generate`` supplies the decoder's position
-        limit when the caller gives neither."""
+        a saved model overrides these) and may run up to the decoder's position limit."""
         gen = getattr(self, "generation_config", None)
         if gen is None:
             return
@@ -393,14 +390,35 @@ class RevDartsForConditionalGeneration(RevDartsPreTrainedModel, GenerationMixin)
         gen.bos_token_id = cfg.bos_token_id
         gen.eos_token_id = cfg.eos_token_id
         gen.pad_token_id = cfg.pad_token_id
-        self._forget_stored_position_limit()
+        self._normalize_max_length()
 
-    def _forget_stored_position_limit(self) -> None:
-        # Folders saved before this fix store max_length = max_position_embeddings in generation_config.json,
-        # which means the same as leaving it unset (generate() then runs up to the position limit).
+    def _normalize_max_length(self) -> None:
+        """Where the position limit lives depends on the transformers major.
+
+        On 5.x a stored ``max_length`` makes every ``generate(max_new_tokens=...)`` log "Both `max_new_tokens`
+        and `max_length` seem to have been set", so it is left unset (``generate`` supplies the limit); folders
+        saved earlier store ``max_length = max_position_embeddings``, which is dropped here. On 4.57 that
+        warning needs ``max_length`` in the call itself, and its own translation pipeline replaces an unset
+        (default 20) ``max_length`` by ``max_new_tokens=256``, so there the limit is stored as before.
+        """
         gen = getattr(self, "generation_config", None)
-        if gen is not None and gen.max_length == self.config.max_position_embeddings:
-            gen.max_length = _UNSET_MAX_LENGTH
+        if gen is None:
+            return
+        limit = self.config.max_position_embeddings
+        if _TRANSFORMERS_V5:
+            if gen.max_length == limit:
+                gen.max_length = None
+        elif gen.max_length is None or gen.max_length == _UNSET_MAX_LENGTH:
+            gen.max_length = limit
+
+    @classmethod
+    def from_pretrained(cls, *args: Any, **kwargs: Any) -> Any:
+        loaded = super().from_pretrained(*args, **kwargs)
+        # generation_config.json is read after __init__: bring a folder saved by the other major (or before
+        # the max_length fix) to this major's convention before a pipeline reads its generation config.
+        model = loaded[0] if isinstance(loaded, tuple) else loaded
+        model._normalize_max_length()
+        return loaded
 
     def generate(self, inputs: torch.Tensor | None = None, generation_config: Any = None, **kwargs: Any) -> Any:
         """``GenerationMixin.generate``, with the length checked against the decoder's position limit first.
@@ -410,7 +428,7 @@ class RevDartsForConditionalGeneration(RevDartsPreTrainedModel, GenerationMixin)
         the decoder past its positions (it embeds every output token but the last) is a ``ValueError`` naming
         ``max_new_tokens``/``max_length`` and the limit, raised before any decoding.
         """
-        self._forget_stored_position_limit()
+        self._normalize_max_length()
 
         def setting(name: str) -> Any:
             if kwargs.get(name) is not None:

@@ -448,7 +448,7 @@ def test_generation_past_the_position_limit_names_the_length_setting(gen_model, 
 def test_folder_saved_before_the_fix_loads_and_generates_quietly(gen_model, tokenizer, tmp_path):
     folder = _save(gen_model, tokenizer, tmp_path / "old")
     config = json.loads((folder / "generation_config.json").read_text())
-    assert "max_length" not in config
+    assert ("max_length" in config) == (int(transformers.__version__.split(".")[0]) < 5)  # 4.57 keeps storing the limit
     config["max_length"] = gen_model.config.max_position_embeddings  # what earlier versions wrote
     (folder / "generation_config.json").write_text(json.dumps(config))
     loaded = transformers.AutoModelForSeq2SeqLM.from_pretrained(folder).eval()
