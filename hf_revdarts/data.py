@@ -50,7 +50,11 @@ def _read_lines(path: Path) -> list[str]:
     except UnicodeDecodeError as e:
         line = data.count(b"\n", 0, e.start) + 1
         column = e.start - (data.rfind(b"\n", 0, e.start) + 1) + 1
-        hint = " (it looks like UTF-16: save it as UTF-8)" if data[:2] in (b"\xff\xfe", b"\xfe\xff") else ""
+        hint = ""
+        if data[:2] in (b"\xff\xfe", b"\xfe\xff"):
+            hint = " (it looks like UTF-16: save it as UTF-8)"
+        elif data[:2] == b"\x1f\x8b":
+            hint = f" (it is gzip-compressed: name it {path.name}.gz)"
         raise ValueError(
             f"{path}, line {line}, byte {column}: {data[e.start:e.start + 1]!r} is not valid UTF-8{hint}; data files "
             "must be UTF-8 text (convert with e.g. `iconv -f latin1 -t utf-8`)"

@@ -284,6 +284,9 @@ def test_non_utf8_bytes_and_damaged_gzip_name_file_and_line(tmp_path):
     (folder / "train.en").write_bytes("a\nb\nc\n".encode("utf-16"))
     with pytest.raises(ValueError, match="looks like UTF-16"):
         load_parallel_text(folder, "en", "de", "train")
+    (folder / "train.en").write_bytes(gzip.compress(b"a\nb\nc\n"))
+    with pytest.raises(ValueError, match=r"gzip-compressed: name it train\.en\.gz"):
+        load_parallel_text(folder, "en", "de", "train")
     # a byte-order mark and Windows line ends are not part of the text
     (folder / "train.en").write_bytes(b"\xef\xbb\xbfa\r\nb\r\nc\r\n")
     assert load_parallel_text(folder, "en", "de", "train")[0] == ["a", "b", "c"]
