@@ -19,16 +19,15 @@ import torch
 import torch.nn.functional as F
 import transformers
 from torch import nn
-from transformers import GenerationConfig, GenerationMixin, PreTrainedModel
+from transformers import GenerationMixin, PreTrainedModel
 from transformers.modeling_outputs import BaseModelOutput, Seq2SeqLMOutput, Seq2SeqModelOutput
 
 from .configuration_revdarts import RevDartsConfig
+from .generation_revdarts import checked_length_kwargs, normalize_max_length
 from .ops import OpContext, SplitFunction, sinusoidal_positions
 from .reversible import ReversibleLayer, ReversibleStack
 
 _TRANSFORMERS_V5 = int(transformers.__version__.split(".")[0]) >= 5
-# What generation_config.max_length holds when nobody set it: None on transformers 5, 20 on 4.x.
-_UNSET_MAX_LENGTH = GenerationConfig().max_length
 # transformers 5.2x renamed the cache argument/output field from ``past_key_values`` to ``cache``.
 CACHE_FIELD = "cache" if "cache" in Seq2SeqLMOutput.__dataclass_fields__ else "past_key_values"
 
@@ -390,83 +389,23 @@ class RevDartsForConditionalGeneration(RevDartsPreTrainedModel, GenerationMixin)
         gen.bos_token_id = cfg.bos_token_id
         gen.eos_token_id = cfg.eos_token_id
         gen.pad_token_id = cfg.pad_token_id
-        self._normalize_max_length()
-
-    def _normalize_max_length(self) -> None:
-        """Where the position limit lives depends on the transformers major.
-
-        On 5.x a stored ``max_length`` makes every ``generate(max_new_tokens=...)`` log "Both `max_new_tokens`
-        and `max_length` seem to have been set", so it is left unset (``generate`` supplies the limit); folders
-        saved earlier store ``max_length = max_position_embeddings``, which is dropped here. On 4.57 that
-        warning needs ``max_length`` in the call itself, and its own translation pipeline replaces an unset
-        (default 20) ``max_length`` by ``max_new_tokens=256``, so there the limit is stored as before.
-        """
-        gen = getattr(self, "generation_config", None)
-        if gen is None:
-            return
-        limit = self.config.max_position_embeddings
-        if _TRANSFORMERS_V5:
-            if gen.max_length == limit:
-                gen.max_length = None
-        elif gen.max_length is None or gen.max_length == _UNSET_MAX_LENGTH:
-            gen.max_length = limit
+        normalize_max_length(gen, cfg.max_position_embeddings)
 
     @classmethod
     def from_pretrained(cls, *args: Any, **kwargs: Any) -> Any:
         loaded = super().from_pretrained(*args, **kwargs)
-        # generation_config.json is read after __init__: bring a folder saved by the other major (or before
-        # the max_length fix) to this major's convention before a pipeline reads its generation config.
+        # generation_config.json is read after __init__: bring a folder of the other major (or of an earlier
+        # version) to this major's length convention before a pipeline reads it (generation_revdarts.py).
         model = loaded[0] if isinstance(loaded, tuple) else loaded
-        model._normalize_max_length()
+        normalize_max_length(model.generation_config, model.config.max_position_embeddings)
         return loaded
 
     def generate(self, inputs: torch.Tensor | None = None, generation_config: Any = None, **kwargs: Any) -> Any:
-        """``GenerationMixin.generate``, with the length checked against the decoder's position limit first.
-
-        Without ``max_length``/``max_new_tokens`` (in the call, the ``generation_config`` passed, or the model's),
-        generation may run until the output holds ``max_position_embeddings`` tokens. A request that would run
-        the decoder past its positions (it embeds every output token but the last) is a ``ValueError`` naming
-        ``max_new_tokens``/``max_length`` and the limit, raised before any decoding.
-        """
-        self._normalize_max_length()
-
-        def setting(name: str) -> Any:
-            if kwargs.get(name) is not None:
-                return kwargs[name]
-            for gen in (generation_config, self.generation_config):
-                value = getattr(gen, name, None) if gen is not None else None
-                if value is not None and not (name == "max_length" and value == _UNSET_MAX_LENGTH):
-                    return value
-            return None
-
-        ids = inputs if inputs is not None else kwargs.get("input_ids")
-        if isinstance(ids, torch.Tensor) and ids.dim() == 2 and 0 in ids.shape:
-            raise ValueError(
-                f"input_ids has shape {tuple(ids.shape)}: nothing to translate (the tokenizer gives at least </s> "
-                "for each text)"
-            )
-        num_beams = setting("num_beams")
-        if num_beams is not None and (not isinstance(num_beams, int) or num_beams < 1):
-            raise ValueError(f"num_beams={num_beams!r} must be an integer >= 1 (1 = greedy or sampling)")
+        """``GenerationMixin.generate``; without ``max_length``/``max_new_tokens`` it may run up to the decoder's
+        position limit, and a length that would run past it is a ``ValueError`` before any decoding."""
         limit = self.config.max_position_embeddings
-        prefix = kwargs.get("decoder_input_ids")
-        start = prefix.shape[-1] if isinstance(prefix, torch.Tensor) else 1
-        max_new, max_length = setting("max_new_tokens"), setting("max_length")
-        if max_new is not None:
-            if isinstance(max_new, int) and start + max_new - 1 > limit:
-                raise ValueError(
-                    f"max_new_tokens={max_new} would run the decoder past its position limit "
-                    f"(max_position_embeddings={limit}): with {start} start token(s) it can produce at most "
-                    f"max_new_tokens={limit + 1 - start}"
-                )
-        elif max_length is not None:
-            if isinstance(max_length, int) and max_length - 1 > limit:
-                raise ValueError(
-                    f"max_length={max_length} would run the decoder past its position limit "
-                    f"(max_position_embeddings={limit}): use max_length <= {limit + 1}, or max_new_tokens"
-                )
-        else:
-            kwargs["max_length"] = limit
+        normalize_max_length(self.generation_config, limit)
+        kwargs = checked_length_kwargs(limit, self.generation_config, generation_config, inputs, kwargs)
         return super().generate(inputs, generation_config=generation_config, **kwargs)
 
     @classmethod
