@@ -47,6 +47,10 @@ def validate_genotype(genotype: Any, num_layers: int, names_per_layer: int, allo
     field = f"{side}_genotype"
     if not isinstance(genotype, (list, tuple)):
         raise ValueError(f"{field} must be a list with one list of op names per layer, got {type(genotype).__name__}")
+    if num_layers < 1:
+        raise ValueError(f"{side}_layers={num_layers}: the {side} needs at least one layer")
+    if not genotype:
+        raise ValueError(f"{field} is empty: give one list of {names_per_layer} op names per {side} layer")
     if len(genotype) != num_layers:
         raise ValueError(
             f"{field} has {len(genotype)} layers but {side}_layers={num_layers}: give one entry per layer "
@@ -83,6 +87,32 @@ def validate_search_ops(ops: Any, allowed: tuple[str, ...], side: str) -> None:
             raise ValueError(f"{field} has unknown op {name!r}{hint}; valid {side} ops: {', '.join(allowed)}")
     if len(set(ops)) != len(ops):
         raise ValueError(f"{field} lists an op twice: {list(ops)}")
+
+
+def validate_sizes(config: Any) -> None:
+    """Raise ``ValueError`` naming the field when a size, probability or special token id is out of range
+    (before the arithmetic on them fails with a ZeroDivisionError or an IndexError at the first forward)."""
+    def is_int(v: Any) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    for name in ("vocab_size", "d_model", "num_heads", "encoder_layers", "decoder_layers", "ffn_multiplier",
+                 "encoder_splits", "decoder_splits", "max_position_embeddings"):
+        value = getattr(config, name)
+        if not is_int(value) or value < 1:
+            raise ValueError(f"{name}={value!r} must be a positive integer")
+    if config.embedding_dim is not None and (not is_int(config.embedding_dim) or config.embedding_dim < 1):
+        raise ValueError(f"embedding_dim={config.embedding_dim!r} must be a positive integer, or None for d_model")
+    for name in ("dropout", "attention_dropout", "activation_dropout", "label_smoothing"):
+        value = getattr(config, name)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
+            raise ValueError(f"{name}={value!r} must be a probability in [0, 1)")
+    for name in ("pad_token_id", "bos_token_id", "eos_token_id", "decoder_start_token_id"):
+        value = getattr(config, name, None)
+        if value is not None and (not is_int(value) or not 0 <= value < config.vocab_size):
+            raise ValueError(
+                f"{name}={value!r} is not a token id of the vocabulary (0..{config.vocab_size - 1}); the tokenizer "
+                "and vocab_size do not match"
+            )
 
 
 class RevDartsConfig(PretrainedConfig):
@@ -246,6 +276,7 @@ class RevDartsConfig(PretrainedConfig):
 
     def validate_revdarts(self) -> None:
         """Check sizes and genotype; every message says which field to change."""
+        validate_sizes(self)
         if self.encoder_splits < 2 or self.decoder_splits < 2:
             raise ValueError(
                 f"encoder_splits={self.encoder_splits} and decoder_splits={self.decoder_splits} must be >= 2 "

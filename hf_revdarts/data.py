@@ -13,6 +13,7 @@ import logging
 import os
 import random
 import re
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,9 +32,37 @@ SPLIT_ALIASES: dict[str, tuple[str, ...]] = {
 
 
 def _read_lines(path: Path) -> list[str]:
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt", encoding="utf-8") as f:
-        return [line.rstrip("\n").rstrip("\r") for line in f]
+    """The lines of a UTF-8 text file (gzip-compressed when it ends in .gz), newline-free.
+
+    Lines end at \\n, \\r\\n or \\r (universal newlines); a UTF-8 byte-order mark is dropped. Bytes that are
+    not UTF-8, or a damaged .gz, give a ``ValueError`` naming the file and the line.
+    """
+    try:
+        if path.suffix == ".gz":
+            with gzip.open(path, "rb") as f:
+                data = f.read()
+        else:
+            data = path.read_bytes()
+    except (OSError, EOFError, zlib.error) as e:  # gzip.BadGzipFile is an OSError
+        raise ValueError(f"{path} cannot be read as {'gzip' if path.suffix == '.gz' else 'a file'}: {e}") from e
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        column = e.start - (data.rfind(b"\n", 0, e.start) + 1) + 1
+        hint = ""
+        if data[:2] in (b"\xff\xfe", b"\xfe\xff"):
+            hint = " (it looks like UTF-16: save it as UTF-8)"
+        elif data[:2] == b"\x1f\x8b":
+            hint = f" (it is gzip-compressed: name it {path.name}.gz)"
+        raise ValueError(
+            f"{path}, line {line}, byte {column}: {data[e.start:e.start + 1]!r} is not valid UTF-8{hint}; data files "
+            "must be UTF-8 text (convert with e.g. `iconv -f latin1 -t utf-8`)"
+        ) from e
+    lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()  # the newline that ends the last line
+    return lines
 
 
 def _local_file(folder: Path, split: str, lang: str) -> Path | None:
@@ -45,26 +74,109 @@ def _local_file(folder: Path, split: str, lang: str) -> Path | None:
     return None
 
 
+# Files that ``datasets.load_dataset(folder)`` reads (its packaged builders), not ``{split}.{lang}`` text.
+DATASETS_SUFFIXES: tuple[str, ...] = (".json", ".jsonl", ".parquet", ".csv", ".tsv", ".arrow")
+
+
 def local_languages(folder: str | os.PathLike, split: str) -> list[str]:
-    """Languages available for ``split`` in a local folder."""
+    """Languages available for ``split`` in a local folder of ``{split}.{lang}[.gz]`` files."""
     names = SPLIT_ALIASES.get(split, (split,))
     pattern = re.compile(r"^(?:%s)\.([A-Za-z_-]+?)(?:\.gz)?$" % "|".join(map(re.escape, names)))
-    return sorted({m.group(1) for p in Path(folder).iterdir() if (m := pattern.match(p.name))})
+    found = {m.group(1) for p in Path(folder).iterdir() if (m := pattern.match(p.name))}
+    return sorted(lang for lang in found if f".{lang}" not in DATASETS_SUFFIXES)
+
+
+def _pick_split(splits: Any, split: str, where: str) -> Any:
+    """``splits[split]`` of a ``DatasetDict``, trying the split's aliases (``val`` ↔ ``validation``)."""
+    for name in SPLIT_ALIASES.get(split, (split,)):
+        if name in splits:
+            return splits[name]
+    raise ValueError(f"{where} has no split {split!r}; its splits are {sorted(splits)}")
+
+
+def _has_datasets_files(folder: Path) -> bool:
+    candidates = [p for p in folder.iterdir()] + [p for d in folder.iterdir() if d.is_dir() for p in d.iterdir()]
+    return any(p.is_file() and p.suffix in DATASETS_SUFFIXES for p in candidates)
+
+
+def _load_saved_dataset(folder: Path, split: str) -> Any:
+    """A folder written by ``Dataset.save_to_disk`` / ``DatasetDict.save_to_disk``: the requested split."""
+    import datasets
+
+    where = f"dataset saved with save_to_disk in {str(folder)!r}"
+    try:
+        loaded = datasets.load_from_disk(str(folder))
+    except Exception as e:  # noqa: BLE001 - datasets raises many types; re-raised naming the folder
+        raise ValueError(f"{where} cannot be read: {type(e).__name__}: {e}") from e
+    if isinstance(loaded, datasets.DatasetDict):
+        return _pick_split(loaded, split, where)
+    own = str(loaded.split) if loaded.split is not None else None
+    if own is None:
+        raise ValueError(
+            f"{where} is a single Dataset without a split name, so it cannot stand for split {split!r} (train and "
+            "validation would silently be the same data); save a DatasetDict({'train': ..., 'validation': ...})"
+        )
+    if own not in SPLIT_ALIASES.get(split, (split,)):
+        raise ValueError(f"{where} holds split {own!r}, not {split!r}")
+    return loaded
+
+
+def _load_datasets_folder(folder: Path, split: str) -> Any:
+    """A local folder of JSON/JSON Lines/Parquet/CSV files read by ``datasets.load_dataset`` (splits from the
+    file names: train.jsonl, validation.jsonl, ...): the requested split."""
+    import datasets
+
+    where = f"dataset folder {str(folder)!r}"
+    try:
+        loaded = datasets.load_dataset(str(folder))
+    except Exception as e:  # noqa: BLE001
+        raise ValueError(f"{where} cannot be read by datasets.load_dataset: {type(e).__name__}: {e}") from e
+    return _pick_split(loaded, split, where)
+
+
+def _load_hub_dataset(source: str, subset: str | None, split: str) -> Any:
+    import datasets  # imported late: only Hub sources need it
+
+    names = SPLIT_ALIASES.get(split, (split,))
+    for i, name in enumerate(names):
+        try:
+            return datasets.load_dataset(source, subset, split=name)
+        except FileNotFoundError as e:
+            raise FileNotFoundError(f"dataset {source!r} is neither a local folder nor a loadable Hub dataset: {e}") from e
+        except ValueError as e:
+            # datasets: 'Unknown split "val". Should be one of [...]' - try the next alias (already downloaded).
+            if "Unknown split" not in str(e) or i == len(names) - 1:
+                raise ValueError(f"Hub dataset {source}{'/' + subset if subset else ''}: {e}") from e
+    raise AssertionError("unreachable")
+
+
+def _check_strings(src: list[Any], tgt: list[Any], src_lang: str, tgt_lang: str, where: str) -> None:
+    for i, (s, t) in enumerate(zip(src, tgt)):
+        if not isinstance(s, str) or not isinstance(t, str):
+            bad_lang, bad = (src_lang, s) if not isinstance(s, str) else (tgt_lang, t)
+            raise ValueError(f"{where}: row {i} has {bad_lang}={bad!r} ({type(bad).__name__}); every sentence must be a string")
 
 
 def pairs_from_dataset(dataset: Any, src_lang: str, tgt_lang: str, where: str = "dataset") -> tuple[list[str], list[str]]:
     """Source and target sentences of a ``datasets.Dataset`` with a ``translation`` dict column
     (``{"de": ..., "en": ...}``) or one column per language."""
+    if not hasattr(dataset, "column_names") or isinstance(dataset.column_names, dict):
+        splits = sorted(dataset.keys()) if hasattr(dataset, "keys") else None
+        raise ValueError(f"{where} is not one split of a dataset (splits: {splits}); pass e.g. dataset['train']")
     columns = list(dataset.column_names)
     if len(dataset) == 0:
         raise ValueError(f"{where} is empty: no sentence pairs to train on")
     if "translation" in columns:
-        langs = sorted(dataset[0]["translation"].keys())
+        first = dataset[0]["translation"]
+        if not isinstance(first, dict):
+            raise ValueError(f"{where}: the 'translation' column must hold {{language: sentence}} dicts, got {first!r}")
+        langs = sorted(first.keys())
         for lang in (src_lang, tgt_lang):
             if lang not in langs:
                 raise ValueError(f"language {lang!r} is not in {where}; its translation column has {langs}")
         rows = dataset["translation"]
-        src, tgt = [r[src_lang] for r in rows], [r[tgt_lang] for r in rows]
+        src = [r[src_lang] if isinstance(r, dict) else None for r in rows]
+        tgt = [r[tgt_lang] if isinstance(r, dict) else None for r in rows]
     else:
         for lang in (src_lang, tgt_lang):
             if lang not in columns:
@@ -72,6 +184,7 @@ def pairs_from_dataset(dataset: Any, src_lang: str, tgt_lang: str, where: str = 
                     f"language {lang!r} is not in {where}; it has no 'translation' column and its columns are {columns}"
                 )
         src, tgt = list(dataset[src_lang]), list(dataset[tgt_lang])
+    _check_strings(src, tgt, src_lang, tgt_lang, where)
     return src, tgt
 
 
@@ -85,45 +198,62 @@ def load_parallel_text(
 ) -> tuple[list[str], list[str]]:
     """Aligned source/target sentences of one split.
 
-    ``source`` is a local folder of ``{split}.{lang}[.gz]`` files or a Hub dataset id (``subset`` is its
-    configuration, e.g. ``"de-en"`` for wmt14). Raises ``FileNotFoundError``/``ValueError`` with the cause
-    for a missing or empty dataset, a language that is not there, or files of different line counts.
+    ``source`` is one of
+
+    * a local folder of ``{split}.{lang}[.gz]`` UTF-8 text files, line i of each language aligned;
+    * a local folder written by ``Dataset``/``DatasetDict.save_to_disk`` (read with ``datasets.load_from_disk``);
+    * a local folder of JSON/JSON Lines/Parquet/CSV files named by split (``train.jsonl``, ...), read with
+      ``datasets.load_dataset(folder)``;
+    * a Hub dataset id (``subset`` is its configuration, e.g. ``"de-en"`` for wmt14).
+
+    Datasets may have a ``translation`` column of ``{lang: sentence}`` dicts (wmt14, opus) or one column per
+    language. Raises ``FileNotFoundError``/``ValueError`` with the cause for a missing or empty dataset, a
+    language or split that is not there, files of different line counts, or text that is not UTF-8.
     """
     if src_lang == tgt_lang:
         raise ValueError(f"source and target language are both {src_lang!r}; give two different languages")
+    if max_examples is not None and (isinstance(max_examples, bool) or not isinstance(max_examples, int) or max_examples < 1):
+        raise ValueError(f"max_examples={max_examples!r} must be a positive integer (or None for all examples)")
     path = Path(source)
     if path.exists():
         if not path.is_dir():
-            raise ValueError(f"dataset {str(source)!r} is a file; give a folder of {{split}}.{{lang}}[.gz] files")
-        langs = local_languages(path, split)
-        if not langs:
-            present = sorted(p.name for p in path.iterdir())[:20]
-            raise FileNotFoundError(
-                f"no files for split {split!r} in {str(path)!r} (expected {split}.<lang> or {split}.<lang>.gz; "
-                f"found {present})"
-            )
-        files = {}
-        for lang in (src_lang, tgt_lang):
-            f = _local_file(path, split, lang)
-            if f is None:
-                raise ValueError(f"language {lang!r} is not in {str(path)!r} for split {split!r}; available: {langs}")
-            files[lang] = f
-        src, tgt = _read_lines(files[src_lang]), _read_lines(files[tgt_lang])
-        if len(src) != len(tgt):
             raise ValueError(
-                f"{files[src_lang]} has {len(src)} lines but {files[tgt_lang]} has {len(tgt)}: parallel files must "
-                "be aligned line by line"
+                f"dataset {str(source)!r} is a file; give a folder of {{split}}.{{lang}}[.gz] files, a folder saved "
+                "with save_to_disk, or a folder of train/validation/test .jsonl/.parquet files"
             )
-        where = f"{files[src_lang]} / {files[tgt_lang]}"
+        langs = local_languages(path, split)
+        if not langs and ((path / "dataset_dict.json").is_file() or (path / "state.json").is_file()):
+            dataset = _load_saved_dataset(path, split)
+            where = f"{path} split {split}"
+            src, tgt = pairs_from_dataset(dataset, src_lang, tgt_lang, where)
+        elif not langs and _has_datasets_files(path):
+            dataset = _load_datasets_folder(path, split)
+            where = f"{path} split {split}"
+            src, tgt = pairs_from_dataset(dataset, src_lang, tgt_lang, where)
+        else:
+            if not langs:
+                present = sorted(p.name for p in path.iterdir())[:20]
+                raise FileNotFoundError(
+                    f"no files for split {split!r} in {str(path)!r} (expected {split}.<lang> or {split}.<lang>.gz; "
+                    f"found {present})"
+                )
+            files = {}
+            for lang in (src_lang, tgt_lang):
+                f = _local_file(path, split, lang)
+                if f is None:
+                    raise ValueError(f"language {lang!r} is not in {str(path)!r} for split {split!r}; available: {langs}")
+                files[lang] = f
+            src, tgt = _read_lines(files[src_lang]), _read_lines(files[tgt_lang])
+            if len(src) != len(tgt):
+                raise ValueError(
+                    f"{files[src_lang]} has {len(src)} lines but {files[tgt_lang]} has {len(tgt)}: parallel files must "
+                    "be aligned line by line"
+                )
+            where = f"{files[src_lang]} / {files[tgt_lang]}"
     else:
         if os.sep in str(source) and not re.match(r"^[\w.-]+/[\w.-]+$", str(source)):
             raise FileNotFoundError(f"dataset folder {str(source)!r} does not exist")
-        import datasets  # imported late: only Hub sources need it
-
-        try:
-            ds = datasets.load_dataset(str(source), subset, split=split)
-        except FileNotFoundError as e:
-            raise FileNotFoundError(f"dataset {str(source)!r} is neither a local folder nor a loadable Hub dataset: {e}") from e
+        ds = _load_hub_dataset(str(source), subset, split)
         where = f"Hub dataset {source}{'/' + subset if subset else ''} split {split}"
         src, tgt = pairs_from_dataset(ds, src_lang, tgt_lang, where)
     if not src or all(not s.strip() for s in src):
@@ -144,6 +274,10 @@ def tokenize_pairs(
     tokenizer: Any, src: Sequence[str], tgt: Sequence[str], max_length: int
 ) -> list[tuple[list[int], list[int]]]:
     """Token ids (eos appended by the tokenizer) of each pair, truncated to ``max_length``; empty pairs dropped."""
+    if len(src) != len(tgt):
+        raise ValueError(f"{len(src)} source sentences but {len(tgt)} target sentences: pairs must be aligned")
+    if max_length < 2:
+        raise ValueError(f"max_length={max_length} leaves no room for a token besides </s>; use max_length >= 2")
     enc = tokenizer(list(src), text_target=list(tgt), truncation=True, max_length=max_length)
     pairs = [(list(s), list(t)) for s, t in zip(enc["input_ids"], enc["labels"]) if len(s) > 1 and len(t) > 1]
     if not pairs:

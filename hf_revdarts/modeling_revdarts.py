@@ -24,6 +24,7 @@ from transformers import GenerationMixin, PreTrainedModel
 from transformers.modeling_outputs import BaseModelOutput, Seq2SeqLMOutput, Seq2SeqModelOutput
 
 from .configuration_revdarts import RevDartsConfig
+from .generation_revdarts import checked_length_kwargs, normalize_max_length
 from .ops import OpContext, SplitFunction, sinusoidal_positions
 from .reversible import ReversibleLayer, ReversibleStack
 
@@ -302,6 +303,10 @@ class RevDartsModel(RevDartsPreTrainedModel):
                 raise ValueError("pass input_ids (or inputs_embeds) to encode")
             self._check_ids(input_ids, "input_ids")
             inputs_embeds = self.shared(input_ids)
+        if attention_mask is not None and tuple(attention_mask.shape) != tuple(inputs_embeds.shape[:2]):
+            raise ValueError(
+                f"attention_mask has shape {tuple(attention_mask.shape)} but the input {tuple(inputs_embeds.shape[:2])}"
+            )
         return self.encoder(inputs_embeds, attention_mask)
 
     def forward(
@@ -331,6 +336,11 @@ class RevDartsModel(RevDartsPreTrainedModel):
                 raise ValueError("pass decoder_input_ids, or labels to RevDartsForConditionalGeneration")
             self._check_ids(decoder_input_ids, "decoder_input_ids")
             decoder_inputs_embeds = self.shared(decoder_input_ids)
+        if decoder_inputs_embeds.shape[0] != encoder_outputs.last_hidden_state.shape[0]:
+            raise ValueError(
+                f"the decoder inputs (labels/decoder_input_ids) have {decoder_inputs_embeds.shape[0]} rows but the "
+                f"encoder inputs {encoder_outputs.last_hidden_state.shape[0]}: give one target per source sentence"
+            )
         hidden = self.decoder(
             decoder_inputs_embeds,
             encoder_outputs.last_hidden_state,
@@ -376,8 +386,8 @@ class RevDartsForConditionalGeneration(RevDartsPreTrainedModel, GenerationMixin)
         self._set_generation_defaults()
 
     def _set_generation_defaults(self) -> None:
-        """A plain ``generate(**inputs)`` starts, pads and stops with the config's ids and may run up to the
-        decoder's position limit (generation_config.json of a saved model overrides these)."""
+        """A plain ``generate(**inputs)`` starts, pads and stops with the config's ids (generation_config.json of
+        a saved model overrides these) and may run up to the decoder's position limit."""
         gen = getattr(self, "generation_config", None)
         if gen is None:
             return
@@ -386,8 +396,24 @@ class RevDartsForConditionalGeneration(RevDartsPreTrainedModel, GenerationMixin)
         gen.bos_token_id = cfg.bos_token_id
         gen.eos_token_id = cfg.eos_token_id
         gen.pad_token_id = cfg.pad_token_id
-        if gen.max_length is None or gen.max_length == 20:  # transformers' generic default
-            gen.max_length = cfg.max_position_embeddings
+        normalize_max_length(gen, cfg.max_position_embeddings)
+
+    @classmethod
+    def from_pretrained(cls, *args: Any, **kwargs: Any) -> Any:
+        loaded = super().from_pretrained(*args, **kwargs)
+        # generation_config.json is read after __init__: bring a folder of the other major (or of an earlier
+        # version) to this major's length convention before a pipeline reads it (generation_revdarts.py).
+        model = loaded[0] if isinstance(loaded, tuple) else loaded
+        normalize_max_length(model.generation_config, model.config.max_position_embeddings)
+        return loaded
+
+    def generate(self, inputs: torch.Tensor | None = None, generation_config: Any = None, **kwargs: Any) -> Any:
+        """``GenerationMixin.generate``; without ``max_length``/``max_new_tokens`` it may run up to the decoder's
+        position limit, and a length that would run past it is a ``ValueError`` before any decoding."""
+        limit = self.config.max_position_embeddings
+        normalize_max_length(self.generation_config, limit)
+        kwargs = checked_length_kwargs(limit, self.generation_config, generation_config, inputs, kwargs)
+        return super().generate(inputs, generation_config=generation_config, **kwargs)
 
     @classmethod
     def _supports_default_dynamic_cache(cls) -> bool:

@@ -49,6 +49,8 @@ class TranslationPipeline(Pipeline):
 
     def __call__(self, inputs: str | list[str], **kwargs: Any):
         """Translate one text or a list of texts (``batch_size=`` batches them, padded)."""
+        if isinstance(inputs, list) and not inputs:
+            return []  # nothing to translate (transformers' Pipeline would fail with an IndexError)
         result = super().__call__(inputs, **kwargs)
         # Like the old TranslationPipeline: a list of texts with one translation each gives a flat list.
         if isinstance(inputs, list) and all(isinstance(r, list) and len(r) == 1 for r in result):
@@ -58,9 +60,16 @@ class TranslationPipeline(Pipeline):
     def preprocess(self, text: str, truncation: bool = True, max_source_length: int | None = None, **_: Any):
         if not isinstance(text, str):
             raise ValueError(f"the translation pipeline takes str inputs (or a list of str), got {type(text).__name__}")
-        max_len = max_source_length
-        if max_len is None:
-            max_len = getattr(self.model.config, "max_position_embeddings", None)
+        limit = getattr(self.model.config, "max_position_embeddings", None)
+        max_len = max_source_length if max_source_length is not None else limit
+        if max_source_length is not None:
+            if isinstance(max_source_length, bool) or not isinstance(max_source_length, int) or max_source_length < 1:
+                raise ValueError(f"max_source_length={max_source_length!r} must be a positive integer")
+            if limit is not None and max_source_length > limit:
+                raise ValueError(
+                    f"max_source_length={max_source_length} exceeds the model's max_position_embeddings={limit}: "
+                    "longer inputs cannot be encoded"
+                )
         return self.tokenizer(
             text,
             return_tensors="pt",

@@ -45,6 +45,19 @@ def _batches(texts: Iterable[str], size: int = 1000) -> Iterator[list[str]]:
         yield batch
 
 
+def _checked_texts(texts: Iterable[str]) -> Iterator[str]:
+    """``texts``, failing on a non-string and, at the end, when there was no text at all (a vocabulary of only
+    the special tokens would turn every word into <unk> without a word of warning)."""
+    seen = False
+    for i, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise ValueError(f"tokenizer training text {i} is {type(text).__name__} ({text!r}), not str")
+        seen = seen or bool(text.strip())
+        yield text
+    if not seen:
+        raise ValueError("no text to train the tokenizer on: every training sentence is empty")
+
+
 def build_backend(
     texts: Iterable[str],
     vocab_size: int = 8000,
@@ -54,6 +67,7 @@ def build_backend(
     """The raw ``tokenizers.Tokenizer``: NFKC (+ lowercase), Metaspace pre-tokenizer, BPE, ``</s>`` appended."""
     if vocab_size <= len(SPECIAL_TOKENS):
         raise ValueError(f"vocab_size={vocab_size} must exceed the {len(SPECIAL_TOKENS)} special tokens")
+    texts = _checked_texts(texts)
     backend = Tokenizer(models.BPE(unk_token=UNK))
     norms = [normalizers.NFKC()] + ([normalizers.Lowercase()] if lowercase else [])
     backend.normalizer = normalizers.Sequence(norms)
@@ -128,6 +142,25 @@ def save_tokenizer(tokenizer: PreTrainedTokenizerFast, folder: str | os.PathLike
     return files
 
 
+def load_tokenizer(folder: str | os.PathLike) -> PreTrainedTokenizerFast:
+    """``PreTrainedTokenizerFast.from_pretrained(folder)`` with errors that name the folder or the broken file
+    (transformers reports a damaged tokenizer.json as a bare ``JSONDecodeError``)."""
+    folder = Path(folder)
+    if not (folder / "tokenizer.json").is_file():
+        raise FileNotFoundError(f"{folder} has no tokenizer (tokenizer.json); save the tokenizer beside the model")
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        path = folder / name
+        if path.is_file():
+            try:
+                json.loads(path.read_text(encoding="utf-8"))
+            except (json.JSONDecodeError, UnicodeDecodeError) as e:
+                raise ValueError(f"{path} is not valid JSON ({e}): the tokenizer file is damaged or truncated") from e
+    try:
+        return PreTrainedTokenizerFast.from_pretrained(str(folder))
+    except Exception as e:  # noqa: BLE001 - tokenizers raises bare Exception subclasses for bad models
+        raise ValueError(f"the tokenizer in {folder} cannot be loaded: {type(e).__name__}: {e}") from e
+
+
 def encode_pairs(
     tokenizer: PreTrainedTokenizerFast,
     sources: list[str],
@@ -138,6 +171,8 @@ def encode_pairs(
 ):
     """Tokenize a batch of sentence pairs for training/evaluation: ``input_ids``, ``attention_mask`` and,
     with ``targets``, ``labels`` (each ending with ``</s>``) whose padding is -100 (ignored by the loss)."""
+    if targets is not None and len(targets) != len(sources):
+        raise ValueError(f"{len(sources)} source sentences but {len(targets)} targets: pairs must be aligned")
     batch = tokenizer(
         sources,
         text_target=targets,
