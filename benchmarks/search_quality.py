@@ -75,7 +75,7 @@ RECIPE: dict[str, Any] = {
     # ---- FLAGS THE SCRIPTS DO NOT HAVE YET (issue 10 recipe). Passed only once a script's --help lists
     # them; until then they are left out, logged, and recorded in each run's JSON as "flags_not_supported".
     "pending": {
-        "train": {"--attention_dropout": 0.1, "--activation_dropout": 0.1, "--average_checkpoints": 5},
+        "train": {"--attention_dropout": 0.1, "--activation_dropout": 0.1, "--average_checkpoints": "average_last"},
         "search": {"--tokenizer": "{tokenizer}", "--selection": "argmax"},
         "evaluate": {"--length_penalty": 1.0},
     },
@@ -160,7 +160,7 @@ class Protocol:
                 r[key] = SMOKE[key]
             r["train"].update(SMOKE["train"])
             r["search"] = SMOKE["search"]
-            r["pending"]["train"]["--average_checkpoints"] = SMOKE["average_last"]
+        r["pending"]["train"]["--average_checkpoints"] = r["average_last"]
         r["search"]["--arch_lr"] = arch_lr(r["search"])
         if self.args.max_steps is not None:
             r["train"]["--max_steps"] = self.args.max_steps
