@@ -1,0 +1,463 @@
+#!/usr/bin/env python
+"""Does the search pay? Searched vs standard vs random genotypes, same size, same update budget.
+
+One command per language pair (Multi30k, ``../shared/data/multi30k`` relative to the repository):
+
+    python benchmarks/search_quality.py --pair en-de                     # S=2 searches, T=2 seeds, K=4 random
+    python benchmarks/search_quality.py --pair en-fr                     # S=1, T=1, K=2
+    python benchmarks/search_quality.py --pair en-de --dry_run           # print the commands only
+    python benchmarks/search_quality.py --smoke                          # bundled sample, tiny, minutes
+
+For a pair it (1) trains one joint tokenizer shared by every run, (2) runs S searches (seeds 0..S-1,
+``training/search.py``), (3) trains the derived genotype of each search with T training seeds, the standard
+self_attn/ffn genotype with T seeds, and K genotypes drawn uniformly from the search space
+(``hf_revdarts.search.random_genotype``, ``zero`` excluded as in the derivation), all with the same
+d_model, depth, recipe and update budget (``training/train.py``), (4) averages the last N checkpoints of
+each run and translates ``test_2016_flickr`` with beam search (``training/evaluate.py``). Model selection
+and early decisions use ``val`` only; the test split is translated once per run, at the end.
+
+Outputs, under ``--results_dir/<pair>/`` (default ``benchmarks/results``; paths inside are relative to the
+repository): one ``<run>.json`` per search/training run (+ ``<run>.test.txt``, its test translations),
+``summary.json`` and ``summary.md`` (mean ± std per kind, parameters, updates, wall and CPU time, paired
+bootstrap searched vs standard) and ``bleu_per_kind.png``. Working folders (checkpoints, logs) go under
+``--work_dir`` (default ``runs/protocol``, ignored by git).
+
+Resumable: a run whose ``<run>.json`` exists is skipped; an interrupted training run continues from its
+latest checkpoint (``--resume_from_checkpoint latest``), an interrupted search likewise. Run the same
+command again until the summary is written; the pairs can run in separate sittings or in parallel.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import os
+import re
+import resource
+import shlex
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+TRAINING = REPO / "training"
+logger = logging.getLogger("search_quality")
+
+# =========================================================================================================
+# THE RECIPE — the one place that fixes sizes, budgets and flags. Every run of a pair uses the same values.
+# =========================================================================================================
+PAIRS: dict[str, dict[str, int]] = {  # S searches, T training seeds (searched, standard), K random genotypes
+    "en-de": {"searches": 2, "seeds": 2, "random": 4},
+    "en-fr": {"searches": 1, "seeds": 1, "random": 2},
+    "en-cs": {"searches": 1, "seeds": 1, "random": 2},
+}
+SPLITS = {"train": "train", "val": "val", "test": "test_2016_flickr"}
+RECIPE: dict[str, Any] = {
+    "vocab_size": 8000,  # one joint BPE vocabulary per pair, shared by every run of the pair
+    "average_last": 5,  # final model = mean of the last N checkpoints (needs checkpoints_total_limit >= N)
+    "model": {"--d_model": 192, "--encoder_layers": 4, "--decoder_layers": 4, "--num_heads": 4},
+    "train": {
+        "--dropout": 0.3, "--label_smoothing": 0.1, "--lr": 1.5e-3, "--warmup_steps": 1000, "--max_tokens": 4096,
+        "--max_steps": 4000, "--eval_every": 500, "--max_eval_examples": 500, "--bleu_sentences": 500,
+        "--save_every": 250, "--checkpoints_total_limit": 5,
+    },
+    "search": {  # align with issue 9's documented Multi30k search when it lands
+        "--tie_blocks": 2, "--max_steps": 600, "--warmup_steps": 100, "--arch_start_step": 100,
+        "--max_tokens": 2048, "--dropout": 0.1, "--label_smoothing": 0.1, "--lr": 1e-3,
+        "--max_train_examples": 29000, "--eval_every": 50, "--save_every": 50, "--vocab_size": 8000,
+    },
+    "evaluate": {"--num_beams": 4, "--max_new_tokens": 64},
+    # ---- FLAGS THE SCRIPTS DO NOT HAVE YET (issue 10 recipe). Passed only once a script's --help lists
+    # them; until then they are left out, logged, and recorded in each run's JSON as "flags_not_supported".
+    "pending": {
+        "train": {"--attention_dropout": 0.1, "--activation_dropout": 0.1, "--average_checkpoints": "average_last"},
+        "search": {"--tokenizer": "{tokenizer}", "--selection": "argmax"},
+        "evaluate": {"--length_penalty": 1.0},
+    },
+}
+ALPHA_TRAVEL = 3.0  # α lr rule: Adam moves a logit ≈ lr per α step; let it travel ~3 over the α steps
+
+
+def arch_lr(search_flags: dict[str, Any]) -> float:
+    """The α learning rate for a search of this many α steps (the paper's 3e-4 assumes ~30k of them)."""
+    steps = max(1, int(search_flags["--max_steps"]) - int(search_flags.get("--arch_start_step", 0)))
+    return round(ALPHA_TRAVEL / steps, 6)
+
+
+SMOKE: dict[str, Any] = {  # tiny sizes on the bundled sample: every kind, a few steps, about a minute
+    "data": REPO / "samples" / "en-de", "splits": {"train": "train", "val": "val", "test": "test"},
+    "pair": {"searches": 1, "seeds": 1, "random": 1},
+    "vocab_size": 300, "average_last": 2,
+    "model": {"--d_model": 48, "--encoder_layers": 2, "--decoder_layers": 2, "--num_heads": 2},
+    "train": {"--max_steps": 4, "--warmup_steps": 2, "--max_tokens": 512, "--eval_every": 4, "--save_every": 2,
+              "--checkpoints_total_limit": 3, "--max_eval_examples": 8, "--bleu_sentences": 4, "--max_length": 32},
+    "search": {"--tie_blocks": 1, "--max_steps": 3, "--warmup_steps": 1, "--arch_start_step": 1, "--max_tokens": 512,
+               "--eval_every": 3, "--save_every": 3, "--vocab_size": 300, "--max_eval_examples": 8,
+               "--eval_batches": 1, "--max_length": 32, "--no_figures": None},
+    "evaluate": {"--num_beams": 2, "--max_new_tokens": 16, "--max_examples": 8},
+}
+# =========================================================================================================
+
+
+def rel(path: Path | str) -> str:
+    """A path as recorded in committed files: relative to the repository, never absolute."""
+    return os.path.relpath(Path(path).resolve(), REPO)
+
+
+def atomic_write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json(path: Path, data: Any) -> None:
+    atomic_write(path, json.dumps(data, indent=1, ensure_ascii=False) + "\n")
+
+
+def flag_list(flags: dict[str, Any]) -> list[str]:
+    out: list[str] = []
+    for key, value in flags.items():
+        out += [key] if value is None else [key, str(value)]
+    return out
+
+
+class Protocol:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        smoke = args.smoke
+        self.pair = "en-de" if smoke else args.pair
+        self.src, self.tgt = self.pair.split("-")
+        self.data = Path(SMOKE["data"] if smoke and args.data is None else args.data or REPO.parent / "shared/data/multi30k")
+        self.splits = SMOKE["splits"] if smoke else SPLITS
+        sizes = dict(SMOKE["pair"] if smoke else PAIRS[self.pair])
+        for key in ("searches", "seeds", "random"):
+            if getattr(args, key) is not None:
+                sizes[key] = getattr(args, key)
+        self.sizes = sizes
+        name = f"{self.pair}-smoke" if smoke else self.pair
+        self.results = Path(args.results_dir) / name
+        self.work = Path(args.work_dir) / name
+        self.recipe = self._recipe(smoke)
+        self._help: dict[str, str] = {}
+        self.timing_note = "wall/CPU seconds of finished stages; a stage killed midway is not counted"
+
+    # ---- recipe ------------------------------------------------------------------------------------------
+    def _recipe(self, smoke: bool) -> dict[str, Any]:
+        r = json.loads(json.dumps(RECIPE))  # a copy
+        if smoke:
+            for key in ("vocab_size", "average_last", "model", "evaluate"):
+                r[key] = SMOKE[key]
+            r["train"].update(SMOKE["train"])
+            r["search"] = SMOKE["search"]
+        r["pending"]["train"]["--average_checkpoints"] = r["average_last"]
+        r["search"]["--arch_lr"] = arch_lr(r["search"])
+        if self.args.max_steps is not None:
+            r["train"]["--max_steps"] = self.args.max_steps
+        if r["train"]["--checkpoints_total_limit"] < r["average_last"]:
+            raise ValueError("checkpoints_total_limit must be >= average_last: the averaged checkpoints must be kept")
+        return r
+
+    def supported(self, script: str) -> str:
+        """The script's --help text (cached by the script's content), to tell which pending flags exist."""
+        if script not in self._help:
+            path = TRAINING / script
+            digest = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+            cache = self.work.parent / f".help-{script}-{digest}.txt"
+            if not cache.is_file():
+                out = subprocess.run([sys.executable, str(path), "--help"], capture_output=True, text=True,
+                                     cwd=REPO, env=self.env())
+                if out.returncode != 0:
+                    raise RuntimeError(f"{script} --help failed:\n{out.stderr[-2000:]}")
+                atomic_write(cache, out.stdout)
+            self._help[script] = cache.read_text()
+        return self._help[script]
+
+    def with_pending(self, script: str, kind: str, flags: list[str], **fill: str) -> tuple[list[str], list[str]]:
+        """``flags`` plus the pending recipe flags this script accepts; also the names it does not accept."""
+        known = set(re.findall(r"--[A-Za-z0-9_]+", self.supported(script)))
+        extra, missing = [], []
+        for key, value in self.recipe["pending"][kind].items():
+            if key in known:
+                extra += [key, str(value).format(**fill)]
+            else:
+                missing.append(key)
+        return flags + extra, missing
+
+    def env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+        return env
+
+    def data_flags(self) -> list[str]:
+        return ["--dataset", rel(self.data), "--src_lang", self.src, "--tgt_lang", self.tgt]
+
+    def common_flags(self) -> list[str]:
+        return ["--num_threads", str(self.args.num_threads)] if self.args.num_threads else []
+
+    # ---- running ----------------------------------------------------------------------------------------
+    def run(self, script: str, flags: list[str], log: Path, timing: dict[str, Any], stage: str) -> None:
+        cmd = [sys.executable, str(TRAINING / script), *flags]
+        shown = " ".join(shlex.quote(c) for c in ["python", f"training/{script}", *flags])
+        timing.setdefault("commands", []).append(shown)
+        if self.args.dry_run:
+            print(shown)
+            return
+        logger.info("%s: %s", stage, shown)
+        log.parent.mkdir(parents=True, exist_ok=True)
+        start, cpu0 = time.time(), resource.getrusage(resource.RUSAGE_CHILDREN)
+        with open(log, "a", encoding="utf-8") as f:
+            f.write(f"\n### {time.strftime('%F %T')} {shown}\n")
+            f.flush()
+            proc = subprocess.run(cmd, cwd=REPO, env=self.env(), stdout=f, stderr=subprocess.STDOUT)
+        cpu1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        if proc.returncode != 0:
+            tail = log.read_text(errors="replace")[-3000:]
+            raise RuntimeError(f"{stage} failed (exit {proc.returncode}); log {log}:\n{tail}")
+        t = timing.setdefault(stage, {"wall_seconds": 0.0, "cpu_seconds": 0.0})
+        t["wall_seconds"] = round(t["wall_seconds"] + time.time() - start, 1)
+        t["cpu_seconds"] = round(t["cpu_seconds"] + cpu1.ru_utime + cpu1.ru_stime - cpu0.ru_utime - cpu0.ru_stime, 1)
+
+    def tokenizer(self) -> Path:
+        """One joint BPE tokenizer per pair (trained on the train split), shared by every run."""
+        folder = self.work / "tokenizer"
+        if (folder / "tokenizer.json").is_file() or self.args.dry_run:
+            return folder
+        from hf_revdarts.data import get_tokenizer, load_parallel_text
+        from hf_revdarts.tokenization import save_tokenizer
+
+        src, tgt = load_parallel_text(self.data, self.src, self.tgt, self.splits["train"])
+        tmp = Path(tempfile.mkdtemp(dir=self.work, prefix=".tmp-tokenizer-"))
+        save_tokenizer(get_tokenizer(src + tgt, self.recipe["vocab_size"]), tmp)
+        os.replace(tmp, folder)
+        return folder
+
+    def search(self, seed: int, tokenizer: Path) -> dict[str, Any] | None:
+        name = f"search-s{seed}"
+        result = self.results / f"{name}.json"
+        if result.is_file():
+            logger.info("%s: done (%s)", name, rel(result))
+            return json.loads(result.read_text())
+        out = self.work / name
+        timing = self._timing(out)
+        flags = [*self.data_flags(), "--output_dir", rel(out), "--seed", str(seed),
+                 "--train_split", self.splits["train"], "--eval_split", self.splits["val"],
+                 *flag_list(self.recipe["model"]), *flag_list(self.recipe["search"]), *self.common_flags()]
+        if not (out / "search_summary.json").is_file():
+            if any(out.glob("checkpoint-*/train_state.json")):
+                flags += ["--resume_from_checkpoint", "latest"]
+            flags, missing = self.with_pending("search.py", "search", flags, tokenizer=rel(tokenizer))
+            timing["flags_not_supported"] = missing
+            self.run("search.py", flags, out / "protocol.log", timing, "search")
+            self._save_timing(out, timing)
+        if self.args.dry_run:
+            return None
+        summary = json.loads((out / "search_summary.json").read_text())
+        record = {
+            "run": name, "kind": "search", "pair": self.pair, "seed": seed,
+            "genotype": json.loads((out / "genotype.json").read_text()),
+            "search_steps": summary["steps"], "stopped_early": summary.get("stopped_early"),
+            "search_summary": summary, "work_dir": rel(out), **self._timing_record(timing),
+        }
+        write_json(result, record)
+        return record
+
+    def train(self, name: str, kind: str, genotype: str, seed: int, tokenizer: Path, meta: dict[str, Any]) -> None:
+        result = self.results / f"{name}.json"
+        max_steps = int(self.recipe["train"]["--max_steps"])
+        if result.is_file():
+            updates = json.loads(result.read_text())["updates"]
+            if updates != max_steps:  # a table must not mix budgets
+                raise ValueError(f"{rel(result)} was trained for {updates} updates, this protocol asks {max_steps}; "
+                                 "give another --results_dir and --work_dir for another budget")
+            logger.info("%s: done (%s)", name, rel(result))
+            return
+        out = self.work / name
+        timing = self._timing(out)
+        finished = (out / "train_summary.json").is_file() and json.loads(
+            (out / "train_summary.json").read_text())["steps"] >= max_steps
+        if not finished:
+            flags = [*self.data_flags(), "--genotype", genotype, "--tokenizer", rel(tokenizer), "--output_dir",
+                     rel(out), "--seed", str(seed), "--train_split", self.splits["train"],
+                     "--eval_split", self.splits["val"], *flag_list(self.recipe["model"]),
+                     *flag_list(self.recipe["train"]), *self.common_flags()]
+            if any(out.glob("checkpoint-*/train_state.json")):
+                flags += ["--resume_from_checkpoint", "latest"]
+            flags, missing = self.with_pending("train.py", "train", flags)
+            timing["flags_not_supported"] = missing
+            self.run("train.py", flags, out / "protocol.log", timing, "train")
+            self._save_timing(out, timing)
+        final = self.average(out, timing)
+        test_json = out / "eval_test.json"
+        if not test_json.is_file():
+            flags = [*self.data_flags(), "--model", rel(final), "--split", self.splits["test"], "--output",
+                     rel(test_json), *flag_list(self.recipe["evaluate"]), *self.common_flags()]
+            flags, missing = self.with_pending("evaluate.py", "evaluate", flags)
+            timing["evaluate_flags_not_supported"] = missing
+            self.run("evaluate.py", flags, out / "protocol.log", timing, "evaluate")
+            self._save_timing(out, timing)
+        if self.args.dry_run:
+            return
+        self._write_train_record(name, kind, seed, out, final, test_json, timing, meta)
+
+    def average(self, out: Path, timing: dict[str, Any]) -> Path:
+        """The mean of the last N checkpoints as a model folder (done here until train.py has the flag)."""
+        final = out / "averaged"
+        if (final / "config.json").is_file() or self.args.dry_run:
+            return final
+        from transformers import PreTrainedTokenizerFast
+
+        from hf_revdarts import RevDartsConfig, RevDartsForConditionalGeneration
+        from hf_revdarts.averaging import latest_checkpoints, load_averaged_weights
+        from hf_revdarts.tokenization import save_tokenizer
+
+        start = time.time()
+        paths = latest_checkpoints(out, self.recipe["average_last"])
+        model = RevDartsForConditionalGeneration(RevDartsConfig.from_pretrained(out / "best"))
+        load_averaged_weights(model, paths)
+        tmp = Path(tempfile.mkdtemp(dir=out, prefix=".tmp-averaged-"))
+        model.save_pretrained(tmp)
+        save_tokenizer(PreTrainedTokenizerFast.from_pretrained(str(out / "tokenizer")), tmp)
+        write_json(tmp / "averaged_from.json", [p.name for p in paths])
+        os.replace(tmp, final)
+        timing["averaged_checkpoints"] = [p.name for p in paths]
+        timing["average"] = {"wall_seconds": round(time.time() - start, 1)}
+        self._save_timing(out, timing)
+        return final
+
+    def _write_train_record(self, name: str, kind: str, seed: int, out: Path, final: Path, test_json: Path,
+                            timing: dict[str, Any], meta: dict[str, Any]) -> None:
+        from hf_revdarts.data import load_parallel_text
+        from hf_revdarts.significance import bleu_two_ways
+
+        summary = json.loads((out / "train_summary.json").read_text())
+        test = json.loads(test_json.read_text())
+        _, refs = load_parallel_text(self.data, self.src, self.tgt, self.splits["test"], None,
+                                     self.recipe["evaluate"].get("--max_examples"))
+        hyps = test["hypotheses"]
+        scores = bleu_two_ways(hyps, refs)
+        atomic_write(self.results / f"{name}.test.txt", "\n".join(hyps) + "\n")
+        record = {
+            "run": name, "kind": kind, "pair": self.pair, "train_seed": seed, **meta,
+            "genotype": summary["genotype"], "parameters": summary["parameters"], "updates": summary["steps"],
+            "train_seconds": summary["train_seconds"], "val_best": summary.get("best"),
+            "val_history": [{k: h.get(k) for k in ("step", "val_loss", "bleu")} for h in summary.get("history", [])],
+            "test": {"split": self.splits["test"], "model": "average of the last "
+                     f"{self.recipe['average_last']} checkpoints", "num_beams": test.get("num_beams"),
+                     **{k: scores[k] for k in ("bleu", "bleu_signature", "bleu_lowercase", "bleu_lowercase_signature")},
+                     "chrf": test.get("chrf"), "chrf_signature": test.get("chrf_signature"),
+                     "sentences": len(hyps), "hypotheses": rel(self.results / f"{name}.test.txt")},
+            "dataset": rel(self.data), "work_dir": rel(out), **self._timing_record(timing),
+        }
+        write_json(self.results / f"{name}.json", record)
+        logger.info("%s: test BLEU %.2f (lowercased %.2f)", name, scores["bleu"], scores["bleu_lowercase"])
+
+    def _timing(self, out: Path) -> dict[str, Any]:
+        path = out / "protocol_timing.json"
+        return json.loads(path.read_text()) if path.is_file() else {}
+
+    def _save_timing(self, out: Path, timing: dict[str, Any]) -> None:
+        if not self.args.dry_run:
+            write_json(out / "protocol_timing.json", timing)
+
+    def _timing_record(self, timing: dict[str, Any]) -> dict[str, Any]:
+        stages = {k: v for k, v in timing.items() if isinstance(v, dict) and "wall_seconds" in v}
+        return {
+            "wall_seconds": round(sum(v["wall_seconds"] for v in stages.values()), 1),
+            "cpu_seconds": round(sum(v.get("cpu_seconds", 0.0) for v in stages.values()), 1),
+            "stages": stages, "timing_note": self.timing_note,
+            "commands": timing.get("commands", []),
+            "flags_not_supported": sorted(set(timing.get("flags_not_supported", []))
+                                          | set(timing.get("evaluate_flags_not_supported", []))),
+        }
+
+    # ---- the protocol ------------------------------------------------------------------------------------
+    def execute(self) -> dict[str, Any] | None:
+        self.work.mkdir(parents=True, exist_ok=True)
+        self.results.mkdir(parents=True, exist_ok=True)
+        tokenizer = self.tokenizer()
+        S, T, K = self.sizes["searches"], self.sizes["seeds"], self.sizes["random"]
+        for s in range(S):
+            record = self.search(s, tokenizer)
+            for t in range(T):
+                self.train(f"searched-s{s}-t{t}", "searched", rel(self.work / f"search-s{s}"), t, tokenizer,
+                           {"search": f"search-s{s}", "search_genotype": record and record["genotype"]})
+        for t in range(T):
+            self.train(f"standard-t{t}", "standard", "standard", t, tokenizer, {})
+        for k in range(K):
+            path = self.random_genotype_file(k)
+            self.train(f"random-r{k}", "random", rel(path), 0, tokenizer,
+                       {"random_seed": k, "drawn_genotype": json.loads(path.read_text()) if path.is_file() else None})
+        if self.args.dry_run:
+            return None
+        from search_quality_report import write_summary
+
+        return write_summary(self)
+
+    def random_genotype_file(self, k: int) -> Path:
+        """genotype.json of random genotype k: same node layout and op lists as the search, ``zero`` excluded."""
+        from hf_revdarts.search.random_genotype import random_genotype
+
+        path = self.work / f"random-r{k}" / "genotype.json"
+        if not path.is_file():
+            s = self.recipe["search"]
+            # The search's depth: its genotype (a tied block when --tie_blocks) is what train.py stacks.
+            sizes = {"encoder_layers": self.recipe["model"]["--encoder_layers"],
+                     "decoder_layers": self.recipe["model"]["--decoder_layers"]}
+            ops = {side: s[f"--{side}_ops"].split(",") if s.get(f"--{side}_ops") else None
+                   for side in ("encoder", "decoder")}
+            geno = random_genotype(sizes, ops["encoder"], ops["decoder"], seed=k, tie_blocks=int(s.get("--tie_blocks", 0)))
+            if not self.args.dry_run:
+                write_json(path, geno)
+        return path
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--pair", choices=sorted(PAIRS), default="en-de")
+    p.add_argument("--data", default=None, help="folder of {split}.{lang}.gz (default: ../shared/data/multi30k)")
+    p.add_argument("--work_dir", default=str(REPO / "runs" / "protocol"), help="checkpoints and logs (not in git)")
+    p.add_argument("--results_dir", default=str(REPO / "benchmarks" / "results"))
+    p.add_argument("--searches", type=int, default=None, help="S (default: per pair, see PAIRS)")
+    p.add_argument("--seeds", type=int, default=None, help="T training seeds for searched and standard")
+    p.add_argument("--random", type=int, default=None, help="K random genotypes")
+    p.add_argument("--max_steps", type=int, default=None, help="override the recipe's update budget")
+    p.add_argument("--num_threads", type=int, default=0, help="torch threads per run (0: the scripts' default)")
+    p.add_argument("--dry_run", action="store_true", help="print the commands, run nothing")
+    p.add_argument("--smoke", action="store_true", help="bundled sample, tiny sizes, a few steps, every kind")
+    args = p.parse_args(argv)
+    for key in ("searches", "seeds", "random", "max_steps"):
+        value = getattr(args, key)
+        if value is not None and value < (1 if key in ("seeds", "max_steps") else 0):
+            p.error(f"--{key} must be >= {1 if key in ('seeds', 'max_steps') else 0}")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    sys.path.insert(0, str(REPO))
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    args = parse_args(argv)
+    protocol = Protocol(args)
+    if not (protocol.data / f"{protocol.splits['train']}.{protocol.src}.gz").is_file() and not any(
+        protocol.data.glob(f"{protocol.splits['train']}.{protocol.src}*")
+    ):
+        raise SystemExit(f"no {protocol.splits['train']}.{protocol.src}[.gz] in {protocol.data}; give --data")
+    summary = protocol.execute()
+    if summary is not None:
+        print(Path(protocol.results / "summary.md").read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,200 @@
+"""The summary of one pair of ``benchmarks/search_quality.py``: table, significance, plot (from the run JSONs).
+
+Reads every ``<run>.json`` in the pair's results folder, so the summary can be rebuilt at any time from
+committed files alone (``python benchmarks/search_quality_report.py benchmarks/results/en-de``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import statistics
+import sys
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger("search_quality")
+KINDS = ("searched", "standard", "random")
+
+
+def _mean_std(values: list[float]) -> tuple[float | None, float | None]:
+    if not values:
+        return None, None
+    return round(statistics.fmean(values), 2), round(statistics.stdev(values), 2) if len(values) > 1 else 0.0
+
+
+def load_runs(results: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(training runs, search runs) recorded in ``results``, sorted by name."""
+    runs, searches = [], []
+    for path in sorted(results.glob("*.json")):
+        if path.name.startswith("summary"):
+            continue
+        record = json.loads(path.read_text())
+        if record.get("kind") == "search":
+            searches.append(record)
+        elif record.get("kind") in KINDS:
+            runs.append(record)
+    return runs, searches
+
+
+def significance(runs: list[dict[str, Any]], repo: Path, references: list[str]) -> dict[str, Any]:
+    """Paired bootstrap searched vs standard: each searched run against the standard run of its training seed,
+    and pooled (those pairs' test sets concatenated, so every seed and search counts)."""
+    from hf_revdarts.significance import paired_bootstrap
+
+    def hyps(run: dict[str, Any]) -> list[str]:
+        return (repo / run["test"]["hypotheses"]).read_text(encoding="utf-8").split("\n")[: len(references)]
+
+    standard = {r["train_seed"]: r for r in runs if r["kind"] == "standard"}
+    pairs = [(r, standard[r["train_seed"]]) for r in runs if r["kind"] == "searched" and r["train_seed"] in standard]
+    if not pairs:
+        return {"note": "no searched/standard pair with the same training seed yet"}
+    out: dict[str, Any] = {"per_seed": []}
+    pooled_a: list[str] = []
+    pooled_b: list[str] = []
+    for a, b in pairs:
+        ha, hb = hyps(a), hyps(b)
+        res = paired_bootstrap(ha, hb, references)
+        out["per_seed"].append({"searched": a["run"], "standard": b["run"], **res.to_dict()})
+        pooled_a += ha
+        pooled_b += hb
+    if len(pairs) > 1:
+        pooled = paired_bootstrap(pooled_a, pooled_b, references * len(pairs))
+        out["pooled"] = {"pairs": len(pairs), **pooled.to_dict()}
+    else:
+        out["pooled"] = dict(out["per_seed"][0], pairs=1)
+    return out
+
+
+def table(runs: list[dict[str, Any]], searches: list[dict[str, Any]]) -> dict[str, Any]:
+    kinds: dict[str, Any] = {}
+    for kind in KINDS:
+        rs = [r for r in runs if r["kind"] == kind]
+        if not rs:
+            continue
+        bleu, lower = [r["test"]["bleu"] for r in rs], [r["test"]["bleu_lowercase"] for r in rs]
+        kinds[kind] = {
+            "runs": len(rs),
+            "bleu_mean": _mean_std(bleu)[0], "bleu_std": _mean_std(bleu)[1],
+            "bleu_lowercase_mean": _mean_std(lower)[0], "bleu_lowercase_std": _mean_std(lower)[1],
+            "bleu": {r["run"]: r["test"]["bleu"] for r in rs},
+            "parameters_mean": round(statistics.fmean(r["parameters"] for r in rs)),
+            "updates": sorted({r["updates"] for r in rs}),
+            "train_wall_hours_mean": round(statistics.fmean(r["wall_seconds"] for r in rs) / 3600, 3),
+            "cpu_hours_total": round(sum(r["cpu_seconds"] for r in rs) / 3600, 3),
+        }
+    if searches:
+        kinds["search"] = {
+            "runs": len(searches),
+            "genotypes": {s["run"]: s["genotype"] for s in searches},
+            "wall_hours_mean": round(statistics.fmean(s["wall_seconds"] for s in searches) / 3600, 3),
+            "cpu_hours_total": round(sum(s["cpu_seconds"] for s in searches) / 3600, 3),
+        }
+    return kinds
+
+
+def markdown(summary: dict[str, Any]) -> str:
+    k = summary["kinds"]
+    lines = [
+        f"# Search quality — Multi30k {summary['pair']} (test: {summary['test_split']})",
+        "",
+        f"Recipe: {summary['recipe_short']}. BLEU = cased detokenised sacreBLEU "
+        f"(`{summary['bleu_signature']}`); lc = lowercased 13a.",
+        "",
+        "| kind | runs | BLEU mean ± std | lc BLEU mean ± std | parameters | updates | train wall h (mean) | CPU h (total) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for kind in KINDS:
+        if kind in k:
+            r = k[kind]
+            lines.append(
+                f"| {kind} | {r['runs']} | {r['bleu_mean']:.2f} ± {r['bleu_std']:.2f} | "
+                f"{r['bleu_lowercase_mean']:.2f} ± {r['bleu_lowercase_std']:.2f} | {r['parameters_mean'] / 1e6:.2f}M | "
+                f"{', '.join(map(str, r['updates']))} | {r['train_wall_hours_mean']:.2f} | {r['cpu_hours_total']:.2f} |"
+            )
+    if "search" in k:
+        lines.append(f"| search | {k['search']['runs']} | | | | | {k['search']['wall_hours_mean']:.2f} | "
+                     f"{k['search']['cpu_hours_total']:.2f} |")
+    lines += ["", "Runs: " + ", ".join(f"{n} {b:.2f}" for kind in KINDS if kind in k for n, b in k[kind]["bleu"].items())]
+    sig = summary["significance"]
+    if "pooled" in sig:
+        p = sig["pooled"]
+        lines += ["", f"Paired bootstrap, searched vs standard (pooled over {p['pairs']} seed pair(s), "
+                  f"{p['n_samples']} resamples): Δ = {p['delta']:+.2f} BLEU, p = {p['p_value']:.4f}; "
+                  f"searched {p['mean_a']:.2f} ± {p['ci_a']:.2f}, standard {p['mean_b']:.2f} ± {p['ci_b']:.2f} (95% CI)."]
+        for s in sig["per_seed"]:
+            lines.append(f"- {s['searched']} vs {s['standard']}: Δ = {s['delta']:+.2f}, p = {s['p_value']:.4f}")
+    if "searched_minus_random_mean" in summary:
+        lines += ["", f"Searched mean − random mean: {summary['searched_minus_random_mean']:+.2f} BLEU."]
+    if "search" in k:
+        lines += ["", "Searched genotypes:"] + [f"- {n}: `{json.dumps(g)}`" for n, g in k["search"]["genotypes"].items()]
+    if summary.get("flags_not_supported"):
+        lines += ["", f"Recipe flags the scripts did not support yet (left out): {', '.join(summary['flags_not_supported'])}"]
+    return "\n".join(lines) + "\n"
+
+
+def plot(summary: dict[str, Any], runs: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    kinds = [k for k in KINDS if k in summary["kinds"]]
+    fig, ax = plt.subplots(figsize=(1.8 + 1.5 * len(kinds), 3.6))
+    for x, kind in enumerate(kinds):
+        values = [r["test"]["bleu"] for r in runs if r["kind"] == kind]
+        offsets = [(i - (len(values) - 1) / 2) * 0.08 for i in range(len(values))]
+        ax.scatter([x + o for o in offsets], values, s=28, zorder=3, label=None)
+        mean = summary["kinds"][kind]["bleu_mean"]
+        ax.hlines(mean, x - 0.3, x + 0.3, colors="black", linewidth=1.5, zorder=2)
+    ax.set_xticks(range(len(kinds)), kinds)
+    ax.set_xlim(-0.6, len(kinds) - 0.4)
+    ax.set_ylabel("test BLEU (cased sacreBLEU)")
+    ax.set_title(f"Multi30k {summary['pair']}: runs (dots), mean (bar)", fontsize=10)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    tmp.replace(path)
+
+
+def write_summary(protocol: Any) -> dict[str, Any]:
+    """Build summary.json, summary.md and bleu_per_kind.png for ``protocol`` (a search_quality.Protocol)."""
+    from search_quality import REPO, atomic_write, rel, write_json
+
+    from hf_revdarts.data import load_parallel_text
+
+    runs, searches = load_runs(protocol.results)
+    if not runs:
+        raise RuntimeError(f"no finished training runs in {protocol.results}")
+    _, refs = load_parallel_text(protocol.data, protocol.src, protocol.tgt, protocol.splits["test"], None,
+                                 protocol.recipe["evaluate"].get("--max_examples"))
+    r = protocol.recipe
+    summary: dict[str, Any] = {
+        "pair": protocol.pair, "dataset": rel(protocol.data), "test_split": protocol.splits["test"],
+        "tuning_split": protocol.splits["val"], "sizes": protocol.sizes, "recipe": r,
+        "recipe_short": ", ".join(f"{k.strip('-')}={v}" for k, v in {**r["model"], **r["train"]}.items()
+                                  if k in ("--d_model", "--encoder_layers", "--decoder_layers", "--max_steps",
+                                           "--max_tokens", "--dropout", "--lr", "--warmup_steps"))
+                        + f", average of last {r['average_last']} checkpoints, beam {r['evaluate']['--num_beams']}",
+        "bleu_signature": runs[0]["test"]["bleu_signature"],
+        "kinds": table(runs, searches),
+        "significance": significance(runs, REPO, refs),
+        "flags_not_supported": sorted({f for x in runs + searches for f in x.get("flags_not_supported", [])}),
+        "total_cpu_hours": round(sum(x["cpu_seconds"] for x in runs + searches) / 3600, 3),
+        "total_wall_hours": round(sum(x["wall_seconds"] for x in runs + searches) / 3600, 3),
+    }
+    k = summary["kinds"]
+    if "searched" in k and "random" in k:
+        summary["searched_minus_random_mean"] = round(k["searched"]["bleu_mean"] - k["random"]["bleu_mean"], 2)
+    write_json(protocol.results / "summary.json", summary)
+    atomic_write(protocol.results / "summary.md", markdown(summary))
+    plot(summary, runs, protocol.results / "bleu_per_kind.png")
+    logger.info("summary: %s", rel(protocol.results / "summary.md"))
+    return summary
+
+
+if __name__ == "__main__":  # rebuild the markdown of an existing summary.json
+    folder = Path(sys.argv[1])
+    print(markdown(json.loads((folder / "summary.json").read_text())))

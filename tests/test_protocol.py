@@ -1,0 +1,83 @@
+"""The search-quality protocol end to end on the bundled sample (--smoke), with the current scripts:
+every kind runs, the summary is written, a second invocation skips finished runs, and an interrupted
+training run resumes from its latest checkpoint."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPT = REPO / "benchmarks" / "search_quality.py"
+RUNS = ("search-s0", "searched-s0-t0", "standard-t0", "random-r0")
+
+
+def _protocol(tmp_path: Path, *extra: str) -> str:
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    out = subprocess.run(
+        [sys.executable, str(SCRIPT), "--smoke", "--num_threads", "1", "--work_dir", str(tmp_path / "work"),
+         "--results_dir", str(tmp_path / "results"), *extra],
+        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=900,
+    )
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-5000:]
+    return out.stdout + out.stderr
+
+
+def _strings(value):
+    if isinstance(value, dict):
+        for v in value.values():
+            yield from _strings(v)
+    elif isinstance(value, list):
+        for v in value:
+            yield from _strings(v)
+    elif isinstance(value, str):
+        yield value
+
+
+@pytest.mark.slow
+def test_smoke_protocol_runs_every_kind_and_resumes(tmp_path):
+    results = tmp_path / "results" / "en-de-smoke"
+    work = tmp_path / "work" / "en-de-smoke"
+
+    dry = _protocol(tmp_path, "--dry_run")
+    commands = [line for line in dry.splitlines() if line.startswith("python training/")]
+    assert len(commands) == 7  # 1 search; train + evaluate for searched, standard, random
+    assert not list(results.glob("*.json"))
+
+    _protocol(tmp_path)
+    for run in RUNS:
+        assert (results / f"{run}.json").is_file(), run
+    summary = json.loads((results / "summary.json").read_text())
+    assert set(summary["kinds"]) == {"searched", "standard", "random", "search"}
+    assert summary["kinds"]["standard"]["updates"] == [4]
+    assert "pooled" in summary["significance"] and 0 < summary["significance"]["pooled"]["p_value"] <= 1
+    assert (results / "summary.md").read_text().startswith("# Search quality")
+    assert (results / "bleu_per_kind.png").stat().st_size > 1000
+    random_run = json.loads((results / "random-r0.json").read_text())
+    assert random_run["genotype"] == random_run["drawn_genotype"]  # train.py trained the drawn genotype
+    assert "zero" not in json.dumps(random_run["drawn_genotype"])
+    for path in results.glob("*.json"):  # committed files never hold a path of this machine
+        assert not [s for s in _strings(json.loads(path.read_text())) if s.startswith(str(tmp_path))], path
+    first = {run: (results / f"{run}.json").read_text() for run in RUNS}
+
+    # Interrupt the standard run after its first checkpoint: results, summary, final checkpoint gone.
+    (results / "standard-t0.json").unlink()
+    run_dir = work / "standard-t0"
+    for name in ("train_summary.json", "eval_test.json", "averaged", "checkpoint-000004"):
+        path = run_dir / name
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+    log = _protocol(tmp_path)
+    for run in ("search-s0", "searched-s0-t0", "random-r0"):
+        assert f"{run}: done" in log
+        assert (results / f"{run}.json").read_text() == first[run]  # untouched
+    resumed = json.loads((results / "standard-t0.json").read_text())
+    assert resumed["updates"] == 4
+    assert any("--resume_from_checkpoint latest" in c for c in resumed["commands"])
+    assert "resumed from" in (run_dir / "protocol.log").read_text()
+    assert sorted(p.name for p in run_dir.glob("checkpoint-*"))[-1] == "checkpoint-000004"
