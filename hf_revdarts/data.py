@@ -95,7 +95,7 @@ def _pick_split(splits: Any, split: str, where: str) -> Any:
 
 
 def _has_datasets_files(folder: Path) -> bool:
-    candidates = [p for p in folder.iterdir()] + [p for d in folder.iterdir() if d.is_dir() for p in d.iterdir()]
+    candidates = list(folder.iterdir()) + [p for d in folder.iterdir() if d.is_dir() for p in d.iterdir()]
     return any(p.is_file() and p.suffix in DATASETS_SUFFIXES for p in candidates)
 
 

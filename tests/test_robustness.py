@@ -16,7 +16,7 @@ import pytest
 import torch
 import transformers
 
-from hf_revdarts import RevDartsConfig, RevDartsForConditionalGeneration
+from hf_revdarts import RevDartsForConditionalGeneration
 from hf_revdarts.data import load_parallel_text, tokenize_pairs
 from hf_revdarts.guards import (
     NonFiniteError,
