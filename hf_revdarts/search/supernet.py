@@ -57,15 +57,47 @@ def validate_search_space(ops: Sequence[str] | None, side: str) -> tuple[str, ..
 
 
 class MixedSplit(nn.Module):
-    """A searchable G_k: pool the n-1 inputs into H, then Σ_o softmax(α)_o · õ(H)."""
+    """A searchable G_k: pool the n-1 inputs into H, then Σ_o softmax(α)_o · õ(H).
+
+    With ``partial_channels=K`` > 1 (PC-DARTS, Xu et al. 2020) only a block of width/K channels of H goes
+    through the candidate ops (built at that width) and the other channels pass through unchanged:
+    G_k(H) = H with the block replaced by Σ_o softmax(α)_o · õ(H_block). The candidates cost about 1/K²
+    of their compute and 1/K of their activation memory; what is searched changes (the ops see a slice of
+    H, the rest of the node is an identity), so it is an option whose effect on the search outcome must be
+    measured (issue 12 has the figures). ``block`` picks which slice: the supernet rotates it with the layer and split, our analogue
+    of PC-DARTS's channel shuffle, so that across the stack every channel goes through some mixed op.
+    PC-DARTS's edge normalisation weighs a node's several input edges; here a node has one input (the
+    pooled H), so there is nothing for it to normalise.
+    """
 
     def __init__(
-        self, op_names: Sequence[str], width: int, config: RevDartsConfig, causal: bool, alpha: nn.Parameter
+        self,
+        op_names: Sequence[str],
+        width: int,
+        config: RevDartsConfig,
+        causal: bool,
+        alpha: nn.Parameter,
+        partial_channels: int = 1,
+        block: int = 0,
     ) -> None:
         super().__init__()
         self.pooling = config.pooling
         self.op_names = tuple(op_names)
-        self.ops = nn.ModuleList(WrappedOp(name, width, config, causal) for name in self.op_names)
+        if partial_channels < 1 or width % partial_channels:
+            raise ValueError(
+                f"partial_channels={partial_channels} must be a positive divisor of the split width {width}"
+            )
+        self.partial_channels = partial_channels
+        op_width = width // partial_channels
+        self.channels = slice((block % partial_channels) * op_width, (block % partial_channels + 1) * op_width)
+        uses_heads = {"self_attn", "cross_attn"} | {n for n in self.op_names if n.startswith("dynconv")}
+        if partial_channels > 1 and uses_heads & set(self.op_names) and op_width % config.num_heads:
+            raise ValueError(
+                f"partial_channels={partial_channels} leaves {op_width} of the split's {width} channels for the "
+                f"ops, not divisible by num_heads={config.num_heads} (attention/dynconv heads); choose "
+                "partial_channels so that split width / partial_channels is a multiple of num_heads"
+            )
+        self.ops = nn.ModuleList(WrappedOp(name, op_width, config, causal) for name in self.op_names)
         if alpha.shape != (len(self.op_names),):
             raise ValueError(f"alpha has shape {tuple(alpha.shape)}, expected ({len(self.op_names)},)")
         # Registered here (possibly the same object in several tied splits): see the module docstring.
@@ -74,7 +106,9 @@ class MixedSplit(nn.Module):
     def forward(
         self, inputs: list[torch.Tensor], ctx: OpContext, side: torch.Tensor | None, state: dict | None
     ) -> torch.Tensor:
-        h = pool(inputs, self.pooling)
+        full = h = pool(inputs, self.pooling)
+        if self.partial_channels > 1:
+            h = full[..., self.channels]
         # softmax in fp32 even under autocast: the mixing weights are tiny differences of α early on.
         weights = F.softmax(self.alpha.float(), dim=-1).to(h.dtype)
         out = None
@@ -88,6 +122,8 @@ class MixedSplit(nn.Module):
             out = term if out is None else out + term
         if out is None:  # a space of only "zero": keep the graph connected to α
             out = h * 0.0 + weights.sum() * 0.0
+        if self.partial_channels > 1:  # the other channels bypass the ops
+            out = torch.cat([full[..., : self.channels.start], out, full[..., self.channels.stop :]], dim=-1)
         return out
 
 
@@ -101,6 +137,8 @@ class RevDartsSupernet(RevDartsForConditionalGeneration):
             layers (layer i uses block position i mod s), as in the paper (s = 2).
         encoder_ops, decoder_ops: a custom candidate list per side (default: all 13 / 14 ops).
         alpha_init_std: α starts as ``alpha_init_std * N(0, 1)`` (DARTS uses 1e-3), i.e. near uniform.
+        partial_channels: K > 1 sends only 1/K of each split's channels through the candidate ops (PC-DARTS,
+            see ``MixedSplit``): faster and lighter, but a different search; 1 (default) is plain DARTS.
     """
 
     def __init__(
@@ -110,10 +148,14 @@ class RevDartsSupernet(RevDartsForConditionalGeneration):
         encoder_ops: Sequence[str] | None = None,
         decoder_ops: Sequence[str] | None = None,
         alpha_init_std: float = 1e-3,
+        partial_channels: int = 1,
     ) -> None:
         if tie_blocks < 0:
             raise ValueError(f"tie_blocks={tie_blocks} must be >= 0 (0 = untied, s > 0 = share α across s layers)")
         self.tie_blocks = int(tie_blocks)
+        if partial_channels < 1:
+            raise ValueError(f"partial_channels={partial_channels} must be >= 1 (1 = every channel, plain DARTS)")
+        self.partial_channels = int(partial_channels)
         self.search_space = {
             "encoder": validate_search_space(encoder_ops, "encoder"),
             "decoder": validate_search_space(decoder_ops, "decoder"),
@@ -133,7 +175,9 @@ class RevDartsSupernet(RevDartsForConditionalGeneration):
             key = (side, position, split)
             if key not in alphas:
                 alphas[key] = nn.Parameter(alpha_init_std * torch.randn(len(ops)))
-            module = MixedSplit(ops, width, cfg, causal, alphas[key])
+            module = MixedSplit(
+                ops, width, cfg, causal, alphas[key], partial_channels=self.partial_channels, block=layer + split
+            )
             nodes.append((side, layer, split, module))
             return module
 
