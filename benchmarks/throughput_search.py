@@ -9,18 +9,23 @@ Timing on a shared machine is noisy, so everything is measured in one run, *inte
 tree (this checkout, and with ``--baseline REF`` that git commit of hf_revdarts, unpacked to a temporary
 folder) runs in its own worker process that builds all of its variants once; the parent then asks the
 workers in turn for one step of each variant, ``--repeats`` times, and reports medians. Ratios are
-taken within the run (supernet vs the model of the same tree and memory mode).
+taken within the run (supernet vs the model of the same tree and memory mode). The matrix-product,
+convolution and attention FLOPs of one step (``torch.utils.flop_counter``) are printed beside: the
+supernet/model time ratio follows their ratio. With one torch thread
+(the default) the step runs on the worker's main thread, so its CPU time (``thread_time``) is reported
+too: on a machine shared with other jobs it is less inflated by waiting for a core than wall time, and
+``--clock cpu`` uses it for tokens/s and the ratios.
 
 Variants (``--variants``; each in the memory modes of ``--modes``):
     model         the standard self_attn/ffn genotype (the Transformer baseline)
     supernet      RevDartsSupernet as built by default
-    perop         this tree's supernet with one call per candidate op (``fused=False``)
     pcK           this tree's supernet with partial channels K (PC-DARTS; an option that changes the search)
 A baseline tree only knows ``model`` and ``supernet``.
 
     python benchmarks/throughput_search.py --baseline cb07a35            # before/after, reference size
     python benchmarks/throughput_search.py --variants model,supernet,pc4
     python benchmarks/throughput_search.py --profile supernet/reversible # torch.profiler table, this tree
+    python benchmarks/throughput_search.py --per_op                      # CPU ms per candidate op of a node
 """
 
 from __future__ import annotations
@@ -55,11 +60,9 @@ def build(variant: str, reversible: bool, a: argparse.Namespace):
         return RevDartsForConditionalGeneration(config)
     if variant == "supernet":
         return RevDartsSupernet(config, tie_blocks=a.tie_blocks)
-    if variant == "perop":
-        return RevDartsSupernet(config, tie_blocks=a.tie_blocks, fused=False)
     if variant.startswith("pc") and variant[2:].isdigit():
         return RevDartsSupernet(config, tie_blocks=a.tie_blocks, partial_channels=int(variant[2:]))
-    raise ValueError(f"unknown variant {variant!r}: use model, supernet, perop or pcK (e.g. pc4)")
+    raise ValueError(f"unknown variant {variant!r}: use model, supernet or pcK (e.g. pc4)")
 
 
 def make_batch(a: argparse.Namespace, seed: int = 0) -> dict:
@@ -88,12 +91,34 @@ class Runner:
         params = self.model.weight_parameters() if hasattr(self.model, "weight_parameters") else self.model.parameters()
         self.opt = torch.optim.Adam(params, lr=1e-4, betas=(0.9, 0.98), eps=1e-9)
 
-    def step(self, data: dict) -> float:
-        start = time.perf_counter()
+    def step(self, data: dict) -> tuple[float, float]:
+        """(wall seconds, CPU seconds of this thread) of one train step."""
+        start, cpu = time.perf_counter(), time.thread_time()
         self.opt.zero_grad(set_to_none=True)
         self.model(**data).loss.backward()
         self.opt.step()
-        return time.perf_counter() - start
+        return time.perf_counter() - start, time.thread_time() - cpu
+
+
+def flop_counter():
+    """A dispatch mode summing torch.utils.flop_counter's FLOPs (matrix products, convolutions, attention)
+    of every op it sees. Not ``FlopCounterMode`` itself: its module tracker fails inside the reversible
+    backward, which re-runs split functions under ``torch.autograd.grad``."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from torch.utils.flop_counter import flop_registry
+
+    class Counter(TorchDispatchMode):
+        total = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            kwargs = kwargs or {}
+            out = func(*args, **kwargs)
+            count = flop_registry.get(func._overloadpacket)
+            if count is not None:
+                self.total += count(*args, **kwargs, out_val=out)
+            return out
+
+    return Counter()
 
 
 def worker(a: argparse.Namespace) -> None:
@@ -103,9 +128,13 @@ def worker(a: argparse.Namespace) -> None:
     torch.set_num_threads(a.threads)
     data = make_batch(a)
     runners = [Runner(v, m, a) for v in a.variants.split(",") for m in a.modes.split(",")]
-    for r in runners:  # warm-up: lazy allocations, Adam state, kernel selection
+    flops = {}
+    for r in runners:  # warm-up: lazy allocations, Adam state, kernel selection; and the step's FLOPs
         r.step(data)
-    print(json.dumps({"ready": [r.name for r in runners]}), flush=True)
+        with flop_counter() as counter:
+            r.step(data)
+        flops[r.name] = counter.total
+    print(json.dumps({"ready": [r.name for r in runners], "flops": flops}), flush=True)
     for _ in sys.stdin:
         print(json.dumps({r.name: r.step(data) for r in runners}), flush=True)
 
@@ -123,6 +152,47 @@ def profile(a: argparse.Namespace) -> None:
         for _ in range(2):
             runner.step(data)
     print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=a.rows))
+
+
+def per_op(a: argparse.Namespace) -> None:
+    """CPU ms of forward+backward of each wrapped candidate op at the encoder and decoder split widths of the
+    configuration (train mode, padded batch), interleaved over repeats: where a supernet node's time goes."""
+    import torch
+
+    from hf_revdarts import RevDartsConfig
+    from hf_revdarts.configuration_revdarts import DECODER_OPS, ENCODER_OPS
+    from hf_revdarts.ops import OpContext, WrappedOp
+
+    torch.set_num_threads(a.threads)
+    config = RevDartsConfig(vocab_size=a.vocab, d_model=a.d_model, num_heads=a.heads, dropout=a.dropout,
+                            encoder_layers=1, decoder_layers=1)
+    data = make_batch(a)
+    pad = data["attention_mask"].bool()
+    for causal, ops, splits in ((False, ENCODER_OPS, config.encoder_splits), (True, DECODER_OPS, config.decoder_splits)):
+        width = a.d_model // splits
+        torch.manual_seed(0)
+        h = torch.randn(a.batch, a.length, width, requires_grad=True)
+        side = torch.randn(a.batch, a.length, a.d_model)
+        q = torch.arange(a.length)
+        self_mask = (q[None, :] <= q[:, None])[None, None] & pad[:, None, None, :] if causal else pad[:, None, None, :]
+        ctx = OpContext(pad_mask=pad, self_attn_mask=self_mask, cross_attn_mask=pad[:, None, None, :], causal=causal)
+        modules = {n: WrappedOp(n, width, config, causal).train() for n in ops}
+        times: dict[str, list[float]] = {n: [] for n in ops}
+        for rep in range(a.repeats + 1):
+            for n, m in modules.items():
+                start = time.thread_time()
+                out = m(h, ctx, side, None)
+                if out.requires_grad:
+                    out.sum().backward()
+                if rep:  # the first round is a warm-up
+                    times[n].append(time.thread_time() - start)
+        med = {n: statistics.median(v) * 1e3 for n, v in times.items()}
+        total = sum(med.values())
+        side_name = "decoder" if causal else "encoder"
+        print(f"\n{side_name} node, split width {width}: forward+backward CPU ms per candidate op "
+              f"(sum {total:.1f} ms)")
+        for n in ops:
+            print(f"  {n:11s} {med[n]:7.2f} ms {100 * med[n] / total:5.1f}%")
 
 
 # ------------------------------------------------------------------ parent -----------------------------
@@ -167,8 +237,10 @@ def main() -> None:
     p.add_argument("--modes", default="reversible,ordinary")
     p.add_argument("--repeats", type=int, default=7)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--clock", choices=("wall", "cpu"), default="cpu", help="time behind tokens/s and ratios")
     p.add_argument("--profile", default=None, help="profile VARIANT/MODE of this tree instead (e.g. supernet/reversible)")
     p.add_argument("--rows", type=int, default=30)
+    p.add_argument("--per_op", action="store_true", help="time each candidate op of a node instead (this tree)")
     p.add_argument("--json", default=None, help="also write the figures to this file")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     a = p.parse_args()
@@ -176,6 +248,8 @@ def main() -> None:
         return worker(a)
     if a.profile:
         return profile(a)
+    if a.per_op:
+        return per_op(a)
 
     tmp = Path(tempfile.mkdtemp(prefix="throughput_"))
     try:
@@ -183,13 +257,17 @@ def main() -> None:
         if a.baseline:
             trees.insert(0, (f"{a.baseline}:", unpack(a.baseline, tmp), "model,supernet"))
         procs = [(label, start_worker(tree, variants, a)) for label, tree, variants in trees]
-        names = [(label, ask(proc, None)["ready"]) for label, proc in procs]
-        times: dict[str, list[float]] = {label + n: [] for label, ns in names for n in ns}
+        ready = [(label, ask(proc, None)) for label, proc in procs]
+        names = [(label, r["ready"]) for label, r in ready]
+        flops = {label + n: f for label, r in ready for n, f in r["flops"].items()}
+        wall: dict[str, list[float]] = {label + n: [] for label, ns in names for n in ns}
+        cpu: dict[str, list[float]] = {n: [] for n in wall}
         for rep in range(a.repeats):
             for label, proc in procs:
-                for n, t in ask(proc, "step").items():
-                    times[label + n].append(t)
-            print(f"repeat {rep + 1}/{a.repeats}: " + ", ".join(f"{n} {v[-1]:.3f}s" for n, v in times.items()), flush=True)
+                for n, (w, c) in ask(proc, "step").items():
+                    wall[label + n].append(w)
+                    cpu[label + n].append(c)
+            print(f"repeat {rep + 1}/{a.repeats}: " + ", ".join(f"{n} {v[-1]:.3f}s" for n, v in wall.items()), flush=True)
         for _, proc in procs:
             proc.stdin.close()
             proc.wait()
@@ -197,20 +275,25 @@ def main() -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
     tokens = int(make_batch_tokens(a))
+    times = cpu if a.clock == "cpu" else wall
     med = {n: statistics.median(v) for n, v in times.items()}
     print(f"\nd_model={a.d_model}, {a.layers}+{a.layers} layers, batch {a.batch}x{a.length} ({tokens} real tokens), "
           f"vocab {a.vocab}, tie_blocks={a.tie_blocks}, {a.threads} thread(s); median of {a.repeats} interleaved "
-          "train steps (forward+backward+Adam)")
-    print(f"{'variant':32s} {'step s':>8s} {'min s':>8s} {'tokens/s':>10s} {'model/this':>11s}")
+          f"train steps (forward+backward+Adam); tokens/s and ratios from {a.clock} time")
+    print(f"{'variant':30s} {'wall s':>7s} {'min':>7s} {'cpu s':>7s} {'tokens/s':>9s} {'model/this':>10s} "
+          f"{'GFLOP':>7s} {'this/model':>10s}")
     rows = {}
-    for n, v in times.items():
+    for n in times:
         label, _, rest = n.rpartition(":")
         mode = rest.split("/")[1]
         base = med.get(f"{label}:model/{mode}" if label else f"model/{mode}")
         ratio = base / med[n] if base else float("nan")
-        print(f"{n:32s} {med[n]:8.3f} {min(v):8.3f} {tokens / med[n]:10.0f} {ratio:11.3f}")
-        rows[n] = {"median_s": med[n], "min_s": min(v), "tokens_per_s": tokens / med[n], "model_over_this": ratio,
-                   "times_s": v}
+        base_flops = flops.get(f"{label}:model/{mode}" if label else f"model/{mode}")
+        print(f"{n:30s} {statistics.median(wall[n]):7.3f} {min(wall[n]):7.3f} {statistics.median(cpu[n]):7.3f} "
+              f"{tokens / med[n]:9.0f} {ratio:10.3f} {flops[n] / 1e9:7.2f} {flops[n] / base_flops:10.2f}")
+        rows[n] = {"wall_median_s": statistics.median(wall[n]), "wall_min_s": min(wall[n]),
+                   "cpu_median_s": statistics.median(cpu[n]), "tokens_per_s": tokens / med[n],
+                   "model_over_this": ratio, "gflop": flops[n] / 1e9, "wall_s": wall[n], "cpu_s": cpu[n]}
     if a.baseline:
         for mode in a.modes.split(","):
             before, after = med.get(f"{a.baseline}:supernet/{mode}"), med.get(f"supernet/{mode}")
