@@ -144,6 +144,9 @@ class SearchArguments:
     )
     tie_blocks: int = field(default=2, metadata={"help": "share α across blocks of s layers (0 = every layer its own)"})
     alpha_init_std: float = field(default=1e-3, metadata={"help": "α starts as alpha_init_std * N(0, 1)"})
+    partial_channels: int = field(
+        default=1, metadata={"help": "PC-DARTS: 1/K of each split's channels through the candidate ops (1 = all)"}
+    )
     arch_lr: float = field(default=3e-4, metadata={"help": "α learning rate (Adam, fixed)"})
     arch_weight_decay: float = field(default=1e-3, metadata={"help": "α weight decay"})
     arch_start_step: int = field(default=0, metadata={"help": "weight-only warm-up steps before α updates begin"})
@@ -309,6 +312,7 @@ def build_config(
             search_decoder_ops=search_args.decoder_ops,
             tie_blocks=search_args.tie_blocks,
             alpha_init_std=search_args.alpha_init_std,
+            partial_channels=search_args.partial_channels,
         )
     vocabulary = {}
     if tokenizer is not None:

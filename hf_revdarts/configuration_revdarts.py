@@ -173,6 +173,9 @@ class RevDartsConfig(PretrainedConfig):
             (layer i uses block position i mod s), as the paper does with s = 2.
         alpha_init_std (`float`, *optional*, defaults to 1e-3):
             Search only: α starts as `alpha_init_std * N(0, 1)`, i.e. near uniform (DARTS' choice).
+        partial_channels (`int`, *optional*, defaults to 1):
+            Search only: K > 1 sends 1/K of each split's channels through the candidate ops and lets the rest
+            bypass (PC-DARTS): about 1/K² of the candidates' compute, but a different search; 1 is plain DARTS.
         use_cache (`bool`, *optional*, defaults to `True`):
             Whether `generate` keeps attention keys/values and convolution history between steps.
         pad_token_id (`int`, *optional*, defaults to 0):
@@ -223,6 +226,7 @@ class RevDartsConfig(PretrainedConfig):
         search_decoder_ops: list[str] | None = None,
         tie_blocks: int = 0,
         alpha_init_std: float = 1e-3,
+        partial_channels: int = 1,
         use_cache: bool = True,
         pad_token_id: int = 0,
         bos_token_id: int = 1,
@@ -258,6 +262,7 @@ class RevDartsConfig(PretrainedConfig):
         self.search_decoder_ops = list(search_decoder_ops) if search_decoder_ops is not None else None
         self.tie_blocks = tie_blocks
         self.alpha_init_std = alpha_init_std
+        self.partial_channels = partial_channels
         self.use_cache = use_cache
         super().__init__(
             pad_token_id=pad_token_id,
@@ -310,3 +315,7 @@ class RevDartsConfig(PretrainedConfig):
             )
         if not isinstance(self.alpha_init_std, (int, float)) or not 0.0 <= self.alpha_init_std < float("inf"):
             raise ValueError(f"alpha_init_std={self.alpha_init_std!r} must be a finite number >= 0 (DARTS uses 1e-3)")
+        if not isinstance(self.partial_channels, int) or isinstance(self.partial_channels, bool) or self.partial_channels < 1:
+            raise ValueError(
+                f"partial_channels={self.partial_channels!r} must be >= 1 (an integer; 1 = every channel, plain DARTS)"
+            )

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.autograd.function import once_differentiable
 
 
 @dataclass
@@ -76,6 +77,67 @@ class Conv(nn.Module):
         return self.conv(x.transpose(1, 2)).transpose(1, 2)
 
 
+def softmax_last(x: torch.Tensor) -> torch.Tensor:
+    """Softmax over the last dim, computed in fp32 and returned in ``x``'s dtype.
+
+    The same function as ``x.softmax(-1)``; written out because torch's CPU kernel is slow (2-3x) on the
+    short rows of dynamic-convolution kernels. The max is a constant shift (softmax is invariant to it),
+    so it is taken without grad: its gradient contribution is zero mathematically.
+    """
+    xf = x.float()
+    e = (xf - xf.detach().amax(dim=-1, keepdim=True)).exp()
+    return (e / e.sum(dim=-1, keepdim=True)).to(x.dtype)
+
+
+class _DynamicConvFunction(torch.autograd.Function):
+    """out[b, t, h, :] = Σ_j weights[b, t, h, j] · x[b, t + j, h, :] as K scaled shifted slices.
+
+    Hand-written backward: autograd's version of the same loop zero-fills a full-size gradient buffer
+    per slice (half the op's time on CPU); here each input gradient is accumulated into one buffer.
+    """
+
+    @staticmethod
+    def forward(ctx, full: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        bsz, full_len, width = full.shape
+        _, length, heads, kernel = weights.shape
+        xs = full.reshape(bsz, full_len, heads, width // heads)
+        out = xs[:, :length] * weights[..., :1]
+        for j in range(1, kernel):
+            out.addcmul_(xs[:, j : j + length], weights[..., j : j + 1])
+        ctx.save_for_backward(full, weights)
+        return out.view(bsz, length, width)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:  # type: ignore[override]
+        full, weights = ctx.saved_tensors
+        bsz, full_len, width = full.shape
+        _, length, heads, kernel = weights.shape
+        xs = full.reshape(bsz, full_len, heads, width // heads)
+        grad = grad.reshape(bsz, length, heads, width // heads)
+        grad_full = grad_weights = None
+        if ctx.needs_input_grad[0]:
+            grad_full = full.new_zeros(bsz, full_len, heads, width // heads)
+            for j in range(kernel):
+                grad_full[:, j : j + length].addcmul_(grad, weights[..., j : j + 1])
+            grad_full = grad_full.view(bsz, full_len, width)
+        if ctx.needs_input_grad[1]:
+            grad_weights = torch.stack([(grad * xs[:, j : j + length]).sum(-1) for j in range(kernel)], dim=-1)
+        return grad_full, grad_weights
+
+
+def dynamic_conv(full: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """out[b, t, h·c] = Σ_j weights[b, t, h, j] · full[b, t + j, h·c]: a per-position, per-head kernel.
+
+    ``full`` (B, T + K - 1, C) is the input with its left/right context already padded in
+    (``_left_context``), ``weights`` (B, T, H, K) the normalised kernels; returns (B, T, C). Computed as
+    K scaled shifted slices rather than windows × weights, which runs as a batch of tiny matrix-vector
+    products: the whole op (projections included) is ~1.3x (K=3) to ~2x (K=15) faster forward+backward
+    on CPU at d_model 96-192.
+    """
+    return _DynamicConvFunction.apply(full, weights.to(full.dtype))
+
+
 class DynamicConv(nn.Module):
     """Dynamic convolution (Wu et al., 2019): GLU input projection, then a depthwise convolution whose
     softmax-normalised kernel is predicted per position and per head from the current input."""
@@ -88,14 +150,16 @@ class DynamicConv(nn.Module):
         self.out_proj = nn.Linear(width, width)
 
     def forward(self, h: torch.Tensor, ctx: OpContext, side: torch.Tensor | None, state: dict | None) -> torch.Tensor:
-        bsz, length, width = h.shape
-        x = _zero_pads(F.glu(self.in_proj(h), dim=-1), ctx.pad_mask)
-        weights = self.weight_proj(x).view(bsz, length, self.heads, self.kernel).softmax(dim=-1)
+        return self.from_projection(self.in_proj(h), ctx, state)
+
+    def from_projection(self, projected: torch.Tensor, ctx: OpContext, state: dict | None) -> torch.Tensor:
+        """The op after its input projection (the fused supernet computes ``in_proj`` for several ops at once)."""
+        bsz, length, _ = projected.shape
+        x = _zero_pads(F.glu(projected, dim=-1), ctx.pad_mask)
+        weights = softmax_last(self.weight_proj(x).view(bsz, length, self.heads, self.kernel))
         weights = F.dropout(weights, self.weight_dropout, self.training)
-        windows = _left_context(x, self.kernel, self.causal, state).unfold(1, self.kernel, 1)  # (B, T, C, K)
-        windows = windows.reshape(bsz, length, self.heads, width // self.heads, self.kernel)
-        out = torch.einsum("bthck,bthk->bthc", windows, weights.to(windows.dtype))
-        return self.out_proj(out.reshape(bsz, length, width))
+        out = dynamic_conv(_left_context(x, self.kernel, self.causal, state), weights)
+        return self.out_proj(out)
 
 
 class Attention(nn.Module):

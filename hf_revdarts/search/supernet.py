@@ -63,6 +63,7 @@ def _with_search_overrides(
     encoder_ops: Sequence[str] | None,
     decoder_ops: Sequence[str] | None,
     alpha_init_std: float | None,
+    partial_channels: int | None = None,
 ) -> RevDartsConfig:
     """``config`` itself, or a validated copy with the given search settings written in."""
     overrides = {
@@ -70,6 +71,7 @@ def _with_search_overrides(
         "search_encoder_ops": list(encoder_ops) if encoder_ops is not None else None,
         "search_decoder_ops": list(decoder_ops) if decoder_ops is not None else None,
         "alpha_init_std": alpha_init_std,
+        "partial_channels": partial_channels,
     }
     overrides = {k: v for k, v in overrides.items() if v is not None}
     if not overrides:
@@ -82,15 +84,47 @@ def _with_search_overrides(
 
 
 class MixedSplit(nn.Module):
-    """A searchable G_k: pool the n-1 inputs into H, then Σ_o softmax(α)_o · õ(H)."""
+    """A searchable G_k: pool the n-1 inputs into H, then Σ_o softmax(α)_o · õ(H).
+
+    With ``partial_channels=K`` > 1 (PC-DARTS, Xu et al. 2020) only a block of width/K channels of H goes
+    through the candidate ops (built at that width) and the other channels pass through unchanged:
+    G_k(H) = H with the block replaced by Σ_o softmax(α)_o · õ(H_block). The candidates cost about 1/K²
+    of their compute and 1/K of their activation memory; what is searched changes (the ops see a slice of
+    H, the rest of the node is an identity), so it is an option whose effect on the search outcome must be
+    measured (issue 12 has the figures). ``block`` picks which slice: the supernet rotates it with the layer and split, our analogue
+    of PC-DARTS's channel shuffle, so that across the stack every channel goes through some mixed op.
+    PC-DARTS's edge normalisation weighs a node's several input edges; here a node has one input (the
+    pooled H), so there is nothing for it to normalise.
+    """
 
     def __init__(
-        self, op_names: Sequence[str], width: int, config: RevDartsConfig, causal: bool, alpha: nn.Parameter
+        self,
+        op_names: Sequence[str],
+        width: int,
+        config: RevDartsConfig,
+        causal: bool,
+        alpha: nn.Parameter,
+        partial_channels: int = 1,
+        block: int = 0,
     ) -> None:
         super().__init__()
         self.pooling = config.pooling
         self.op_names = tuple(op_names)
-        self.ops = nn.ModuleList(WrappedOp(name, width, config, causal) for name in self.op_names)
+        if partial_channels < 1 or width % partial_channels:
+            raise ValueError(
+                f"partial_channels={partial_channels} must be a positive divisor of the split width {width}"
+            )
+        self.partial_channels = partial_channels
+        op_width = width // partial_channels
+        self.channels = slice((block % partial_channels) * op_width, (block % partial_channels + 1) * op_width)
+        uses_heads = {"self_attn", "cross_attn"} | {n for n in self.op_names if n.startswith("dynconv")}
+        if partial_channels > 1 and uses_heads & set(self.op_names) and op_width % config.num_heads:
+            raise ValueError(
+                f"partial_channels={partial_channels} leaves {op_width} of the split's {width} channels for the "
+                f"ops, not divisible by num_heads={config.num_heads} (attention/dynconv heads); choose "
+                "partial_channels so that split width / partial_channels is a multiple of num_heads"
+            )
+        self.ops = nn.ModuleList(WrappedOp(name, op_width, config, causal) for name in self.op_names)
         if alpha.shape != (len(self.op_names),):
             raise ValueError(f"alpha has shape {tuple(alpha.shape)}, expected ({len(self.op_names)},)")
         # Registered here (possibly the same object in several tied splits): see the module docstring.
@@ -99,7 +133,9 @@ class MixedSplit(nn.Module):
     def forward(
         self, inputs: list[torch.Tensor], ctx: OpContext, side: torch.Tensor | None, state: dict | None
     ) -> torch.Tensor:
-        h = pool(inputs, self.pooling)
+        full = h = pool(inputs, self.pooling)
+        if self.partial_channels > 1:
+            h = full[..., self.channels]
         # softmax in fp32 even under autocast: the mixing weights are tiny differences of α early on.
         weights = F.softmax(self.alpha.float(), dim=-1).to(h.dtype)
         out = None
@@ -113,6 +149,8 @@ class MixedSplit(nn.Module):
             out = term if out is None else out + term
         if out is None:  # a space of only "zero": keep the graph connected to α
             out = h * 0.0 + weights.sum() * 0.0
+        if self.partial_channels > 1:  # the other channels bypass the ops
+            out = torch.cat([full[..., : self.channels.start], out, full[..., self.channels.stop :]], dim=-1)
         return out
 
 
@@ -131,6 +169,7 @@ class RevDartsSupernet(RevDartsForConditionalGeneration):
         tie_blocks, encoder_ops, decoder_ops, alpha_init_std: optional overrides of the config's
             ``tie_blocks``, ``search_encoder_ops``, ``search_decoder_ops`` and ``alpha_init_std``; given ones
             are written into a copy of the config (``self.config``), so that a saved supernet rebuilds alike.
+        partial_channels: optional override of the config's ``partial_channels`` (PC-DARTS, see ``MixedSplit``).
     """
 
     def __init__(
@@ -140,9 +179,11 @@ class RevDartsSupernet(RevDartsForConditionalGeneration):
         encoder_ops: Sequence[str] | None = None,
         decoder_ops: Sequence[str] | None = None,
         alpha_init_std: float | None = None,
+        partial_channels: int | None = None,
     ) -> None:
-        config = _with_search_overrides(config, tie_blocks, encoder_ops, decoder_ops, alpha_init_std)
+        config = _with_search_overrides(config, tie_blocks, encoder_ops, decoder_ops, alpha_init_std, partial_channels)
         self.tie_blocks = int(config.tie_blocks)
+        self.partial_channels = int(config.partial_channels)
         self.search_space = {
             "encoder": validate_search_space(config.search_encoder_ops, "encoder"),
             "decoder": validate_search_space(config.search_decoder_ops, "decoder"),
@@ -162,7 +203,9 @@ class RevDartsSupernet(RevDartsForConditionalGeneration):
             key = (side, position, split)
             if key not in alphas:
                 alphas[key] = nn.Parameter(self._alpha_init_std * torch.randn(len(ops)))
-            module = MixedSplit(ops, width, cfg, causal, alphas[key])
+            module = MixedSplit(
+                ops, width, cfg, causal, alphas[key], partial_channels=self.partial_channels, block=layer + split
+            )
             nodes.append((side, layer, split, module))
             return module
 

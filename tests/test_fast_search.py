@@ -1,0 +1,142 @@
+"""Throughput work on the supernet (issue 12): the faster dynamic convolution computes the same function as
+the windows × weights reference (outputs, gradients, incremental state), and the partial-channel option
+(PC-DARTS) keeps the supernet's guarantees: exact reversible gradients, identity on the bypassed channels,
+clear errors for sizes it cannot split."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, os.path.dirname(__file__))
+from _helpers import grad_errors, padded_batch, set_reversible  # noqa: E402
+from hf_revdarts import RevDartsConfig  # noqa: E402
+from hf_revdarts.configuration_revdarts import ENCODER_OPS  # noqa: E402
+from hf_revdarts.ops import DynamicConv, OpContext, _left_context, _zero_pads  # noqa: E402
+from hf_revdarts.search import RevDartsSupernet  # noqa: E402
+from hf_revdarts.search.supernet import MixedSplit  # noqa: E402
+
+VOCAB = 120
+
+
+def reference_dynconv(op: DynamicConv, h: torch.Tensor, ctx: OpContext, state: dict | None) -> torch.Tensor:
+    """The textbook formulation (as the op was first written): unfolded windows × softmax kernels."""
+    bsz, length, width = h.shape
+    x = _zero_pads(F.glu(op.in_proj(h), dim=-1), ctx.pad_mask)
+    weights = op.weight_proj(x).view(bsz, length, op.heads, op.kernel).softmax(dim=-1)
+    weights = F.dropout(weights, op.weight_dropout, op.training)
+    windows = _left_context(x, op.kernel, op.causal, state).unfold(1, op.kernel, 1)
+    windows = windows.reshape(bsz, length, op.heads, width // op.heads, op.kernel)
+    out = torch.einsum("bthck,bthk->bthc", windows, weights.to(windows.dtype))
+    return op.out_proj(out.reshape(bsz, length, width))
+
+
+@pytest.mark.parametrize("causal", [False, True], ids=["encoder", "decoder"])
+@pytest.mark.parametrize("kernel", [3, 15])
+def test_dynamic_conv_equals_windows_times_weights(causal: bool, kernel: int) -> None:
+    torch.manual_seed(0)
+    op = DynamicConv(16, kernel, 4, causal, weight_dropout=0.2).train()  # kernel dropout: same masks
+    h = torch.randn(3, 11, 16, requires_grad=True)
+    pad = torch.ones(3, 11, dtype=torch.bool)
+    pad[1, 7:], pad[2, 2:] = False, False
+    ctx = OpContext(pad_mask=pad, causal=causal)
+    got, want = [], []
+    for fn, sink in ((lambda: op(h, ctx, None, None), got), (lambda: reference_dynconv(op, h, ctx, None), want)):
+        torch.manual_seed(5)
+        out = fn()
+        grads = torch.autograd.grad((out * torch.linspace(-1, 1, 16)).square().sum(), [h, *op.parameters()])
+        sink.extend([out, *grads])
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_dynamic_conv_incremental_state_equals_full_sequence() -> None:
+    torch.manual_seed(0)
+    op = DynamicConv(16, 7, 4, causal=True, weight_dropout=0.0).eval()
+    h = torch.randn(2, 9, 16)
+    ctx = OpContext(causal=True)
+    with torch.no_grad():
+        full = op(h, ctx, None, None)
+        state: dict = {}
+        steps = [op(h[:, t : t + 1], ctx, None, state) for t in range(9)]
+        ref_state: dict = {}
+        ref = [reference_dynconv(op, h[:, t : t + 1], ctx, ref_state) for t in range(9)]
+    torch.testing.assert_close(torch.cat(steps, dim=1), full, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(torch.cat(ref, dim=1), full, rtol=1e-5, atol=1e-6)
+
+
+def tiny(**kw) -> RevDartsConfig:
+    args = dict(
+        vocab_size=VOCAB, d_model=48, num_heads=2, encoder_layers=2, decoder_layers=2, dropout=0.1,
+        attention_dropout=0.1, activation_dropout=0.1, max_position_embeddings=32,
+    )
+    args.update(kw)
+    return RevDartsConfig(**args)
+
+
+def grads_of(model: torch.nn.Module, batch: dict) -> dict[str, torch.Tensor]:
+    model.zero_grad(set_to_none=True)
+    torch.manual_seed(123)
+    model(**batch).loss.backward()
+    return {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("k", [2, 4])
+def test_partial_channels_reversible_gradients_equal_ordinary(k: int) -> None:
+    torch.manual_seed(0)
+    model = RevDartsSupernet(tiny(d_model=96 if k == 4 else 48), partial_channels=k).train()
+    batch = padded_batch(VOCAB)
+    rev = grads_of(model, batch)
+    set_reversible(model, False)
+    ref = grads_of(model, batch)
+    names = {id(p): n for n, p in model.named_parameters()}
+    arch = [names[id(a)] for a in model.arch_parameters()]
+    assert all(n in ref and ref[n].abs().sum() > 0 for n in arch), "every α must get a gradient"
+    total, worst = grad_errors(rev, ref)
+    assert total <= 1e-5 and worst <= 1e-5, (total, worst)
+
+
+def test_partial_channels_ops_see_one_block_and_the_rest_bypasses() -> None:
+    cfg = tiny()
+    alpha = torch.nn.Parameter(torch.zeros(len(ENCODER_OPS)))
+    node = MixedSplit(ENCODER_OPS, 24, cfg, False, alpha, partial_channels=4, block=1).eval()
+    assert all(op.norm.normalized_shape == (6,) for op in node.ops if op.norm is not None)  # ops at width 6
+    h = torch.randn(2, 5, 24)
+    out = node([h], OpContext(), None, None)
+    keep = torch.ones(24, dtype=torch.bool)
+    keep[6:12] = False
+    assert torch.equal(out[..., keep], h[..., keep])  # bypassed channels: identity, exactly
+    assert not torch.allclose(out[..., 6:12], h[..., 6:12])
+    # The block moves with the layer and split: across a stack every channel block goes through the ops.
+    model = RevDartsSupernet(tiny(encoder_layers=4), partial_channels=2)
+    starts = {fn.channels.start for layer in model.model.encoder.stack.layers for fn in layer.functions}
+    assert starts == {0, 12}
+
+
+def test_partial_channels_one_is_plain_darts() -> None:
+    torch.manual_seed(0)
+    a = RevDartsSupernet(tiny())
+    torch.manual_seed(0)
+    b = RevDartsSupernet(tiny(), partial_channels=1)
+    assert a.state_dict().keys() == b.state_dict().keys()
+    batch = padded_batch(VOCAB)
+    a.eval(), b.eval()
+    b.load_state_dict(a.state_dict())
+    torch.testing.assert_close(a(**batch).loss, b(**batch).loss, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize(
+    "kwargs, needle",
+    [
+        (dict(partial_channels=0), "must be >= 1"),
+        (dict(partial_channels=5), "positive divisor of the split width"),
+        (dict(partial_channels=8), "not divisible by num_heads"),
+    ],
+)
+def test_partial_channels_bad_values_are_clear_errors(kwargs, needle) -> None:
+    with pytest.raises(ValueError, match=needle):
+        RevDartsSupernet(tiny(), **kwargs)
