@@ -13,7 +13,8 @@ For a pair it (1) trains one joint tokenizer shared by every run, (2) runs S sea
 self_attn/ffn genotype with T seeds, and K genotypes drawn uniformly from the search space
 (``hf_revdarts.search.random_genotype``, ``zero`` excluded as in the derivation), all with the same
 d_model, depth, recipe and update budget (``training/train.py``), (4) averages the last N checkpoints of
-each run and translates ``test_2016_flickr`` with beam search (``training/evaluate.py``). Model selection
+each run (``train.py --average_checkpoints``) and translates ``test_2016_flickr`` with beam search and a
+length penalty (``training/evaluate.py``). Model selection
 and early decisions use ``val`` only; the test split is translated once per run, at the end.
 
 Outputs, under ``--results_dir/<pair>/`` (default ``benchmarks/results``; paths inside are relative to the
@@ -61,23 +62,24 @@ RECIPE: dict[str, Any] = {
     "vocab_size": 8000,  # one joint BPE vocabulary per pair, shared by every run of the pair
     "average_last": 5,  # final model = mean of the last N checkpoints (needs checkpoints_total_limit >= N)
     "model": {"--d_model": 192, "--encoder_layers": 4, "--decoder_layers": 4, "--num_heads": 4},
-    "train": {
-        "--dropout": 0.3, "--label_smoothing": 0.1, "--lr": 1.5e-3, "--warmup_steps": 1000, "--max_tokens": 4096,
+    "train": {  # configs/multi30k-en-de-train.yaml's recipe (the README's "Recipes"), at the protocol's budget
+        "--dropout": 0.3, "--attention_dropout": 0.1, "--activation_dropout": 0.1, "--label_smoothing": 0.1,
+        "--lr": 1.5e-3, "--warmup_steps": 1000, "--max_tokens": 4096,
         "--max_steps": 4000, "--eval_every": 500, "--max_eval_examples": 500, "--bleu_sentences": 500,
-        "--save_every": 250, "--checkpoints_total_limit": 5,
+        "--save_every": 250, "--checkpoints_total_limit": 5,  # --average_checkpoints is set from average_last
     },
     "search": {  # align with issue 9's documented Multi30k search when it lands
         "--tie_blocks": 2, "--max_steps": 600, "--warmup_steps": 100, "--arch_start_step": 100,
         "--max_tokens": 2048, "--dropout": 0.1, "--label_smoothing": 0.1, "--lr": 1e-3,
         "--max_train_examples": 29000, "--eval_every": 50, "--save_every": 50, "--vocab_size": 8000,
     },
-    "evaluate": {"--num_beams": 4, "--max_new_tokens": 64},
+    "evaluate": {"--num_beams": 4, "--length_penalty": 1.0, "--max_new_tokens": 64},
     # ---- FLAGS THE SCRIPTS DO NOT HAVE YET (issue 10 recipe). Passed only once a script's --help lists
     # them; until then they are left out, logged, and recorded in each run's JSON as "flags_not_supported".
     "pending": {
-        "train": {"--attention_dropout": 0.1, "--activation_dropout": 0.1, "--average_checkpoints": "average_last"},
-        "search": {"--tokenizer": "{tokenizer}", "--selection": "argmax"},
-        "evaluate": {"--length_penalty": 1.0},
+        "train": {},
+        "search": {"--selection": "argmax"},
+        "evaluate": {},
     },
 }
 ALPHA_TRAVEL = 3.0  # α lr rule: Adam moves a logit ≈ lr per α step; let it travel ~3 over the α steps
@@ -156,11 +158,12 @@ class Protocol:
     def _recipe(self, smoke: bool) -> dict[str, Any]:
         r = json.loads(json.dumps(RECIPE))  # a copy
         if smoke:
-            for key in ("vocab_size", "average_last", "model", "evaluate"):
+            for key in ("vocab_size", "average_last", "model"):
                 r[key] = SMOKE[key]
             r["train"].update(SMOKE["train"])
+            r["evaluate"].update(SMOKE["evaluate"])
             r["search"] = SMOKE["search"]
-        r["pending"]["train"]["--average_checkpoints"] = r["average_last"]
+        r["train"]["--average_checkpoints"] = r["average_last"]
         r["search"]["--arch_lr"] = arch_lr(r["search"])
         if self.args.max_steps is not None:
             r["train"]["--max_steps"] = self.args.max_steps
@@ -250,13 +253,13 @@ class Protocol:
             return json.loads(result.read_text())
         out = self.work / name
         timing = self._timing(out)
-        flags = [*self.data_flags(), "--output_dir", rel(out), "--seed", str(seed),
+        flags = [*self.data_flags(), "--tokenizer", rel(tokenizer), "--output_dir", rel(out), "--seed", str(seed),
                  "--train_split", self.splits["train"], "--eval_split", self.splits["val"],
                  *flag_list(self.recipe["model"]), *flag_list(self.recipe["search"]), *self.common_flags()]
         if not (out / "search_summary.json").is_file():
             if any(out.glob("checkpoint-*/train_state.json")):
                 flags += ["--resume_from_checkpoint", "latest"]
-            flags, missing = self.with_pending("search.py", "search", flags, tokenizer=rel(tokenizer))
+            flags, missing = self.with_pending("search.py", "search", flags)
             timing["flags_not_supported"] = missing
             self.run("search.py", flags, out / "protocol.log", timing, "search")
             self._save_timing(out, timing)
@@ -284,8 +287,9 @@ class Protocol:
             return
         out = self.work / name
         timing = self._timing(out)
+        # Finished: the budget trained and the last checkpoints averaged (averaged/ comes just before the summary).
         finished = (out / "train_summary.json").is_file() and json.loads(
-            (out / "train_summary.json").read_text())["steps"] >= max_steps
+            (out / "train_summary.json").read_text())["steps"] >= max_steps and (out / "averaged/config.json").is_file()
         if not finished:
             flags = [*self.data_flags(), "--genotype", genotype, "--tokenizer", rel(tokenizer), "--output_dir",
                      rel(out), "--seed", str(seed), "--train_split", self.splits["train"],
@@ -311,56 +315,40 @@ class Protocol:
         self._write_train_record(name, kind, seed, out, final, test_json, timing, meta)
 
     def average(self, out: Path, timing: dict[str, Any]) -> Path:
-        """The mean of the last N checkpoints as a model folder (done here until train.py has the flag)."""
+        """The mean of the last N checkpoints as a model folder, as train.py --average_checkpoints wrote it."""
         final = out / "averaged"
-        if (final / "config.json").is_file() or self.args.dry_run:
+        if self.args.dry_run:
             return final
-        from transformers import PreTrainedTokenizerFast
-
-        from hf_revdarts import RevDartsConfig, RevDartsForConditionalGeneration
-        from hf_revdarts.averaging import latest_checkpoints, load_averaged_weights
-        from hf_revdarts.tokenization import save_tokenizer
-
-        start = time.time()
-        paths = latest_checkpoints(out, self.recipe["average_last"])
-        model = RevDartsForConditionalGeneration(RevDartsConfig.from_pretrained(out / "best"))
-        load_averaged_weights(model, paths)
-        tmp = Path(tempfile.mkdtemp(dir=out, prefix=".tmp-averaged-"))
-        model.save_pretrained(tmp)
-        save_tokenizer(PreTrainedTokenizerFast.from_pretrained(str(out / "tokenizer")), tmp)
-        write_json(tmp / "averaged_from.json", [p.name for p in paths])
-        os.replace(tmp, final)
-        timing["averaged_checkpoints"] = [p.name for p in paths]
-        timing["average"] = {"wall_seconds": round(time.time() - start, 1)}
+        if not (final / "config.json").is_file():
+            raise RuntimeError(f"{rel(out)}: train.py finished without writing averaged/ (--average_checkpoints)")
+        averaged = json.loads((out / "train_summary.json").read_text()).get("averaged") or {}
+        timing["averaged_checkpoints"] = averaged.get("checkpoints")
         self._save_timing(out, timing)
         return final
 
     def _write_train_record(self, name: str, kind: str, seed: int, out: Path, final: Path, test_json: Path,
                             timing: dict[str, Any], meta: dict[str, Any]) -> None:
-        from hf_revdarts.data import load_parallel_text
-        from hf_revdarts.significance import bleu_two_ways
-
         summary = json.loads((out / "train_summary.json").read_text())
-        test = json.loads(test_json.read_text())
-        _, refs = load_parallel_text(self.data, self.src, self.tgt, self.splits["test"], None,
-                                     self.recipe["evaluate"].get("--max_examples"))
+        test = json.loads(test_json.read_text())  # evaluate.py's scores: BLEU cased and lowercased, chrF
         hyps = test["hypotheses"]
-        scores = bleu_two_ways(hyps, refs)
+        averaged = summary.get("averaged") or {}
         atomic_write(self.results / f"{name}.test.txt", "\n".join(hyps) + "\n")
         record = {
             "run": name, "kind": kind, "pair": self.pair, "train_seed": seed, **meta,
             "genotype": summary["genotype"], "parameters": summary["parameters"], "updates": summary["steps"],
             "train_seconds": summary["train_seconds"], "val_best": summary.get("best"),
             "val_history": [{k: h.get(k) for k in ("step", "val_loss", "bleu")} for h in summary.get("history", [])],
+            "val_averaged": {k: averaged.get(k) for k in ("steps", "val_loss", "bleu")},
             "test": {"split": self.splits["test"], "model": "average of the last "
-                     f"{self.recipe['average_last']} checkpoints", "num_beams": test.get("num_beams"),
-                     **{k: scores[k] for k in ("bleu", "bleu_signature", "bleu_lowercase", "bleu_lowercase_signature")},
+                     f"{self.recipe['average_last']} checkpoints", "averaged_steps": averaged.get("steps"),
+                     "num_beams": test.get("num_beams"), "length_penalty": test.get("length_penalty"),
+                     **{k: test[k] for k in ("bleu", "bleu_signature", "bleu_lowercase", "bleu_lowercase_signature")},
                      "chrf": test.get("chrf"), "chrf_signature": test.get("chrf_signature"),
                      "sentences": len(hyps), "hypotheses": rel(self.results / f"{name}.test.txt")},
             "dataset": rel(self.data), "work_dir": rel(out), **self._timing_record(timing),
         }
         write_json(self.results / f"{name}.json", record)
-        logger.info("%s: test BLEU %.2f (lowercased %.2f)", name, scores["bleu"], scores["bleu_lowercase"])
+        logger.info("%s: test BLEU %.2f (lowercased %.2f)", name, test["bleu"], test["bleu_lowercase"])
 
     def _timing(self, out: Path) -> dict[str, Any]:
         path = out / "protocol_timing.json"

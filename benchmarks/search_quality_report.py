@@ -177,7 +177,8 @@ def write_summary(protocol: Any) -> dict[str, Any]:
         "recipe_short": ", ".join(f"{k.strip('-')}={v}" for k, v in {**r["model"], **r["train"]}.items()
                                   if k in ("--d_model", "--encoder_layers", "--decoder_layers", "--max_steps",
                                            "--max_tokens", "--dropout", "--lr", "--warmup_steps"))
-                        + f", average of last {r['average_last']} checkpoints, beam {r['evaluate']['--num_beams']}",
+                        + f", average of last {r['average_last']} checkpoints, beam {r['evaluate']['--num_beams']}"
+                        + f", length penalty {r['evaluate'].get('--length_penalty', 1.0)}",
         "bleu_signature": runs[0]["test"]["bleu_signature"],
         "kinds": table(runs, searches),
         "significance": significance(runs, REPO, refs),

@@ -88,6 +88,8 @@ class ModelArguments:
     encoder_layers: int | None = field(default=None, metadata={"help": "encoder layers (train.py default: the genotype's)"})
     decoder_layers: int | None = field(default=None, metadata={"help": "decoder layers (train.py default: the genotype's)"})
     dropout: float = field(default=0.1, metadata={"help": "dropout probability"})
+    attention_dropout: float = field(default=0.0, metadata={"help": "dropout of the attention probabilities"})
+    activation_dropout: float = field(default=0.0, metadata={"help": "dropout after the ffn's ReLU"})
     label_smoothing: float = field(default=0.1, metadata={"help": "label smoothing of the training loss"})
     max_position_embeddings: int | None = field(
         default=None, metadata={"help": "longest input in tokens (default: max(128, max_length + 2))"}
@@ -101,6 +103,7 @@ class ModelArguments:
     )
 
     def __post_init__(self) -> None:
+        _fraction(self, "dropout", "attention_dropout", "activation_dropout", "label_smoothing")
         if self.memory_mode not in MEMORY_MODES:
             raise ValueError(f"--memory_mode {self.memory_mode!r} is not one of {', '.join(MEMORY_MODES)}")
 
@@ -110,7 +113,11 @@ class RunArguments:
     """Optimisation and bookkeeping of a run (search and train)."""
 
     output_dir: str = field(metadata={"help": "folder of everything the run writes (required)"})
-    max_steps: int = field(default=1000, metadata={"help": "optimiser steps"})
+    max_steps: int | None = field(
+        default=None,
+        metadata={"help": "optimiser steps, the training budget (default 1000; train.py with --time_budget_minutes "
+                  "and no --max_steps: until the time is spent)"},
+    )
     lr: float = field(default=1e-3, metadata={"help": "peak learning rate of the weights (inverse-sqrt schedule)"})
     warmup_steps: int = field(default=200, metadata={"help": "linear warm-up steps of the schedule"})
     gradient_accumulation_steps: int = field(default=1, metadata={"help": "micro-batches per optimiser step"})
@@ -126,7 +133,9 @@ class RunArguments:
     num_threads: int = field(default=0, metadata={"help": "torch threads per process (0: cores / processes)"})
 
     def __post_init__(self) -> None:
-        _positive(self, "max_steps", "eval_every", "save_every", "gradient_accumulation_steps")
+        _positive(self, "eval_every", "save_every", "gradient_accumulation_steps")
+        if self.max_steps is not None:
+            _positive(self, "max_steps")
 
 
 @dataclass
@@ -172,8 +181,20 @@ class TrainArguments:
     genotype: str = field(
         default="standard", metadata={"help": "search output folder, a genotype.json, or 'standard' (self_attn/ffn)"}
     )
-    time_budget_minutes: float = field(default=0.0, metadata={"help": "stop after this much training time (0 = off)"})
+    time_budget_minutes: float = field(
+        default=0.0,
+        metadata={"help": "stop after this much training time (0 = off); with --max_steps too, whichever comes first"},
+    )
+    average_checkpoints: int = field(
+        default=0,
+        metadata={"help": "at the end, average the last N checkpoints into output_dir/averaged (0 = off; "
+                  "N <= --checkpoints_total_limit, spaced --save_every apart)"},
+    )
     bleu_sentences: int = field(default=200, metadata={"help": "validation sentences translated per evaluation"})
+
+    def __post_init__(self) -> None:
+        if self.time_budget_minutes < 0 or self.average_checkpoints < 0:
+            raise ValueError("--time_budget_minutes and --average_checkpoints must be >= 0")
 
 
 SHARED_ARGUMENTS = (DatasetArguments, DataArguments, ModelArguments, RunArguments)
@@ -332,6 +353,8 @@ def build_config(
         encoder_genotype=encoder,
         decoder_genotype=decoder,
         dropout=model_args.dropout,
+        attention_dropout=model_args.attention_dropout,
+        activation_dropout=model_args.activation_dropout,
         label_smoothing=model_args.label_smoothing,
         reversible=model_args.memory_mode == "reversible",
         max_position_embeddings=model_args.max_position_embeddings or max(128, max_length + 2),

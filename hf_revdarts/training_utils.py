@@ -312,9 +312,9 @@ def run_steps(
     steps, at the end and on a stop."""
     from tqdm.auto import tqdm
 
-    last = run_args.max_steps
+    last = run_args.max_steps  # None: until step() stops the run (train.py's time budget)
     bar = tqdm(total=last, initial=state.step, disable=not accelerator.is_local_main_process, desc=desc)
-    while state.step < last and not state.stopped_early:
+    while (last is None or state.step < last) and not state.stopped_early:
         logs = step()
         bar.update(1)
         bar.set_postfix({k: f"{v:.4g}" for k, v in logs.items() if k != "lr"})

@@ -21,6 +21,8 @@ evaluate_script = load_script("evaluate")
 publish_script = load_script("publish")
 train_script = load_script("train")
 
+# The small-data recipe's extra flags (dropout in attention and ffn, averaging of the last 2 checkpoints).
+RECIPE = ["--attention_dropout", "0.1", "--activation_dropout", "0.1", "--average_checkpoints", "2"]
 TINY = ["--d_model", "48", "--num_heads", "2", "--vocab_size", "300", "--max_tokens", "400", "--max_length", "24",
         "--warmup_steps", "4", "--lr", "3e-3", "--bleu_sentences", "8", "--num_threads", "1"]
 
@@ -43,7 +45,7 @@ def _train(data: Path, out: Path, *extra: str) -> None:
 def trained(data, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("train")
     _train(data, out, "--max_steps", "6", "--eval_every", "3", "--save_every", "3", "--genotype", "standard",
-           "--encoder_layers", "2", "--decoder_layers", "2")
+           "--encoder_layers", "2", "--decoder_layers", "2", *RECIPE)
     return out
 
 
@@ -51,7 +53,7 @@ def trained(data, tmp_path_factory) -> Path:
 def evaluated(trained, data) -> Path:
     out = trained / "eval_test.json"
     assert evaluate_script.main(["--model", str(trained / "best"), "--dataset", str(data), "--split", "test",
-                                 "--num_beams", "2", "--output", str(out)]) == 0
+                                 "--num_beams", "2", "--length_penalty", "1.2", "--output", str(out)]) == 0
     return out
 
 
@@ -81,7 +83,7 @@ def test_resume_reaches_the_uninterrupted_weights(trained, data, tmp_path):
     shutil.copytree(trained / "checkpoint-000003", resumed / "checkpoint-000003")
     shutil.copytree(trained / "tokenizer", resumed / "tokenizer")
     _train(data, resumed, "--max_steps", "6", "--eval_every", "3", "--save_every", "3", "--genotype", "standard",
-           "--encoder_layers", "2", "--decoder_layers", "2", "--resume_from_checkpoint", "latest")
+           "--encoder_layers", "2", "--decoder_layers", "2", *RECIPE, "--resume_from_checkpoint", "latest")
     a = torch.load(trained / "checkpoint-000006" / "pytorch_model.bin")
     b = torch.load(resumed / "checkpoint-000006" / "pytorch_model.bin")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
@@ -107,7 +109,79 @@ def test_evaluate_reports_sacrebleu_with_signature(evaluated):
     res = json.loads(evaluated.read_text())
     assert res["sentences"] == 12 and len(res["hypotheses"]) == 12
     assert res["bleu_signature"].startswith("nrefs:1|case:mixed|eff:no|tok:13a")
-    assert 0.0 <= res["bleu"] <= 100.0 and 0.0 <= res["chrf"] <= 100.0
+    assert res["bleu_lowercase_signature"].startswith("nrefs:1|case:lc|eff:no|tok:13a")
+    assert 0.0 <= res["bleu"] <= res["bleu_lowercase"] <= 100.0 and 0.0 <= res["chrf"] <= 100.0
+    assert res["num_beams"] == 2 and res["length_penalty"] == 1.2
+
+
+def test_translate_passes_length_penalty_to_beam_search(trained):
+    from hf_revdarts.evaluation import translate
+
+    model, tok = load_model_folder(trained / "best")
+    seen = []
+    generate = model.generate
+    model.generate = lambda **kw: seen.append(kw) or generate(**kw)
+    translate(model, tok, ["The man sees the ball."], num_beams=3, max_new_tokens=4, length_penalty=0.6)
+    translate(model, tok, ["The man sees the ball."], num_beams=1, max_new_tokens=4, length_penalty=0.6)
+    assert seen[0]["num_beams"] == 3 and seen[0]["length_penalty"] == 0.6
+    assert "length_penalty" not in seen[1], "a beam-only setting is not passed to greedy decoding"
+
+
+def test_average_checkpoints_writes_the_mean_of_the_last_checkpoints(trained):
+    from hf_revdarts import RevDartsForConditionalGeneration
+
+    summary = json.loads((trained / "train_summary.json").read_text())
+    averaged = summary["averaged"]
+    assert averaged["checkpoints"] == ["checkpoint-000003", "checkpoint-000006"] and averaged["steps"] == [3, 6]
+    assert {"val_loss", "bleu", "bleu_lowercase", "chrf"} <= set(averaged) and averaged["val_loss"] > 0
+    model = RevDartsForConditionalGeneration.from_pretrained(trained / "averaged")
+    assert model.config.attention_dropout == 0.1 and model.config.activation_dropout == 0.1
+    a, b = (torch.load(trained / c / "pytorch_model.bin") for c in averaged["checkpoints"])
+    state = model.state_dict()
+    assert a.keys() == state.keys()
+    for key in a:
+        expected = (a[key].float() + b[key].float()) / 2 if a[key].is_floating_point() else a[key]
+        torch.testing.assert_close(state[key], expected.to(a[key].dtype), rtol=0, atol=0, msg=key)
+    assert not torch.equal(state["lm_head.weight"], a["lm_head.weight"]), "the two checkpoints differ"
+    assert json.loads((trained / "averaged" / "training_state.json").read_text())["averaged"]["steps"] == [3, 6]
+    assert (trained / "averaged" / "tokenizer.json").is_file()
+
+
+def test_averaging_flags_are_refused_before_any_work(data, tmp_path):
+    out = tmp_path / "never"
+    with pytest.raises(ValueError, match="--checkpoints_total_limit 2 keeps fewer"):
+        _train(data, out, "--max_steps", "6", "--save_every", "2", "--average_checkpoints", "3")
+    with pytest.raises(ValueError, match="writes only 2 checkpoint"):
+        _train(data, out, "--max_steps", "6", "--save_every", "3", "--average_checkpoints", "3",
+               "--checkpoints_total_limit", "0")
+    assert not out.exists()
+    assert train_script.checkpoints_written(6, 4) == 2 and train_script.checkpoints_written(8, 4) == 2
+
+
+def test_time_budget_alone_is_not_capped_by_the_default_steps(monkeypatch):
+    from hf_revdarts import training_utils
+
+    parse = train_script.parse_train_args
+    assert parse(["--output_dir", "o"]).run.max_steps == train_script.DEFAULT_MAX_STEPS == 1000
+    assert parse(["--output_dir", "o", "--time_budget_minutes", "5"]).run.max_steps is None
+    both = parse(["--output_dir", "o", "--time_budget_minutes", "5", "--max_steps", "20"])
+    assert both.run.max_steps == 20 and "whichever comes first" in train_script.budget_text(both)
+
+    # The loop with no step limit runs until step() reports the budget spent, far past 1000 steps.
+    saved = []
+    monkeypatch.setattr(training_utils, "save_checkpoint", lambda acc, out, state, limit: saved.append(state.step))
+    accelerator = type("Acc", (), {"is_local_main_process": False, "log": lambda self, *a, **k: None})()
+    state = training_utils.TrainState({})
+
+    def step():
+        state.step += 1
+        state.stopped_early = state.step == 2500  # what train_step does once the time is spent
+        return {}
+
+    run_args = parse(["--output_dir", "o", "--time_budget_minutes", "5", "--save_every", "1000",
+                      "--eval_every", "5000"]).run
+    training_utils.run_steps(accelerator, state, run_args, Path("o"), step, lambda: False, "train")
+    assert state.step == 2500 and saved == [1000, 2000, 2500]
 
 
 def test_model_card_parses_and_carries_the_measured_bleu(published, evaluated):
@@ -250,6 +324,8 @@ def test_committed_configs_parse(config):
     args = script.parse_search_args([str(config)]) if "search" in config.name else script.parse_train_args([str(config)])
     assert args.run.output_dir and not Path(args.run.output_dir).is_absolute()
     assert args.model.memory_mode in ("reversible", "ordinary")
+    if "train" in config.name:
+        script.check_averaging(args)  # the averaged checkpoints are written and kept
 
 
 @pytest.mark.parametrize("mode", ["reversible", "checkpoint"])

@@ -15,7 +15,12 @@ Label smoothing, Adam(0.9, 0.98) with inverse-sqrt warm-up, gradient accumulatio
 (save_state, atomic) and resume, TensorBoard through accelerate, tqdm. Every --eval_every steps: validation
 loss and BLEU (greedy, on up to --bleu_sentences sentences); the best model by BLEU is kept in
 ``output_dir/best`` as a complete HuggingFace folder (weights, config with genotype, tokenizer).
-``--time_budget_minutes`` stops training (with a final evaluation) when the wall-clock budget is spent.
+
+The budget is in updates (``--max_steps``, default 1000). ``--time_budget_minutes`` alone trains until the
+wall-clock budget is spent; with ``--max_steps`` too, whichever comes first (logged at the start).
+``--average_checkpoints N`` averages the weights of the last N checkpoints (``--save_every`` apart) at the
+end into ``output_dir/averaged``, a complete model folder, and records its validation scores in
+train_summary.json.
 """
 
 from __future__ import annotations
@@ -45,6 +50,7 @@ from hf_revdarts.arguments import (
     loggable_arguments,
     parse_args,
 )
+from hf_revdarts.averaging import latest_checkpoints, load_averaged_weights
 from hf_revdarts.evaluation import bleu_and_chrf, translate
 from hf_revdarts.tokenization import save_tokenizer
 from hf_revdarts.training_utils import (
@@ -66,6 +72,7 @@ from hf_revdarts.training_utils import (
 )
 
 logger = get_logger("revdarts.train")
+DEFAULT_MAX_STEPS = 1000  # the update budget when neither --max_steps nor --time_budget_minutes is given
 
 
 @dataclass
@@ -105,15 +112,52 @@ class Training:
     bleu_pairs: tuple[list[str], list[str]]
     hparams: dict[str, Any]
     tokens_seen: int = 0
+    averaged: dict[str, Any] | None = None
 
 
 def parse_train_args(argv: list[str] | None = None) -> TrainArgs:
-    return TrainArgs(*parse_args(SHARED_ARGUMENTS + (TrainArguments,), argv, description=__doc__))
+    args = TrainArgs(*parse_args(SHARED_ARGUMENTS + (TrainArguments,), argv, description=__doc__))
+    if args.run.max_steps is None and not args.train.time_budget_minutes:
+        args.run.max_steps = DEFAULT_MAX_STEPS
+    return args
+
+
+def budget_text(args: TrainArgs) -> str:
+    """The run's budget in words, for the log: updates, time, or whichever comes first."""
+    steps, minutes = args.run.max_steps, args.train.time_budget_minutes
+    if not minutes:
+        return f"{steps} updates"
+    if steps is None:
+        return f"{minutes:g} minutes of training (no --max_steps: as many updates as fit)"
+    return f"{steps} updates or {minutes:g} minutes of training, whichever comes first"
+
+
+def checkpoints_written(max_steps: int, save_every: int) -> int:
+    """How many checkpoints a run of ``max_steps`` writes: every ``save_every`` steps and at the end."""
+    return max_steps // save_every + (max_steps % save_every > 0)
+
+
+def check_averaging(args: TrainArgs) -> None:
+    """--average_checkpoints N needs N checkpoints written and kept; refused before any work otherwise."""
+    n, run = args.train.average_checkpoints, args.run
+    if not n:
+        return
+    if run.checkpoints_total_limit and n > run.checkpoints_total_limit:
+        raise ValueError(
+            f"--average_checkpoints {n} needs the last {n} checkpoints, but --checkpoints_total_limit "
+            f"{run.checkpoints_total_limit} keeps fewer; raise it to >= {n} (0 keeps all)"
+        )
+    if run.max_steps is not None and n > checkpoints_written(run.max_steps, run.save_every):
+        raise ValueError(
+            f"--average_checkpoints {n}: --max_steps {run.max_steps} with --save_every {run.save_every} writes only "
+            f"{checkpoints_written(run.max_steps, run.save_every)} checkpoint(s); lower --save_every or N"
+        )
 
 
 # ---------------------------------------------------------------- set-up ------------------------------------
 def check_inputs(args: TrainArgs) -> Inputs:
     """Every input check before any work: genotype, sizes, data, tokenizer folder, checkpoint to resume."""
+    check_averaging(args)
     genotype, search_dir = load_genotype(args.train.genotype)
     build_config(args.model, None, args.data.max_length, genotype)
     train = load_split(args.dataset, args.data.train_split, args.data.max_train_examples)
@@ -152,6 +196,7 @@ def setup(args: TrainArgs, inputs: Inputs) -> Training:
     unwrapped = accelerator.unwrap_model(model)
     hparams = loggable_arguments(*vars(args).values())
     accelerator.init_trackers("train", config=hparams)
+    logger.info(f"budget: {budget_text(args)}", main_process_only=True)
     logger.info(
         f"model: {sum(p.numel() for p in unwrapped.parameters()) / 1e6:.2f}M parameters, genotype "
         f"{config.get_genotype()}, {accelerator.num_processes} process(es), {len(streams['train'])} batches per "
@@ -190,21 +235,28 @@ def train_loop(t: Training) -> None:
 
 
 # ---------------------------------------------------------------- evaluation --------------------------------
-def evaluate_and_keep_best(t: Training) -> bool:
-    """Validation loss; on the main process greedy BLEU/chrF, and ``best/`` replaced when BLEU improved."""
-    state = t.state
-    val_loss = evaluate_loss(t.model, t.accelerator, t.eval_batches)
-    entry: dict[str, Any] = {"step": state.step, "val_loss": val_loss, "train_seconds": state.train_seconds}
+def validation_scores(t: Training) -> dict[str, Any]:
+    """Validation loss (all processes); on the main process greedy BLEU/chrF on --bleu_sentences sentences."""
+    scores: dict[str, Any] = {"val_loss": evaluate_loss(t.model, t.accelerator, t.eval_batches)}
     if t.accelerator.is_main_process:
         sources, references = t.bleu_pairs
         hyps = translate(t.unwrapped, t.tokenizer, sources, num_beams=1, max_new_tokens=t.args.data.max_length)
-        entry.update(bleu_and_chrf(hyps, references))
-        entry["example"] = {"source": sources[0], "hypothesis": hyps[0], "reference": references[0]}
+        scores.update(bleu_and_chrf(hyps, references))
+        scores["example"] = {"source": sources[0], "hypothesis": hyps[0], "reference": references[0]}
+    return scores
+
+
+def evaluate_and_keep_best(t: Training) -> bool:
+    """Validation loss; on the main process greedy BLEU/chrF, and ``best/`` replaced when BLEU improved."""
+    state = t.state
+    entry: dict[str, Any] = {"step": state.step, **validation_scores(t), "train_seconds": state.train_seconds}
+    val_loss = entry["val_loss"]
+    if t.accelerator.is_main_process:
         if not state.best or entry["bleu"] > state.best["bleu"]:
             state.best = {k: entry[k] for k in ("step", "val_loss", "bleu", "chrf")}
             save_model_folder(t, t.output_dir / "best")
-        logger.info(f"step {state.step}: val loss {val_loss:.3f}, BLEU {entry['bleu']:.2f} — {hyps[0]!r}",
-                    main_process_only=True)
+        logger.info(f"step {state.step}: val loss {val_loss:.3f}, BLEU {entry['bleu']:.2f} — "
+                    f"{entry['example']['hypothesis']!r}", main_process_only=True)
     state.history.append(entry)
     t.accelerator.log({k: v for k, v in entry.items() if isinstance(v, (int, float))}, step=state.step)
     t.accelerator.wait_for_everyone()
@@ -212,12 +264,41 @@ def evaluate_and_keep_best(t: Training) -> bool:
 
 
 # ---------------------------------------------------------------- outputs -----------------------------------
-def save_model_folder(t: Training, folder: Path) -> None:
+def save_model_folder(t: Training, folder: Path, extra: dict[str, Any] | None = None) -> None:
     """A complete, loadable model folder (weights, config, generation config, modeling code, tokenizer)."""
     with atomic_folder(folder) as tmp:
         t.unwrapped.save_pretrained(tmp)
         save_tokenizer(t.tokenizer, tmp)
-        atomic_write_json(tmp / "training_state.json", {"best": t.state.best, "args": t.hparams})
+        atomic_write_json(tmp / "training_state.json", {"best": t.state.best, "args": t.hparams, **(extra or {})})
+
+
+def average_last_checkpoints(t: Training) -> None:
+    """``averaged/``: the mean weights of the last --average_checkpoints checkpoints, with validation scores.
+
+    Training is over (its last checkpoint is written), so every process loads the average into its own
+    model and the usual validation runs on it. A time-budgeted run may end with fewer checkpoints than
+    asked: those that exist are averaged, with a warning, and the summary names them.
+    """
+    n = t.args.train.average_checkpoints
+    if not n:
+        return
+    t.accelerator.wait_for_everyone()
+    found = sorted(t.output_dir.glob("checkpoint-*/train_state.json"))
+    paths = latest_checkpoints(t.output_dir, max(1, min(n, len(found))))
+    if paths[-1].name != f"checkpoint-{t.state.step:06d}":
+        raise RuntimeError(f"the newest checkpoint in {t.output_dir} is {paths[-1].name}, not this run's last "
+                           f"step {t.state.step}: refusing to average checkpoints of another run")
+    if len(paths) < n:
+        logger.warning(f"--average_checkpoints {n}: only {len(paths)} checkpoint(s) exist (the time budget ended "
+                       "the run early); averaging those", main_process_only=True)
+    load_averaged_weights(t.unwrapped, paths)
+    steps = [int(p.name.split("-")[-1]) for p in paths]
+    t.averaged = {"checkpoints": [p.name for p in paths], "steps": steps, **validation_scores(t)}
+    if t.accelerator.is_main_process:
+        save_model_folder(t, t.output_dir / "averaged", {"averaged": t.averaged})
+        logger.info(f"averaged steps {steps}: val loss {t.averaged['val_loss']:.3f}, BLEU "
+                    f"{t.averaged['bleu']:.2f}", main_process_only=True)
+    t.accelerator.wait_for_everyone()
 
 
 def write_summary(t: Training) -> None:
@@ -228,14 +309,19 @@ def write_summary(t: Training) -> None:
         "steps": t.state.step,
         "train_seconds": round(t.state.train_seconds, 1),
         "stopped_by_time_budget": t.state.stopped_early,
+        "budget": {"max_steps": t.args.run.max_steps, "time_budget_minutes": t.args.train.time_budget_minutes},
         "parameters": sum(p.numel() for p in t.unwrapped.parameters()),
         "genotype": t.unwrapped.config.get_genotype(),
         "best": t.state.best,
+        "averaged": t.averaged,
         "history": t.state.history,
         "processes": t.accelerator.num_processes,
     }
     atomic_write_json(t.output_dir / "train_summary.json", summary)
-    print(json.dumps({k: summary[k] for k in ("steps", "train_seconds", "best", "parameters")}))
+    shown = {k: summary[k] for k in ("steps", "train_seconds", "best", "parameters")}
+    if t.averaged:
+        shown["averaged"] = {k: t.averaged[k] for k in ("steps", "val_loss", "bleu", "chrf")}
+    print(json.dumps(shown))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -244,6 +330,7 @@ def main(argv: list[str] | None = None) -> int:
     inputs = check_inputs(args)
     training = setup(args, inputs)
     train_loop(training)
+    average_last_checkpoints(training)
     write_summary(training)
     shutdown(training.accelerator)
     return 0
