@@ -172,6 +172,10 @@ def test_perturbation_selection_picks_the_op_whose_removal_hurts() -> None:
         inc = sel.loss_increase[f"decoder.p0.s{split}"]
         assert inc[name] > 0.1 and all(v < 0.25 * inc[name] for k, v in inc.items() if k != name), inc
     assert all("zero" not in inc for inc in sel.loss_increase.values())  # zero is never a candidate
+    # the random encoder barely reaches these logits: increases within the tie tolerance, α decides
+    enc = [sel.loss_increase[f"encoder.p0.s{k}"] for k in range(2)]
+    assert all(abs(v) < 1e-4 for inc in enc for v in inc.values()), enc
+    assert sel.genotype["encoder"] == [["conv_3", "conv_3"]] * 2
     model.eval()
     for node, inc in sel.loss_increase.items():
         side, position, split = node.split(".")

@@ -90,12 +90,18 @@ def heldout_nll(supernet: RevDartsSupernet, batches: Sequence[Batch], encoder_ou
 
 @torch.no_grad()
 def perturbation_selection(
-    supernet: RevDartsSupernet, batches: Sequence[Batch], exclude: Sequence[str] = ("zero",), progress: bool = False
+    supernet: RevDartsSupernet,
+    batches: Sequence[Batch],
+    exclude: Sequence[str] = ("zero",),
+    tie_tolerance: float = 1e-4,
+    progress: bool = False,
 ) -> Selection:
     """DARTS-PT: per node, the candidate (not in ``exclude``) whose removal raises the held-out loss most.
 
-    Runs in eval mode (no dropout) at the supernet's current temperature and restores its mode and masks.
-    Cost: one forward of ``batches`` per (node, candidate). A node whose space has no candidate outside
+    Candidates within ``tie_tolerance`` nats/token of the largest increase count as tied and α decides
+    among them: a node the loss does not depend on (all increases ~0) then keeps its argmax instead of
+    an arbitrary op. Runs in eval mode (no dropout) at the supernet's current temperature and restores
+    its mode and masks. Cost: one forward of ``batches`` per (node, candidate). A node whose space has no candidate outside
     ``exclude`` is measured over its whole space.
     """
     if not batches:
@@ -112,7 +118,7 @@ def perturbation_selection(
         increases: dict[str, dict[str, float]] = {}
         choice: dict[tuple[str, int, int], str] = {}
         keys = supernet.node_keys()
-        work = sum(len(supernet.op_names(k[0])) for k in keys)
+        work = sum(len([n for n in supernet.op_names(k[0]) if n not in exclude]) for k in keys)
         bar = tqdm(total=work, desc="perturbation selection", disable=not progress)
         for side, position, split in keys:
             names = supernet.op_names(side)
@@ -120,14 +126,17 @@ def perturbation_selection(
             node = f"{side}.p{position}.s{split}"
             increases[node] = {}
             for i in candidates:
+                bar.update(1)
                 if len(names) == 1:  # nothing left to mix without it; removal is not defined
                     increases[node][names[i]] = 0.0
                     continue
                 with removed_op(supernet, side, position, split, i):
                     loss = heldout_nll(supernet, batches, enc_out if side == "decoder" else None)
                 increases[node][names[i]] = loss - base
-                bar.update(1)
-            choice[(side, position, split)] = max(increases[node], key=increases[node].get)
+            top = max(increases[node].values())
+            alpha = supernet.alpha_for(side, position, split)
+            tied = [i for i in candidates if increases[node][names[i]] >= top - tie_tolerance]
+            choice[(side, position, split)] = names[max(tied, key=lambda i: float(alpha[i]))]
             logger.info("%s: %s (removal +%.4f nats/token)", node, choice[(side, position, split)],
                         increases[node][choice[(side, position, split)]])
         bar.close()
@@ -152,6 +161,7 @@ def select_genotype(
     method: str = "argmax",
     batches: Sequence[Batch] | None = None,
     exclude: Sequence[str] = ("zero",),
+    tie_tolerance: float = 1e-4,
     progress: bool = False,
 ) -> Selection:
     """The genotype of ``supernet`` by ``method``: ``"argmax"`` (α, as ``supernet.genotype(exclude)``) or
@@ -161,5 +171,5 @@ def select_genotype(
     if method == "perturbation":
         if batches is None:
             raise ValueError("selection method 'perturbation' needs held-out batches (batches=[...])")
-        return perturbation_selection(supernet, batches, exclude=exclude, progress=progress)
+        return perturbation_selection(supernet, batches, exclude=exclude, tie_tolerance=tie_tolerance, progress=progress)
     raise ValueError(f"unknown selection method {method!r}; choose one of: {', '.join(METHODS)}")
