@@ -206,6 +206,11 @@ def test_removed_op_masks_every_tied_layer() -> None:
 def test_collapse_guard_warns_on_zero_and_identity_and_stops_on_derived_identity(caplog) -> None:
     model = RevDartsSupernet(tiny(layers=1))
     guard = CollapseGuard(warn_share=0.3, stop_share=0.6, stop_argmax_fraction=0.5, warn_argmax_fraction=0.25)
+    for name, _ in model.named_arch_parameters():  # uniform α led by zero by a hair: noise, no warning
+        set_alpha(model, name, "zero", 1e-3)
+    with caplog.at_level(logging.WARNING, logger="hf_revdarts.search.architect"):
+        stats, stop = guard.check(model, 0)
+    assert not stop and not caplog.records and stats["zero_led_nodes"] == []
     # α moved decisively onto real ops: quiet
     for name, _ in model.named_arch_parameters():
         set_alpha(model, name, "conv_5", 4.0)

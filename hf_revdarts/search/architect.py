@@ -103,8 +103,8 @@ class CollapseGuard:
     At each evaluation it computes, over all searched α nodes (softmax of the logits, T = 1): the mean
     share of mass on zero+identity (and each alone), the derived op of each node under the DARTS
     derivation (``genotype()``: argmax without ``zero``) and so the nodes that would become identity,
-    and the nodes where zero holds the most mass (their split mostly passes its input through; the op
-    derived there is chosen among weak runners-up). It warns above ``warn_share`` or
+    and the nodes where zero holds the most mass, at least twice the uniform share (their split mostly
+    passes its input through; the op derived there is chosen among weak runners-up). It warns above ``warn_share`` or
     ``warn_argmax_fraction`` and asks the search to stop when ``stop_share`` or ``stop_argmax_fraction``
     is crossed (``None`` disables a limit); the argmax limits are fractions of nodes whose *derived* op
     is parameter-free (identity; zero only where a node's space holds nothing else).
@@ -134,7 +134,8 @@ class CollapseGuard:
             counts[derived] += 1
             if derived in PARAMETER_FREE_OPS:
                 param_free_nodes.append(name)
-            if ops[int(probs.argmax())] == "zero" and derived != "zero":
+            # zero leads only when it holds at least twice the uniform share: near uniform α the argmax is noise
+            if ops[int(probs.argmax())] == "zero" and derived != "zero" and float(probs.max()) >= 2.0 / len(ops):
                 zero_led_nodes.append(name)
             zero.append(float(probs[ops.index("zero")]) if "zero" in ops else 0.0)
             ident.append(float(probs[ops.index("identity")]) if "identity" in ops else 0.0)
