@@ -245,7 +245,7 @@ class RevDartsSupernet(RevDartsForConditionalGeneration):
 
     def derive_config(self, genotype: dict[str, list[list[str]]] | None = None, **overrides: Any) -> RevDartsConfig:
         """A ``RevDartsConfig`` with this supernet's sizes and ``genotype`` (default: ``self.genotype()``,
-        e.g. pass ``select_genotype(...)`` for perturbation selection), plus config ``overrides``."""
+        e.g. ``select_genotype(self, "perturbation", batches).genotype``), plus config ``overrides``."""
         geno = self.genotype() if genotype is None else genotype
         data = self.config.to_dict()
         for key in ("model_type", "transformers_version", "architectures", "auto_map"):
