@@ -164,7 +164,8 @@ class CollapseGuard:
             logger.warning(
                 "step %d: possible DARTS collapse: %.1f%% of α mass on zero/identity (zero %.1f%%), "
                 "%.0f%% of nodes derive a parameter-free op (%s)",
-                step, 100 * share, 100 * stats["zero_share"], 100 * frac, ", ".join(stats["param_free_nodes"]) or "none",
+                step, 100 * share, 100 * stats["zero_share"], 100 * frac,
+                ", ".join(stats["param_free_nodes"]) or "none",
             )
         if stats["zero_led_nodes"]:
             logger.warning(

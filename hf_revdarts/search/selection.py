@@ -75,7 +75,9 @@ def _nll(logits: torch.Tensor, labels: torch.Tensor) -> tuple[float, int]:
 
 
 @torch.no_grad()
-def heldout_nll(supernet: RevDartsSupernet, batches: Sequence[Batch], encoder_outputs: Sequence[Any] | None = None) -> float:
+def heldout_nll(
+    supernet: RevDartsSupernet, batches: Sequence[Batch], encoder_outputs: Sequence[Any] | None = None
+) -> float:
     """Token-level NLL of ``batches`` (each with ``labels``), optionally with precomputed encoder outputs."""
     total, tokens = 0.0, 0
     for i, batch in enumerate(batches):
@@ -101,8 +103,8 @@ def perturbation_selection(
     Candidates within ``tie_tolerance`` nats/token of the largest increase count as tied and α decides
     among them: a node the loss does not depend on (all increases ~0) then keeps its argmax instead of
     an arbitrary op. Runs in eval mode (no dropout) at the supernet's current temperature and restores
-    its mode and masks. Cost: one forward of ``batches`` per (node, candidate). A node whose space has no candidate outside
-    ``exclude`` is measured over its whole space.
+    its mode and masks. Cost: one forward of ``batches`` per (node, candidate). A node whose space has no
+    candidate outside ``exclude`` is measured over its whole space.
     """
     if not batches:
         raise ValueError("perturbation selection needs at least one held-out batch")
@@ -145,7 +147,9 @@ def perturbation_selection(
     return Selection("perturbation", _genotype_from_choices(supernet, choice), base, increases)
 
 
-def _genotype_from_choices(supernet: RevDartsSupernet, choice: dict[tuple[str, int, int], str]) -> dict[str, list[list[str]]]:
+def _genotype_from_choices(
+    supernet: RevDartsSupernet, choice: dict[tuple[str, int, int], str]
+) -> dict[str, list[list[str]]]:
     cfg, tie = supernet.config, supernet.tie_blocks
     out: dict[str, list[list[str]]] = {}
     for side, layers, searched in (
@@ -171,5 +175,7 @@ def select_genotype(
     if method == "perturbation":
         if batches is None:
             raise ValueError("selection method 'perturbation' needs held-out batches (batches=[...])")
-        return perturbation_selection(supernet, batches, exclude=exclude, tie_tolerance=tie_tolerance, progress=progress)
+        return perturbation_selection(
+            supernet, batches, exclude=exclude, tie_tolerance=tie_tolerance, progress=progress
+        )
     raise ValueError(f"unknown selection method {method!r}; choose one of: {', '.join(METHODS)}")
