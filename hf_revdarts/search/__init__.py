@@ -1,6 +1,25 @@
 """Differentiable architecture search (DARTS) on the reversible RevDarts supernet."""
 
-from .architect import Architect, CollapseGuard, CollapseStop
+from .architect import (
+    Architect,
+    CollapseGuard,
+    CollapseStop,
+    annealed_temperature,
+    arch_lr_for_steps,
+)
+from .selection import Selection, perturbation_selection, select_genotype
 from .supernet import MixedSplit, RevDartsSupernet, validate_search_space
 
-__all__ = ["Architect", "CollapseGuard", "CollapseStop", "MixedSplit", "RevDartsSupernet", "validate_search_space"]
+__all__ = [
+    "Architect",
+    "CollapseGuard",
+    "CollapseStop",
+    "MixedSplit",
+    "RevDartsSupernet",
+    "Selection",
+    "annealed_temperature",
+    "arch_lr_for_steps",
+    "perturbation_selection",
+    "select_genotype",
+    "validate_search_space",
+]

@@ -21,11 +21,43 @@ from typing import Any
 import torch
 from torch import nn
 
-from .supernet import PARAMETER_FREE_OPS, RevDartsSupernet
+from .supernet import PARAMETER_FREE_OPS, RevDartsSupernet, best_op
 
 logger = logging.getLogger(__name__)
 
 Batch = dict[str, torch.Tensor]
+
+# The paper's α schedule: Adam lr 3e-4 over ~30k α steps. With Adam a logit moves at most about one lr
+# per step, so that schedule allows a total logit movement of about 3e-4 × 30k = 9: the "logit range"
+# that ``arch_lr_for_steps`` keeps constant whatever the number of α steps.
+PAPER_ARCH_LR = 3e-4
+PAPER_ARCH_STEPS = 30_000
+PAPER_LOGIT_RANGE = PAPER_ARCH_LR * PAPER_ARCH_STEPS
+
+
+def arch_lr_for_steps(num_arch_steps: int, logit_range: float = PAPER_LOGIT_RANGE) -> float:
+    """α Adam lr such that lr × α steps = ``logit_range`` (the total logit movement a search allows).
+
+    Adam normalises the gradient, so each α logit moves by at most about one lr per step whatever the
+    loss scale; a fixed lr therefore decides how far α *can* get from uniform, not the data. The default
+    range reproduces the paper's 3e-4 for its ~30k α steps; a 100-step search gets 0.09.
+    """
+    if int(num_arch_steps) < 1:
+        raise ValueError(f"num_arch_steps={num_arch_steps} must be >= 1 (α steps = max_steps - arch_start_step)")
+    if not logit_range > 0:
+        raise ValueError(f"logit_range={logit_range} must be > 0")
+    return float(logit_range) / int(num_arch_steps)
+
+
+def annealed_temperature(arch_step: int, num_arch_steps: int, start: float = 1.0, end: float = 1.0) -> float:
+    """Softmax temperature for α step ``arch_step`` (0-based) of ``num_arch_steps``: geometric from
+    ``start`` to ``end`` (constant when equal), ``end`` after the last step."""
+    if not (start > 0 and end > 0):
+        raise ValueError(f"temperatures must be > 0 (got start={start}, end={end})")
+    if num_arch_steps <= 1:
+        return float(end)
+    frac = min(max(arch_step, 0), num_arch_steps - 1) / (num_arch_steps - 1)
+    return float(start * (end / start) ** frac)
 
 
 def make_weight_optimizer(
@@ -38,8 +70,15 @@ def make_weight_optimizer(
 def make_arch_optimizer(
     supernet: RevDartsSupernet, lr: float = 3e-4, betas: tuple[float, float] = (0.5, 0.999), weight_decay: float = 1e-3
 ) -> torch.optim.Optimizer:
-    """α optimiser, paper settings: Adam, fixed lr 3e-4, weight decay 1e-3 (betas as in DARTS)."""
-    return torch.optim.Adam(supernet.arch_parameters(), lr=lr, betas=betas, weight_decay=weight_decay)
+    """α optimiser: Adam with the paper's fixed lr 3e-4 and weight decay 1e-3 (betas as in DARTS); size
+    ``lr`` to a shorter search with ``arch_lr_for_steps``.
+
+    The decay is decoupled (AdamW: α shrinks by lr·wd per step). DARTS' coupled L2 adds wd·α to the
+    gradient, which pins α wherever its loss gradient is below wd·|α|: measured on the main job's
+    supernet, encoder α gradients are ~1e-5 per node against ~1e-3 in the decoder, so with coupled decay
+    the encoder α stayed uniform (top weight 0.079 vs 1/13 = 0.077) while the decoder's moved.
+    """
+    return torch.optim.AdamW(supernet.arch_parameters(), lr=lr, betas=betas, weight_decay=weight_decay)
 
 
 def inverse_sqrt_schedule(optimizer: torch.optim.Optimizer, warmup_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
@@ -61,11 +100,14 @@ class CollapseStop(RuntimeError):
 class CollapseGuard:
     """Watches for the DARTS collapse onto parameter-free ops (zero/identity).
 
-    At each evaluation it computes, over all searched α nodes: the op-choice counts (argmax), the mean
-    share of softmax(α) mass on zero+identity, and the fraction of nodes whose argmax is zero/identity.
-    It warns above ``warn_share`` or ``warn_argmax_fraction`` and asks the search to stop when
-    ``stop_share`` or ``stop_argmax_fraction`` is crossed (``None`` disables a limit). Near uniform α
-    the argmax is noise, so the argmax limits are fractions of nodes rather than "any node".
+    At each evaluation it computes, over all searched α nodes (softmax of the logits, T = 1): the mean
+    share of mass on zero+identity (and each alone), the derived op of each node under the DARTS
+    derivation (``genotype()``: argmax without ``zero``) and so the nodes that would become identity,
+    and the nodes where zero holds the most mass, at least twice the uniform share (their split mostly
+    passes its input through; the op derived there is chosen among weak runners-up). It warns above ``warn_share`` or
+    ``warn_argmax_fraction`` and asks the search to stop when ``stop_share`` or ``stop_argmax_fraction``
+    is crossed (``None`` disables a limit); the argmax limits are fractions of nodes whose *derived* op
+    is parameter-free (identity; zero only where a node's space holds nothing else).
     """
 
     warn_share: float = 0.3
@@ -83,21 +125,31 @@ class CollapseGuard:
     @torch.no_grad()
     def statistics(supernet: RevDartsSupernet) -> dict[str, Any]:
         counts: Counter[str] = Counter()
-        shares: list[float] = []
-        picked = 0
+        zero, ident, tops = [], [], []
+        param_free_nodes, zero_led_nodes = [], []
         for name, alpha in supernet.named_arch_parameters():
-            side = name.split(".")[0]
-            ops = supernet.op_names(side)
+            ops = supernet.op_names(name.split(".")[0])
             probs = torch.softmax(alpha.float(), dim=-1)
-            choice = ops[int(probs.argmax())]
-            counts[choice] += 1
-            picked += choice in PARAMETER_FREE_OPS
-            shares.append(float(sum(probs[i] for i, o in enumerate(ops) if o in PARAMETER_FREE_OPS)))
-        nodes = max(1, len(shares))
+            derived = ops[best_op(alpha, ops)]
+            counts[derived] += 1
+            if derived in PARAMETER_FREE_OPS:
+                param_free_nodes.append(name)
+            # zero leads only when it holds at least twice the uniform share: near uniform α the argmax is noise
+            if ops[int(probs.argmax())] == "zero" and derived != "zero" and float(probs.max()) >= 2.0 / len(ops):
+                zero_led_nodes.append(name)
+            zero.append(float(probs[ops.index("zero")]) if "zero" in ops else 0.0)
+            ident.append(float(probs[ops.index("identity")]) if "identity" in ops else 0.0)
+            tops.append(float(probs.max()))
+        nodes = max(1, len(tops))
         return {
             "op_counts": dict(sorted(counts.items())),
-            "param_free_share": sum(shares) / nodes,
-            "param_free_argmax_fraction": picked / nodes,
+            "param_free_share": (sum(zero) + sum(ident)) / nodes,
+            "zero_share": sum(zero) / nodes,
+            "identity_share": sum(ident) / nodes,
+            "param_free_argmax_fraction": len(param_free_nodes) / nodes,
+            "param_free_nodes": param_free_nodes,
+            "zero_led_nodes": zero_led_nodes,
+            "mean_top_weight": sum(tops) / nodes,
         }
 
     def check(self, supernet: RevDartsSupernet, step: int) -> tuple[dict[str, Any], bool]:
@@ -105,21 +157,29 @@ class CollapseGuard:
         stats = self.statistics(supernet)
         share, frac = stats["param_free_share"], stats["param_free_argmax_fraction"]
         logger.info(
-            "step %d: op choices %s, α mass on zero/identity %.3f, nodes choosing them %.2f",
-            step, stats["op_counts"], share, frac,
+            "step %d: derived ops %s, mean top weight %.3f, α mass on zero %.3f / identity %.3f",
+            step, stats["op_counts"], stats["mean_top_weight"], stats["zero_share"], stats["identity_share"],
         )
         if share > self.warn_share or frac > self.warn_argmax_fraction:
             logger.warning(
-                "step %d: possible DARTS collapse: %.1f%% of α mass on zero/identity, %.0f%% of nodes choose them",
-                step, 100 * share, 100 * frac,
+                "step %d: possible DARTS collapse: %.1f%% of α mass on zero/identity (zero %.1f%%), "
+                "%.0f%% of nodes derive a parameter-free op (%s)",
+                step, 100 * share, 100 * stats["zero_share"], 100 * frac,
+                ", ".join(stats["param_free_nodes"]) or "none",
+            )
+        if stats["zero_led_nodes"]:
+            logger.warning(
+                "step %d: zero holds the most α mass at %s: those splits mostly pass their input through and "
+                "the op derived there is a weak runner-up", step, ", ".join(stats["zero_led_nodes"]),
             )
         stop = (self.stop_share is not None and share > self.stop_share) or (
             self.stop_argmax_fraction is not None and frac > self.stop_argmax_fraction
         )
         if stop:
             logger.warning(
-                "step %d: collapse limit crossed (share %.3f > %s or argmax fraction %.2f > %s); stopping the search",
-                step, share, self.stop_share, frac, self.stop_argmax_fraction,
+                "step %d: collapse limit crossed (zero/identity share %.3f > %s or derived-identity fraction "
+                "%.2f > %s, nodes %s); stopping the search",
+                step, share, self.stop_share, frac, self.stop_argmax_fraction, ", ".join(stats["param_free_nodes"]),
             )
         return stats, stop
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -83,16 +84,29 @@ def _with_search_overrides(
     return config
 
 
+def mixing_weights(alpha: torch.Tensor, temperature: float = 1.0, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """softmax(α / T) in fp32, over the ops that ``mask`` keeps (True) — the others get exactly 0 and the
+    kept ones are renormalised, which is how DARTS-PT removes an op from a trained supernet."""
+    logits = alpha.float() / temperature
+    if mask is not None:
+        logits = logits.masked_fill(~mask.to(logits.device), float("-inf"))
+    return F.softmax(logits, dim=-1)
+
+
 class MixedSplit(nn.Module):
-    """A searchable G_k: pool the n-1 inputs into H, then Σ_o softmax(α)_o · õ(H).
+    """A searchable G_k: pool the n-1 inputs into H, then Σ_o softmax(α / T)_o · õ(H).
+
+    ``temperature`` (T, default 1) and ``op_mask`` (bool per op, default None = all) are plain attributes,
+    not parameters or buffers: they are search-time knobs set by the search loop
+    (``RevDartsSupernet.set_temperature``) and by perturbation selection (``selection.py``), never saved.
 
     With ``partial_channels=K`` > 1 (PC-DARTS, Xu et al. 2020) only a block of width/K channels of H goes
     through the candidate ops (built at that width) and the other channels pass through unchanged:
     G_k(H) = H with the block replaced by Σ_o softmax(α)_o · õ(H_block). The candidates cost about 1/K²
     of their compute and 1/K of their activation memory; what is searched changes (the ops see a slice of
     H, the rest of the node is an identity), so it is an option whose effect on the search outcome must be
-    measured (issue 12 has the figures). ``block`` picks which slice: the supernet rotates it with the layer and split, our analogue
-    of PC-DARTS's channel shuffle, so that across the stack every channel goes through some mixed op.
+    measured (the README has the figures). ``block`` picks which slice: the supernet rotates it with the layer
+    and split, our analogue of PC-DARTS's channel shuffle, so that across the stack every channel goes through some mixed op.
     PC-DARTS's edge normalisation weighs a node's several input edges; here a node has one input (the
     pooled H), so there is nothing for it to normalise.
     """
@@ -129,6 +143,8 @@ class MixedSplit(nn.Module):
             raise ValueError(f"alpha has shape {tuple(alpha.shape)}, expected ({len(self.op_names)},)")
         # Registered here (possibly the same object in several tied splits): see the module docstring.
         self.alpha = alpha
+        self.temperature = 1.0
+        self.op_mask: torch.Tensor | None = None
 
     def forward(
         self, inputs: list[torch.Tensor], ctx: OpContext, side: torch.Tensor | None, state: dict | None
@@ -137,7 +153,7 @@ class MixedSplit(nn.Module):
         if self.partial_channels > 1:
             h = full[..., self.channels]
         # softmax in fp32 even under autocast: the mixing weights are tiny differences of α early on.
-        weights = F.softmax(self.alpha.float(), dim=-1).to(h.dtype)
+        weights = mixing_weights(self.alpha, self.temperature, self.op_mask).to(h.dtype)
         out = None
         for i, (name, op) in enumerate(zip(self.op_names, self.ops)):
             if name == "zero":
@@ -152,6 +168,12 @@ class MixedSplit(nn.Module):
         if self.partial_channels > 1:  # the other channels bypass the ops
             out = torch.cat([full[..., : self.channels.start], out, full[..., self.channels.stop :]], dim=-1)
         return out
+
+
+def best_op(alpha: torch.Tensor, names: Sequence[str], exclude: Sequence[str] = ("zero",)) -> int:
+    """Index of the largest α among ``names`` not in ``exclude`` (all of them if that leaves none)."""
+    allowed = [i for i, n in enumerate(names) if n not in exclude] or list(range(len(names)))
+    return max(allowed, key=lambda i: float(alpha[i]))
 
 
 class RevDartsSupernet(RevDartsForConditionalGeneration):
@@ -275,9 +297,37 @@ class RevDartsSupernet(RevDartsForConditionalGeneration):
         """softmax(α) per α tensor, keyed like ``named_arch_parameters``."""
         return {n: F.softmax(a.float(), dim=-1).tolist() for n, a in self.named_arch_parameters()}
 
+    def mixed_splits(self, side: str, position: int, split: int) -> list[MixedSplit]:
+        """The MixedSplit modules that share the α of one node (several when α is tied across blocks)."""
+        alpha = self._alpha_table[(side, position, split)]
+        return [m for s, _, k, m in self._nodes if s == side and k == split and m.alpha is alpha]
+
+    def node_keys(self) -> list[tuple[str, int, int]]:
+        """(side, layer or tied block position, split) per α node, in ``named_arch_parameters`` order."""
+        return list(self._alpha_keys)
+
+    @property
+    def temperature(self) -> float:
+        """The softmax temperature T every mixed op uses (1 = plain DARTS)."""
+        return self._nodes[0][3].temperature if self._nodes else 1.0
+
+    def set_temperature(self, temperature: float) -> None:
+        """Set T of softmax(α / T) in every mixed op; T < 1 sharpens the mixture towards its argmax."""
+        if not (isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature > 0):
+            raise ValueError(f"temperature={temperature!r} must be a positive finite number")
+        for _, _, _, module in self._nodes:
+            module.temperature = float(temperature)
+
     @torch.no_grad()
-    def genotype(self) -> dict[str, list[list[str]]]:
-        """argmax of α per node: ``{"encoder": [[op]*encoder_splits]*L, "decoder": [[op]*(splits-1)]*M}``."""
+    def genotype(self, exclude: Sequence[str] = ("zero",)) -> dict[str, list[list[str]]]:
+        """argmax of α per node over the ops not in ``exclude``:
+        ``{"encoder": [[op]*encoder_splits]*L, "decoder": [[op]*(splits-1)]*M}``.
+
+        As in DARTS (quark0/darts ``genotype()``), ``zero`` is never derived: a split of zero only passes
+        its input through, and zero's weight is underdetermined (it just scales the others' sum). When
+        ``exclude`` would leave a node no candidate (a space of only excluded ops), that node falls back
+        to the argmax over its whole space. ``exclude=()`` gives the raw argmax.
+        """
         out: dict[str, list[list[str]]] = {}
         for side, layers, searched in (
             ("encoder", self.config.encoder_layers, self.config.encoder_splits),
@@ -285,13 +335,15 @@ class RevDartsSupernet(RevDartsForConditionalGeneration):
         ):
             names = self.search_space[side]
             out[side] = [
-                [names[int(self.alpha_for(side, i, k).argmax())] for k in range(searched)] for i in range(layers)
+                [names[best_op(self.alpha_for(side, i, k), names, exclude)] for k in range(searched)]
+                for i in range(layers)
             ]
         return out
 
-    def derive_config(self, **overrides: Any) -> RevDartsConfig:
-        """A ``RevDartsConfig`` with this supernet's sizes and its current genotype (plus ``overrides``)."""
-        geno = self.genotype()
+    def derive_config(self, genotype: dict[str, list[list[str]]] | None = None, **overrides: Any) -> RevDartsConfig:
+        """A ``RevDartsConfig`` with this supernet's sizes and ``genotype`` (default: ``self.genotype()``,
+        e.g. ``select_genotype(self, "perturbation", batches).genotype``), plus config ``overrides``."""
+        geno = self.genotype() if genotype is None else genotype
         data = self.config.to_dict()
         for key in ("model_type", "transformers_version", "architectures", "auto_map"):
             data.pop(key, None)

@@ -1,0 +1,181 @@
+"""Deriving the genotype from a trained supernet: DARTS' argmax, or perturbation-based selection.
+
+Argmax (Liu et al. 2019) reads the op of each node off α, ``zero`` excluded. Perturbation-based selection
+(DARTS-PT, Wang et al., ICLR 2021, "Rethinking Architecture Selection in Differentiable NAS") asks the
+trained supernet instead: for each node, remove one candidate op at a time (mask it out of the mixed op
+and renormalise the softmax over the rest) and measure the held-out loss; the op whose removal raises the
+loss most is the one the supernet relies on. The paper discretises one edge at a time and fine-tunes
+between decisions; here every node is measured on the same trained supernet (no fine-tuning), which is
+DARTS-PT's one-shot reading and needs no training budget.
+
+The held-out loss is the token-level negative log-likelihood (no label smoothing) in eval mode, so the
+measurement is deterministic. A decoder node cannot change the encoder output, so the encoder is run
+once per batch for all decoder perturbations.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from .supernet import RevDartsSupernet
+
+logger = logging.getLogger(__name__)
+
+Batch = dict[str, torch.Tensor]
+METHODS = ("argmax", "perturbation")
+
+
+@dataclass
+class Selection:
+    """A derived genotype and, for perturbation selection, the evidence behind it.
+
+    ``loss_increase[node][op]``: held-out NLL per token with ``op`` removed from ``node`` minus the
+    supernet's (``base_loss``); nodes are named like ``named_arch_parameters`` (``"encoder.p0.s1"``).
+    """
+
+    method: str
+    genotype: dict[str, list[list[str]]]
+    base_loss: float | None = None
+    loss_increase: dict[str, dict[str, float]] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"method": self.method, "genotype": self.genotype, "base_loss": self.base_loss,
+                "loss_increase": self.loss_increase}
+
+
+@contextlib.contextmanager
+def removed_op(supernet: RevDartsSupernet, side: str, position: int, split: int, op_index: int) -> Iterator[None]:
+    """Within the block, the node (side, position, split) mixes every op but ``op_index`` (renormalised);
+    a tied node is masked in every layer that shares its α."""
+    modules = supernet.mixed_splits(side, position, split)
+    mask = torch.ones(len(supernet.op_names(side)), dtype=torch.bool)
+    mask[op_index] = False
+    previous = [m.op_mask for m in modules]
+    try:
+        for m in modules:
+            m.op_mask = mask
+        yield
+    finally:
+        for m, prev in zip(modules, previous):
+            m.op_mask = prev
+
+
+def _nll(logits: torch.Tensor, labels: torch.Tensor) -> tuple[float, int]:
+    loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100,
+                           reduction="sum")
+    return float(loss), int((labels != -100).sum())
+
+
+@torch.no_grad()
+def heldout_nll(
+    supernet: RevDartsSupernet, batches: Sequence[Batch], encoder_outputs: Sequence[Any] | None = None
+) -> float:
+    """Token-level NLL of ``batches`` (each with ``labels``), optionally with precomputed encoder outputs."""
+    total, tokens = 0.0, 0
+    for i, batch in enumerate(batches):
+        extra = {} if encoder_outputs is None else {"encoder_outputs": encoder_outputs[i]}
+        out = supernet(**batch, **extra)
+        loss, n = _nll(out.logits, batch["labels"])
+        total, tokens = total + loss, tokens + n
+    if tokens == 0:
+        raise ValueError("the held-out batches hold no label tokens (every label is -100)")
+    return total / tokens
+
+
+@torch.no_grad()
+def perturbation_selection(
+    supernet: RevDartsSupernet,
+    batches: Sequence[Batch],
+    exclude: Sequence[str] = ("zero",),
+    tie_tolerance: float = 1e-4,
+    progress: bool = False,
+) -> Selection:
+    """DARTS-PT: per node, the candidate (not in ``exclude``) whose removal raises the held-out loss most.
+
+    Candidates within ``tie_tolerance`` nats/token of the largest increase count as tied and α decides
+    among them: a node the loss does not depend on (all increases ~0) then keeps its argmax instead of
+    an arbitrary op. Runs in eval mode (no dropout) at the supernet's current temperature and restores
+    its mode and masks. Cost: one forward of ``batches`` per (node, candidate). A node whose space has no
+    candidate outside ``exclude`` is measured over its whole space.
+    """
+    if not batches:
+        raise ValueError("perturbation selection needs at least one held-out batch")
+    missing = [i for i, b in enumerate(batches) if "labels" not in b]
+    if missing:
+        raise ValueError(f"held-out batches {missing} have no 'labels'")
+    was_training = supernet.training
+    supernet.eval()
+    try:
+        base = heldout_nll(supernet, batches)
+        encoder = supernet.get_encoder()
+        enc_out = [encoder(input_ids=b["input_ids"], attention_mask=b.get("attention_mask")) for b in batches]
+        increases: dict[str, dict[str, float]] = {}
+        choice: dict[tuple[str, int, int], str] = {}
+        keys = supernet.node_keys()
+        work = sum(len([n for n in supernet.op_names(k[0]) if n not in exclude]) for k in keys)
+        bar = tqdm(total=work, desc="perturbation selection", disable=not progress)
+        for side, position, split in keys:
+            names = supernet.op_names(side)
+            candidates = [i for i, n in enumerate(names) if n not in exclude] or list(range(len(names)))
+            node = f"{side}.p{position}.s{split}"
+            increases[node] = {}
+            for i in candidates:
+                bar.update(1)
+                if len(names) == 1:  # nothing left to mix without it; removal is not defined
+                    increases[node][names[i]] = 0.0
+                    continue
+                with removed_op(supernet, side, position, split, i):
+                    loss = heldout_nll(supernet, batches, enc_out if side == "decoder" else None)
+                increases[node][names[i]] = loss - base
+            top = max(increases[node].values())
+            alpha = supernet.alpha_for(side, position, split)
+            tied = [i for i in candidates if increases[node][names[i]] >= top - tie_tolerance]
+            choice[(side, position, split)] = names[max(tied, key=lambda i: float(alpha[i]))]
+            logger.info("%s: %s (removal +%.4f nats/token)", node, choice[(side, position, split)],
+                        increases[node][choice[(side, position, split)]])
+        bar.close()
+    finally:
+        supernet.train(was_training)
+    return Selection("perturbation", _genotype_from_choices(supernet, choice), base, increases)
+
+
+def _genotype_from_choices(
+    supernet: RevDartsSupernet, choice: dict[tuple[str, int, int], str]
+) -> dict[str, list[list[str]]]:
+    cfg, tie = supernet.config, supernet.tie_blocks
+    out: dict[str, list[list[str]]] = {}
+    for side, layers, searched in (
+        ("encoder", cfg.encoder_layers, cfg.encoder_splits),
+        ("decoder", cfg.decoder_layers, cfg.decoder_splits - 1),
+    ):
+        out[side] = [[choice[(side, i % tie if tie else i, k)] for k in range(searched)] for i in range(layers)]
+    return out
+
+
+def select_genotype(
+    supernet: RevDartsSupernet,
+    method: str = "argmax",
+    batches: Sequence[Batch] | None = None,
+    exclude: Sequence[str] = ("zero",),
+    tie_tolerance: float = 1e-4,
+    progress: bool = False,
+) -> Selection:
+    """The genotype of ``supernet`` by ``method``: ``"argmax"`` (α, as ``supernet.genotype(exclude)``) or
+    ``"perturbation"`` (DARTS-PT on the held-out ``batches``). Pass ``.genotype`` to ``derive_config``."""
+    if method == "argmax":
+        return Selection("argmax", supernet.genotype(exclude=exclude))
+    if method == "perturbation":
+        if batches is None:
+            raise ValueError("selection method 'perturbation' needs held-out batches (batches=[...])")
+        return perturbation_selection(
+            supernet, batches, exclude=exclude, tie_tolerance=tie_tolerance, progress=progress
+        )
+    raise ValueError(f"unknown selection method {method!r}; choose one of: {', '.join(METHODS)}")
