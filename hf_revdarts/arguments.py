@@ -156,16 +156,35 @@ class SearchArguments:
     partial_channels: int = field(
         default=1, metadata={"help": "PC-DARTS: 1/K of each split's channels through the candidate ops (1 = all)"}
     )
-    arch_lr: float = field(default=3e-4, metadata={"help": "α learning rate (Adam, fixed)"})
+    arch_lr: float | None = field(
+        default=None,
+        metadata={"help": "α learning rate (AdamW, fixed); default: arch_logit_range / α steps, i.e. "
+                  "arch_lr_for_steps(max_steps - arch_start_step) — the paper's 3e-4 at 30k α steps"},
+    )
+    arch_logit_range: float = field(
+        default=9.0, metadata={"help": "total α logit movement the default α lr allows (paper: 3e-4 × 30k steps = 9)"}
+    )
     arch_weight_decay: float = field(default=1e-3, metadata={"help": "α weight decay"})
     arch_start_step: int = field(default=0, metadata={"help": "weight-only warm-up steps before α updates begin"})
     second_order: bool = field(default=False, metadata={"help": "unrolled (finite-difference) DARTS gradient for α"})
     warn_share: float = field(default=0.3, metadata={"help": "warn when mean α mass on zero/identity exceeds it"})
     stop_share: float = field(default=0.6, metadata={"help": "stop when mean α mass on zero/identity exceeds it"})
     stop_argmax_fraction: float = field(default=0.5, metadata={"help": "stop when this share of nodes picks them"})
+    selection: str = field(
+        default="argmax",
+        metadata={"help": "how the genotype is derived: argmax of α (zero excluded, as DARTS) or perturbation "
+                  "(DARTS-PT: the op whose removal raises the held-out loss most); both are reported",
+                  "choices": ["argmax", "perturbation"]},
+    )
     no_figures: bool = field(default=False, metadata={"help": "skip the pictures at the end"})
 
     def __post_init__(self) -> None:
+        if self.selection not in ("argmax", "perturbation"):
+            raise ValueError(f"--selection must be argmax or perturbation, got {self.selection!r}")
+        if self.arch_lr is not None and not self.arch_lr > 0:
+            raise ValueError(f"--arch_lr must be > 0 (or left out for the rule), got {self.arch_lr}")
+        if not self.arch_logit_range > 0:
+            raise ValueError(f"--arch_logit_range must be > 0, got {self.arch_logit_range}")
         self.encoder_ops = _op_list(self.encoder_ops)
         self.decoder_ops = _op_list(self.decoder_ops)
         _positive(self, "eval_batches")

@@ -43,7 +43,8 @@ from hf_revdarts.arguments import (
     parse_args,
 )
 from hf_revdarts.search import Architect, CollapseGuard, RevDartsSupernet, validate_search_space
-from hf_revdarts.search.architect import make_arch_optimizer, make_weight_optimizer
+from hf_revdarts.search.architect import arch_lr_for_steps, make_arch_optimizer, make_weight_optimizer
+from hf_revdarts.search.selection import select_genotype
 from hf_revdarts.search.visualize import plot_decisiveness, plot_genotype, plot_heatmap
 from hf_revdarts.training_utils import (
     TrainState,
@@ -154,7 +155,7 @@ def setup(args: SearchArgs, texts: Texts, resume_path: Path | None) -> Search:
     config = build_config(args.model, tokenizer, args.data.max_length, search_args=args.search)
     supernet = apply_memory_mode(RevDartsSupernet(config), args.model.memory_mode)
     w_opt = make_weight_optimizer(supernet, lr=run.lr)
-    a_opt = make_arch_optimizer(supernet, lr=args.search.arch_lr, weight_decay=args.search.arch_weight_decay)
+    a_opt = make_arch_optimizer(supernet, lr=arch_lr(args), weight_decay=args.search.arch_weight_decay)
     # Not passed through prepare(): AcceleratedScheduler steps once per process per call, which would
     # make the schedule depend on the process count. Registered for checkpointing instead.
     scheduler = inverse_sqrt_schedule(w_opt, run.warmup_steps)
@@ -184,6 +185,14 @@ def setup(args: SearchArgs, texts: Texts, resume_path: Path | None) -> Search:
     )
     return Search(args, output_dir, accelerator, supernet, model, w_opt, a_opt, scheduler, architect, guard, state,
                   eval_batches)
+
+
+def arch_lr(args: SearchArgs) -> float:
+    """--arch_lr, or the rule: Adam moves a logit about one lr per α step, so lr × α steps = the logit range."""
+    if args.search.arch_lr is not None:
+        return args.search.arch_lr
+    arch_steps = max(1, args.run.max_steps - args.search.arch_start_step)
+    return arch_lr_for_steps(arch_steps, args.search.arch_logit_range)
 
 
 # ---------------------------------------------------------------- the loop ----------------------------------
@@ -240,6 +249,7 @@ def evaluate(s: Search) -> bool:
         "genotype": s.supernet.genotype(),
         "op_counts": stats["op_counts"],
         "param_free_share": stats["param_free_share"],
+        "mean_top_weight": stats["mean_top_weight"],
         "entropy": mean_entropy(s.supernet),
     }
     s.state.history.append(snapshot)
@@ -253,15 +263,16 @@ def evaluate(s: Search) -> bool:
 
 
 # ---------------------------------------------------------------- outputs -----------------------------------
-def write_outputs(s: Search, final: bool) -> None:
-    """genotype.json and alpha_history.json; at the end also the derived config, the supernet and figures."""
-    out, genotype = s.output_dir, s.supernet.genotype()
+def write_outputs(s: Search, final: bool, genotype: dict[str, list[list[str]]] | None = None) -> None:
+    """genotype.json (argmax while running, the --selection's at the end) and alpha_history.json; at the end
+    also the derived config, the supernet and figures."""
+    out, genotype = s.output_dir, genotype or s.supernet.genotype()
     atomic_write_json(out / "genotype.json", genotype)
     atomic_write_json(out / "alpha_history.json", s.state.history, indent=None)
     if not final:
         return
     with atomic_folder(out / "derived_config") as tmp:
-        (tmp / "config.json").write_text(s.supernet.derive_config().to_json_string(), encoding="utf-8")
+        (tmp / "config.json").write_text(s.supernet.derive_config(genotype).to_json_string(), encoding="utf-8")
     with atomic_folder(out / "supernet") as tmp:
         s.supernet.save_pretrained(tmp)
     if not s.args.search.no_figures and s.state.history:
@@ -283,7 +294,10 @@ def write_final_outputs(s: Search) -> None:
     if not s.accelerator.is_main_process:
         return
     atomic_write_json(s.output_dir / "arch_parameters.json", alphas, indent=None)
-    write_outputs(s, final=True)
+    selections = select(s)
+    genotype = selections[s.args.search.selection]["genotype"]
+    atomic_write_json(s.output_dir / "selection.json", selections)
+    write_outputs(s, final=True, genotype=genotype)
     first, last = s.state.history[0], s.state.history[-1]
     summary = {
         "steps": s.state.step,
@@ -295,10 +309,24 @@ def write_final_outputs(s: Search) -> None:
         "alpha_entropy_first": first["entropy"],
         "alpha_entropy_last": last["entropy"],
         "alpha_max_abs_diff_across_ranks": rank_diff,
-        "genotype": s.supernet.genotype(),
+        "arch_lr": arch_lr(s.args),
+        "mean_top_weight": last["mean_top_weight"],
+        "selection": s.args.search.selection,
+        "genotype": genotype,
+        "genotypes": {method: sel["genotype"] for method, sel in selections.items()},
     }
     atomic_write_json(s.output_dir / "search_summary.json", summary)
     print(json.dumps(summary))
+
+
+def select(s: Search) -> dict[str, dict[str, Any]]:
+    """The argmax genotype, and with --selection perturbation also DARTS-PT's from the same supernet."""
+    selections = {"argmax": select_genotype(s.supernet, "argmax").to_dict()}
+    if s.args.search.selection == "perturbation":
+        batches = [{k: v.to(s.accelerator.device) for k, v in b.items()} for b in s.eval_batches]
+        pt = select_genotype(s.supernet, "perturbation", batches=batches, progress=True)
+        selections["perturbation"] = pt.to_dict()
+    return selections
 
 
 def main(argv: list[str] | None = None) -> int:
