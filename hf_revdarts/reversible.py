@@ -203,13 +203,22 @@ class ReversibleStack(nn.Module):
     ``reversible=True`` trains with backpropagation-with-reconstruction; ``False`` runs the same layers
     with ordinary autograd, optionally with per-layer activation checkpointing (``gradient_checkpointing``).
     Incremental decoding (a ``cache`` given) and inference without grad run the layers directly.
+
+    Hybrid (``reversible=True``, ``keep_layers=k > 0``): the top k layers run with ordinary autograd (their
+    activations kept), the layers below are reconstructed. The top layers are the cheapest to keep: backward
+    starts there, so their activations are freed before any reconstruction runs and never add to its peak.
+    The top layers consume the bottom part's output as an ordinary tensor, whose gradient flows back into
+    the reversible Functions, so gradients stay those of ordinary autograd.
     """
 
-    def __init__(self, layers: list[ReversibleLayer], reversible: bool = True, exact_every: int = 0) -> None:
+    def __init__(
+        self, layers: list[ReversibleLayer], reversible: bool = True, exact_every: int = 0, keep_layers: int = 0
+    ) -> None:
         super().__init__()
         self.layers = nn.ModuleList(layers)
         self.reversible = reversible
         self.exact_every = exact_every
+        self.keep_layers = keep_layers
         self.gradient_checkpointing = False
 
     def forward(
@@ -228,13 +237,17 @@ class ReversibleStack(nn.Module):
             or (side is not None and side.requires_grad)
             or any(p.requires_grad for p in self.parameters())
         )
+        kept = self.layers
         if self.reversible and needs_grad:
+            if self.keep_layers < 0:
+                raise ValueError(f"keep_layers={self.keep_layers} must be >= 0 (0 = reconstruct every layer)")
+            reconstructed = max(len(self.layers) - self.keep_layers, 0)
             tape = _Tape(side, x.device.type)
-            for i, layer in enumerate(self.layers):
+            for i, layer in enumerate(self.layers[:reconstructed]):
                 anchor = bool(self.exact_every) and i > 0 and i % self.exact_every == 0
                 x = _ReversibleLayerFunction.apply(x, side, layer, i, ctx, tape, anchor, *_unique_params(layer))
-            return x
-        for layer in self.layers:
+            kept = self.layers[reconstructed:]
+        for layer in kept:
             if self.gradient_checkpointing and needs_grad:
                 fn = getattr(self, "_gradient_checkpointing_func", None)
                 x = fn(layer.__call__, x, ctx, side) if fn is not None else checkpoint(
