@@ -9,7 +9,7 @@ from .modeling_revdarts import (
     RevDartsModel,
     RevDartsPreTrainedModel,
 )
-
+from .memory import estimate_memory, plan_memory
 from .tokenization import encode_pairs, save_tokenizer, train_tokenizer
 
 __version__ = "0.1.0"
@@ -39,6 +39,8 @@ __all__ = [
     "RevDartsPreTrainedModel",
     "TranslationPipeline",
     "encode_pairs",
+    "estimate_memory",
+    "plan_memory",
     "save_tokenizer",
     "train_tokenizer",
     "standard_genotype",
