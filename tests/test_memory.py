@@ -104,19 +104,25 @@ def _batch(B: int, S: int, T: int, vocab: int) -> dict:
     return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
 
+# One op of every kind, so the supernet tests stay quick (the per-op test above covers every op).
+SPACE = {"encoder_ops": ["conv_5", "dynconv_3", "self_attn", "glu", "ffn", "identity", "zero"],
+         "decoder_ops": ["conv_3", "dynconv_7", "self_attn", "cross_attn", "ffn", "identity", "zero"]}
+
+
 @pytest.mark.parametrize("supernet", [False, True])
 def test_prediction_within_15_percent_of_measured_step_in_every_mode(supernet):
-    B, S, T, layers = 4, 14, 10, 3
+    B, S, T, layers = 4, 14, 10, 2 if supernet else 3
     config = tiny_config(layers=layers, d_model=48, vocab_size=120, activation_dropout=0.0)
     torch.manual_seed(0)
-    model = (RevDartsSupernet(config) if supernet else RevDartsForConditionalGeneration(config)).train()
+    space = SPACE if supernet else {}
+    model = (RevDartsSupernet(config, **space) if supernet else RevDartsForConditionalGeneration(config)).train()
     batch = _batch(B, S, T, config.vocab_size)
     measured, predicted = {}, {}
     for mode in MEMORY_MODES:
         apply_memory_mode(model, mode, keep_layers=1)
         measured[mode] = _measured_activation(model, batch)
         est = estimate_memory(config, batch_size=B, source_length=S, target_length=T, mode=mode, supernet=supernet,
-                              keep_layers=1)
+                              keep_layers=1, **space)
         predicted[mode] = est.activation_bytes
         assert est.parameter_bytes == 4 * sum(p.numel() for p in model.parameters())
     for mode in MEMORY_MODES:
@@ -317,7 +323,7 @@ def test_hybrid_decoder_stack_side_input_gradient_is_exact():
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_hybrid_supernet_weight_and_alpha_gradients_equal_ordinary(dtype):
     torch.manual_seed(0)
-    supernet = RevDartsSupernet(tiny_config(layers=3)).to(dtype).train()
+    supernet = RevDartsSupernet(tiny_config(layers=3), **SPACE).to(dtype).train()
     batch = padded_batch(supernet.config.vocab_size)
     global_err, worst = _hybrid_vs_ordinary(supernet, batch, keep=1)
     tol = 1e-5 if dtype == torch.float32 else 1e-10
