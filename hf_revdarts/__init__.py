@@ -3,6 +3,7 @@
 from transformers import AutoConfig, AutoModel, AutoModelForSeq2SeqLM
 
 from .configuration_revdarts import DECODER_OPS, ENCODER_OPS, RevDartsConfig, standard_genotype
+from .memory import estimate_memory, plan_memory
 from .modeling_revdarts import (
     RevDartsCache,
     RevDartsForConditionalGeneration,
@@ -38,6 +39,8 @@ __all__ = [
     "RevDartsPreTrainedModel",
     "TranslationPipeline",
     "encode_pairs",
+    "estimate_memory",
+    "plan_memory",
     "save_tokenizer",
     "train_tokenizer",
     "standard_genotype",

@@ -158,6 +158,11 @@ class RevDartsConfig(PretrainedConfig):
         reversible_exact_every (`int`, *optional*, defaults to 0):
             Keep an exact copy of the stack input every k layers, so fp32 reconstruction error cannot compound
             over more than k layers (0 keeps none: memory flat in depth).
+        reversible_keep_layers (`int`, *optional*, defaults to 0):
+            Hybrid memory mode: with `reversible=True`, the top k layers of each stack keep their activations
+            (ordinary autograd) and only the layers below are reconstructed; time moves toward ordinary autograd as
+            k grows (0 = reconstruct every layer; k >= the depth = ordinary autograd). `hf_revdarts.plan_memory`
+            picks k for a memory budget.
         label_smoothing (`float`, *optional*, defaults to 0.0):
             Label smoothing of the training loss.
         encoder_genotype (`list[list[str]]`, *optional*):
@@ -219,6 +224,7 @@ class RevDartsConfig(PretrainedConfig):
         init_std: float = 0.02,
         reversible: bool = True,
         reversible_exact_every: int = 0,
+        reversible_keep_layers: int = 0,
         label_smoothing: float = 0.0,
         encoder_genotype: list[list[str]] | None = None,
         decoder_genotype: list[list[str]] | None = None,
@@ -254,6 +260,7 @@ class RevDartsConfig(PretrainedConfig):
         self.init_std = init_std
         self.reversible = reversible
         self.reversible_exact_every = reversible_exact_every
+        self.reversible_keep_layers = reversible_keep_layers
         self.label_smoothing = label_smoothing
         std = standard_genotype(encoder_layers, decoder_layers, decoder_splits)
         self.encoder_genotype = [list(x) for x in encoder_genotype] if encoder_genotype is not None else std["encoder"]
@@ -302,6 +309,11 @@ class RevDartsConfig(PretrainedConfig):
                 )
         if self.reversible_exact_every < 0:
             raise ValueError(f"reversible_exact_every={self.reversible_exact_every} must be >= 0 (0 disables it)")
+        if not isinstance(self.reversible_keep_layers, int) or self.reversible_keep_layers < 0:
+            raise ValueError(
+                f"reversible_keep_layers={self.reversible_keep_layers!r} must be an integer >= 0 (the number of top "
+                "layers per stack that keep their activations; 0 = reconstruct every layer)"
+            )
         if self.max_position_embeddings < 1:
             raise ValueError(f"max_position_embeddings={self.max_position_embeddings} must be positive")
         validate_genotype(self.encoder_genotype, self.encoder_layers, self.encoder_splits, ENCODER_OPS, "encoder")

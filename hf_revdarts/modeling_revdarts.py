@@ -202,7 +202,10 @@ class _RevDartsSide(nn.Module):
         self.dropout = config.dropout
         genotype = config.decoder_genotype if decoder else config.encoder_genotype
         self.stack = ReversibleStack(
-            _build_layers(config, decoder, genotype, build_split), config.reversible, config.reversible_exact_every
+            _build_layers(config, decoder, genotype, build_split),
+            config.reversible,
+            config.reversible_exact_every,
+            config.reversible_keep_layers,
         )
         self.norm = nn.LayerNorm(config.d_model)
 

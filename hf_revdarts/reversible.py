@@ -85,7 +85,9 @@ class ReversibleLayer(nn.Module):
         ctx: OpContext,
         side: torch.Tensor | None,
         rng: list,
-        grads: dict[int, torch.Tensor],
+        params: dict[str, torch.Tensor],
+        aliases: dict[str, str],
+        grads: dict[str, torch.Tensor],
         side_grad: list,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Rebuild X from Y and turn dL/dY into dL/dX, accumulating parameter and side-input gradients.
@@ -93,6 +95,11 @@ class ReversibleLayer(nn.Module):
         Undoes the couplings from the last split to the first. At step k the parts hold
         (Y_1..Y_k, X_{k+1}..X_n); G_k is recomputed once with grad enabled and serves both the
         reconstruction X_k = Y_k - G_k and the vector-Jacobian product with dL/dY_k.
+
+        ``params`` are the layer's trainable parameters as forward saw them, by name (see ``_param_table``),
+        ``aliases`` maps every name a parameter is registered under to that name; gradients are accumulated
+        in ``grads`` under it. Wrappers such as FSDP swap the module's parameter objects between forward and
+        backward (or unregister them), so backward must not look them up on the module.
         """
         parts = [p.detach() for p in y.chunk(self.splits, dim=-1)]
         dparts = list(dy.chunk(self.splits, dim=-1))
@@ -102,9 +109,11 @@ class ReversibleLayer(nn.Module):
             inputs = [parts[j].detach().requires_grad_() for j in others]
             # Recompute on detached stand-ins of the parameters: the inner autograd.grad must not fire the
             # user's (or DDP's) hooks on the real parameters; they see the gradient once, when we return it.
-            named = [(n, p) for n, p in g_fn.named_parameters() if p.requires_grad]
-            params = [p for _, p in named]
-            stand_ins = {n: p.detach().requires_grad_() for n, p in named}
+            # A parameter registered under several names of G_k gets one stand-in (tied, its gradients summed).
+            prefix = f"functions.{k}."
+            local = {a[len(prefix) :]: c for a, c in aliases.items() if a.startswith(prefix)}
+            own = {c: params[c].detach().requires_grad_() for c in dict.fromkeys(local.values())}
+            stand_ins = {a: own[c] for a, c in local.items()}
             fork = rng[k].replay() if rng[k] is not None else None
             try:
                 out = functional_call(g_fn, stand_ins, (inputs, ctx, side, None))
@@ -115,7 +124,7 @@ class ReversibleLayer(nn.Module):
                 parts[k] = parts[k] - out
             if not out.requires_grad:  # e.g. the zero op: nothing flows back through G_k
                 continue
-            wrt = inputs + ([side] if side is not None and side.requires_grad else []) + list(stand_ins.values())
+            wrt = inputs + ([side] if side is not None and side.requires_grad else []) + list(own.values())
             got = torch.autograd.grad(out, wrt, grad_outputs=dparts[k], allow_unused=True)
             for j, gj in zip(others, got[: len(inputs)]):
                 if gj is not None:
@@ -125,9 +134,8 @@ class ReversibleLayer(nn.Module):
                 if rest[0] is not None:
                     side_grad[0] = rest[0] if side_grad[0] is None else side_grad[0] + rest[0]
                 rest = rest[1:]
-            for p, gp in zip(params, rest):
+            for key, gp in zip(own, rest):
                 if gp is not None:
-                    key = id(p)
                     grads[key] = gp if key not in grads else grads[key] + gp
         return torch.cat(parts, dim=-1), torch.cat(dparts, dim=-1)
 
@@ -163,8 +171,11 @@ class _ReversibleLayerFunction(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x, side, layer, index, op_ctx, tape, anchor, *params):  # type: ignore[override]
-        ctx.layer, ctx.index, ctx.op_ctx, ctx.tape, ctx.params = layer, index, op_ctx, tape, params
+    def forward(ctx, x, side, layer, index, op_ctx, tape, anchor, table, *params):  # type: ignore[override]
+        ctx.layer, ctx.index, ctx.op_ctx, ctx.tape = layer, index, op_ctx, tape
+        # the parameter tensors forward used (not saved tensors: parameters, or a wrapper's views of them)
+        ctx.param_names, ctx.aliases = table
+        ctx.params = dict(zip(ctx.param_names, params))
         # An exact copy of the input every k layers: reconstruction error restarts from zero there.
         ctx.anchor = x.detach() if anchor else None
         ctx.rng = []
@@ -181,14 +192,16 @@ class _ReversibleLayerFunction(torch.autograd.Function):
                 "backward through reversible layers ran twice for one forward pass (retain_graph / a second "
                 "autograd.grad); reconstruction consumes the activations: use config.reversible=False for that"
             )
-        grads: dict[int, torch.Tensor] = {}
+        grads: dict[str, torch.Tensor] = {}
         side_grad: list = [None]
         device_type, enabled, dtype = tape.autocast
         with torch.enable_grad(), torch.autocast(device_type, dtype=dtype, enabled=enabled):
-            x, dx = ctx.layer.backward_step(y, dy, ctx.op_ctx, tape.side_input(), ctx.rng, grads, side_grad)
+            x, dx = ctx.layer.backward_step(
+                y, dy, ctx.op_ctx, tape.side_input(), ctx.rng, ctx.params, ctx.aliases, grads, side_grad
+            )
         if ctx.index > 0:
             tape.y, tape.next = (ctx.anchor if ctx.anchor is not None else x), ctx.index - 1
-        return (dx, side_grad[0], None, None, None, None, None) + tuple(grads.get(id(p)) for p in ctx.params)
+        return (dx, side_grad[0], None, None, None, None, None, None) + tuple(grads.get(n) for n in ctx.param_names)
 
 
 def _autocast_state(device_type: str) -> tuple[str, bool, torch.dtype]:
@@ -203,13 +216,22 @@ class ReversibleStack(nn.Module):
     ``reversible=True`` trains with backpropagation-with-reconstruction; ``False`` runs the same layers
     with ordinary autograd, optionally with per-layer activation checkpointing (``gradient_checkpointing``).
     Incremental decoding (a ``cache`` given) and inference without grad run the layers directly.
+
+    Hybrid (``reversible=True``, ``keep_layers=k > 0``): the top k layers run with ordinary autograd (their
+    activations kept), the layers below are reconstructed. The top layers are the cheapest to keep: backward
+    starts there, so their activations are freed before any reconstruction runs and never add to its peak.
+    The top layers consume the bottom part's output as an ordinary tensor, whose gradient flows back into
+    the reversible Functions, so gradients stay those of ordinary autograd.
     """
 
-    def __init__(self, layers: list[ReversibleLayer], reversible: bool = True, exact_every: int = 0) -> None:
+    def __init__(
+        self, layers: list[ReversibleLayer], reversible: bool = True, exact_every: int = 0, keep_layers: int = 0
+    ) -> None:
         super().__init__()
         self.layers = nn.ModuleList(layers)
         self.reversible = reversible
         self.exact_every = exact_every
+        self.keep_layers = keep_layers
         self.gradient_checkpointing = False
 
     def forward(
@@ -228,13 +250,19 @@ class ReversibleStack(nn.Module):
             or (side is not None and side.requires_grad)
             or any(p.requires_grad for p in self.parameters())
         )
+        kept = self.layers
         if self.reversible and needs_grad:
+            if self.keep_layers < 0:
+                raise ValueError(f"keep_layers={self.keep_layers} must be >= 0 (0 = reconstruct every layer)")
+            reconstructed = max(len(self.layers) - self.keep_layers, 0)
             tape = _Tape(side, x.device.type)
-            for i, layer in enumerate(self.layers):
+            for i, layer in enumerate(self.layers[:reconstructed]):
+                _check_not_sharded(layer, i)
                 anchor = bool(self.exact_every) and i > 0 and i % self.exact_every == 0
-                x = _ReversibleLayerFunction.apply(x, side, layer, i, ctx, tape, anchor, *_unique_params(layer))
-            return x
-        for layer in self.layers:
+                names, params, aliases = _param_table(layer)
+                x = _ReversibleLayerFunction.apply(x, side, layer, i, ctx, tape, anchor, (names, aliases), *params)
+            kept = self.layers[reconstructed:]
+        for layer in kept:
             if self.gradient_checkpointing and needs_grad:
                 fn = getattr(self, "_gradient_checkpointing_func", None)
                 x = fn(layer.__call__, x, ctx, side) if fn is not None else checkpoint(
@@ -245,7 +273,35 @@ class ReversibleStack(nn.Module):
         return x
 
 
+def _check_not_sharded(layer: nn.Module, index: int) -> None:
+    # FSDP1 wraps the layer (a FullyShardedDataParallel in the stack), FSDP2 changes its class (an FSDPModule).
+    if isinstance(layer, ReversibleLayer) and not any(c.__name__ == "FSDPModule" for c in type(layer).__mro__):
+        return
+    raise RuntimeError(
+        f"layer {index} of a reversible stack is its own FSDP unit ({type(layer).__name__}): reconstruction runs "
+        "it again inside backward, after FSDP has resharded its parameters. Shard the whole model as one FSDP unit "
+        "(no per-layer auto-wrap policy), keep the sharded layers (config.reversible_keep_layers) or train with "
+        "config.reversible=False"
+    )
+
+
 def _unique_params(module: nn.Module) -> list[nn.Parameter]:
     # A parameter used twice within a layer is one input of its Function (one gradient returned); one tied
     # across layers (α shared by a repeated block) is an input of each, and autograd sums them.
     return [p for p in module.parameters() if p.requires_grad]
+
+
+def _param_table(module: nn.Module) -> tuple[list[str], list[torch.Tensor], dict[str, str]]:
+    """The trainable parameters of a layer once each (``_unique_params``' order) with their first names, and every
+    name they are registered under mapped to that first name."""
+    first: dict[int, str] = {}
+    names, params, aliases = [], [], {}
+    for name, p in module.named_parameters(remove_duplicate=False):
+        if not p.requires_grad:
+            continue
+        if id(p) not in first:
+            first[id(p)] = name
+            names.append(name)
+            params.append(p)
+        aliases[name] = first[id(p)]
+    return names, params, aliases
