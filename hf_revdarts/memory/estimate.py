@@ -105,10 +105,15 @@ def op_cost(name: str, s: _Side, config: RevDartsConfig, device: str = "cpu") ->
         k = int(name.split("_")[1])
         params = 3 * w * w + 3 * w + (w + 1) * heads * k
         wd = config.attention_dropout > 0
-        kernel = N * heads * k * e * (3 if wd else 1)  # softmax (+ dropout mask and output)
-        # GLU input (2w), gated+masked x (w), the unfolded windows (k w), the out_proj input (w)
-        saved = mask + 2 * nw + nw + k * nw + nw + kernel
-        cost = _Cost(saved, max((k + (0 if wd else 1)) * nw, 2 * w * w * e + nw), params, True)
+        # the written-out softmax keeps exp(x) and its row sums; the convolution keeps its kernels (the softmax
+        # output, or with kernel dropout its mask and output)
+        kernel = N * heads * k * e * (3 if wd else 2) + N * heads * e
+        # GLU input (2w), gated+masked x (w), x with its k-1 context positions padded in (what the shifted-slice
+        # dynamic convolution keeps), the out_proj input (w)
+        padded = B * (T + k - 1) * w * e
+        saved = mask + 2 * nw + nw + padded + nw + kernel
+        # backward: one input-gradient buffer of the padded size and the stacked kernel gradient
+        cost = _Cost(saved, max(padded + kernel, 2 * w * w * e + nw), params, True)
     elif name in ("self_attn", "cross_attn"):
         cross = name == "cross_attn"
         S = s.keys if cross else T
