@@ -42,21 +42,27 @@ from hf_revdarts.arguments import (
     loggable_arguments,
     parse_args,
 )
+from hf_revdarts.guards import NonFiniteError
 from hf_revdarts.search import Architect, CollapseGuard, RevDartsSupernet, validate_search_space
 from hf_revdarts.search.architect import make_arch_optimizer, make_weight_optimizer
 from hf_revdarts.search.visualize import plot_decisiveness, plot_genotype, plot_heatmap
+from hf_revdarts.tokenization import load_tokenizer
 from hf_revdarts.training_utils import (
     TrainState,
     atomic_folder,
     atomic_write_json,
     backward_micro_batches,
     batch_stream,
+    check_output_dir,
     evaluate_loss,
     find_checkpoint,
+    finite_or_none,
+    guard_allows_step,
     inverse_sqrt_schedule,
     load_checkpoint,
     load_split,
     next_batches,
+    non_finite_guard,
     prepare_tokenizer,
     run_steps,
     shutdown,
@@ -116,7 +122,16 @@ def parse_search_args(argv: list[str] | None = None) -> SearchArgs:
 
 # ---------------------------------------------------------------- set-up ------------------------------------
 def check_inputs(args: SearchArgs) -> tuple[Texts, Path | None]:
-    """Every input check before any work: search space, sizes, data, the checkpoint to resume."""
+    """Every input check before any work: output folder, search space, sizes, data, the checkpoint to resume."""
+    run = args.run
+    check_output_dir(run.output_dir, run.overwrite_output_dir, run.resume_from_checkpoint)
+    if args.search.arch_start_step >= run.max_steps:
+        raise ValueError(
+            f"--arch_start_step {args.search.arch_start_step} >= --max_steps {run.max_steps}: α would never be "
+            "updated and genotype.json would be the argmax of its random initialisation"
+        )
+    if args.data.tokenizer:
+        load_tokenizer(args.data.tokenizer)  # names a damaged tokenizer file now, not after the run has started
     validate_search_space(args.search.encoder_ops, "encoder")
     validate_search_space(args.search.decoder_ops, "decoder")
     build_config(args.model, None, args.data.max_length, search_args=args.search)
@@ -139,7 +154,8 @@ def check_inputs(args: SearchArgs) -> tuple[Texts, Path | None]:
 def setup(args: SearchArgs, texts: Texts, resume_path: Path | None) -> Search:
     """Accelerator, tokenizer (trained once, kept for resume), batch streams, supernet, optimisers, architect."""
     run, output_dir = args.run, Path(args.run.output_dir)
-    accelerator = start_run(output_dir, run.seed, run.num_threads, run.mixed_precision, run.gradient_accumulation_steps)
+    accelerator = start_run(output_dir, run.seed, run.num_threads, run.mixed_precision, run.gradient_accumulation_steps,
+                            run.overwrite_output_dir)
     tokenizer = prepare_tokenizer(
         accelerator, output_dir / "tokenizer", Path(args.data.tokenizer) if args.data.tokenizer else None,
         texts.train[0] + texts.train[1] + texts.arch[0] + texts.arch[1], args.data.vocab_size,
@@ -159,7 +175,11 @@ def setup(args: SearchArgs, texts: Texts, resume_path: Path | None) -> Search:
     # make the schedule depend on the process count. Registered for checkpointing instead.
     scheduler = inverse_sqrt_schedule(w_opt, run.warmup_steps)
     model, w_opt, a_opt = accelerator.prepare(supernet, w_opt, a_opt)
-    state = TrainState(streams)
+    guards = {
+        "weights": non_finite_guard(accelerator, run.max_non_finite_steps, "the search's weight (θ) step"),
+        "arch": non_finite_guard(accelerator, run.max_non_finite_steps, "the search's architecture (α) step"),
+    }
+    state = TrainState(streams, guards)
     accelerator.register_for_checkpointing(scheduler)
     world = accelerator.num_processes
     architect = Architect(
@@ -188,26 +208,35 @@ def setup(args: SearchArgs, texts: Texts, resume_path: Path | None) -> Search:
 
 # ---------------------------------------------------------------- the loop ----------------------------------
 def search_step(s: Search) -> dict[str, float]:
-    """One DARTS step: α on held-out batches (from step --arch_start_step on), then θ on training batches."""
-    accum, device = s.args.run.gradient_accumulation_steps, s.accelerator.device
+    """One DARTS step: α on held-out batches (from step --arch_start_step on), then θ on training batches.
+    A step whose loss or gradients are NaN/inf is skipped (α and θ each have their ``NonFiniteGuard``)."""
+    accum, device, step = s.args.run.gradient_accumulation_steps, s.accelerator.device, s.state.step + 1
     lr = s.scheduler.get_last_lr()[0]
     train_batches = next_batches(s.state.streams["train"], accum, device)
-    arch_loss = float("nan")
-    if s.state.step >= s.args.search.arch_start_step:
+    logs: dict[str, float] = {}
+    if s.state.step >= s.args.search.arch_start_step:  # before that, no α loss to show (not a NaN placeholder)
         arch_batches = next_batches(s.state.streams["arch"], accum, device)
+        alphas = s.supernet.arch_parameters()
+
+        def allow(loss: float) -> bool:
+            return guard_allows_step(s.accelerator, s.state.guards["arch"], step, loss, None, alphas)
+
         with s.accelerator.autocast():
-            arch_loss = s.architect.step(arch_batches, train_batches, unrolled_lr=lr)
+            logs["arch_loss"] = s.architect.step(arch_batches, train_batches, unrolled_lr=lr, allow_step=allow)
     s.weight_optimizer.zero_grad(set_to_none=True)
     s.arch_optimizer.zero_grad(set_to_none=True)
     train_loss, _ = backward_micro_batches(s.accelerator, s.model, train_batches)
+    norm = None
     if s.args.run.max_grad_norm > 0:
-        s.accelerator.clip_grad_norm_(s.supernet.weight_parameters(), s.args.run.max_grad_norm)
-    s.weight_optimizer.step()
+        norm = s.accelerator.clip_grad_norm_(s.supernet.weight_parameters(), s.args.run.max_grad_norm)
+    if guard_allows_step(s.accelerator, s.state.guards["weights"], step, train_loss, norm,
+                         s.supernet.weight_parameters()):
+        s.weight_optimizer.step()
     s.scheduler.step()
     s.weight_optimizer.zero_grad(set_to_none=True)
     s.arch_optimizer.zero_grad(set_to_none=True)  # the θ backward also reached α; α moves only on held-out data
     s.state.step += 1
-    return {"train_loss": train_loss, "arch_loss": arch_loss, "lr": lr}
+    return {"train_loss": train_loss, **logs, "lr": lr}
 
 
 def search_loop(s: Search) -> None:
@@ -215,7 +244,8 @@ def search_loop(s: Search) -> None:
     if s.state.step == 0 and not s.state.history:
         evaluate(s)  # the starting point of the α history
     s.model.train()
-    run_steps(s.accelerator, s.state, s.args.run, s.output_dir, lambda: search_step(s), lambda: evaluate(s), "search")
+    run_steps(s.accelerator, s.state, s.args.run, s.output_dir, lambda: search_step(s), lambda: evaluate(s), "search",
+              model=s.supernet)
 
 
 # ---------------------------------------------------------------- evaluation --------------------------------
@@ -231,7 +261,7 @@ def mean_entropy(supernet: RevDartsSupernet) -> float:
 
 def evaluate(s: Search) -> bool:
     """Validation loss and an α snapshot into the history (and the running outputs); True asks to stop."""
-    val_loss = evaluate_loss(s.model, s.accelerator, s.eval_batches)
+    val_loss = finite_or_none(evaluate_loss(s.model, s.accelerator, s.eval_batches), "the validation loss", s.state.step)
     stats, stop = s.guard.check(s.supernet, s.state.step)
     snapshot = {
         "step": s.state.step,
@@ -243,10 +273,8 @@ def evaluate(s: Search) -> bool:
         "entropy": mean_entropy(s.supernet),
     }
     s.state.history.append(snapshot)
-    s.accelerator.log(
-        {"val_loss": val_loss, "alpha_entropy": snapshot["entropy"], "param_free_share": stats["param_free_share"]},
-        step=s.state.step,
-    )
+    logged = {"val_loss": val_loss, "alpha_entropy": snapshot["entropy"], "param_free_share": stats["param_free_share"]}
+    s.accelerator.log({k: v for k, v in logged.items() if v is not None}, step=s.state.step)
     if s.accelerator.is_main_process:
         write_outputs(s, final=False)
     return stop
@@ -295,10 +323,25 @@ def write_final_outputs(s: Search) -> None:
         "alpha_entropy_first": first["entropy"],
         "alpha_entropy_last": last["entropy"],
         "alpha_max_abs_diff_across_ranks": rank_diff,
+        "non_finite_steps_skipped": s.state.skipped_steps(),
         "genotype": s.supernet.genotype(),
     }
     atomic_write_json(s.output_dir / "search_summary.json", summary)
     print(json.dumps(summary))
+
+
+def write_failure_summary(s: Search, error: str) -> None:
+    """search_summary.json of a search stopped by NaN/inf: how far it got and why (no genotype is derived
+    from it; genotype.json and alpha_history.json hold the last evaluation with finite α)."""
+    if s.accelerator.is_main_process:
+        summary = {
+            "steps": s.state.step,
+            "processes": s.accelerator.num_processes,
+            "seconds": time.time() - s.start,
+            "non_finite_steps_skipped": s.state.skipped_steps(),
+            "error": error,
+        }
+        atomic_write_json(s.output_dir / "search_summary.json", summary)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -306,7 +349,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_search_args(argv)
     texts, resume_path = check_inputs(args)
     search = setup(args, texts, resume_path)
-    search_loop(search)
+    try:
+        search_loop(search)
+    except NonFiniteError as e:
+        write_failure_summary(search, str(e))
+        raise
     write_final_outputs(search)
     shutdown(search.accelerator)
     return 0
