@@ -124,6 +124,11 @@ class DataArguments:
     def __post_init__(self) -> None:
         _positive(self, "vocab_size", "max_length", "max_tokens")
         _positive_or_none(self, "max_train_examples", "max_eval_examples")
+        if self.max_tokens < self.max_length:
+            raise ValueError(
+                f"--max_tokens {self.max_tokens} < --max_length {self.max_length}: a batch must hold at least one "
+                "sentence of the longest length"
+            )
         _tokenizer_folder(self.tokenizer, "tokenizer")
 
 
@@ -264,6 +269,8 @@ def _op_list(value: str | Sequence[str] | None) -> list[str] | None:
 def _file_value(path: Path, key: str, value: Any, action: Any) -> Any:
     """A config file's value converted as the same flag's text would be, or a ``ValueError`` naming the file
     and the key (argparse converts and checks flags, never defaults)."""
+    if action is not None and value is None and action.required:
+        raise ValueError(f"config file {path}: --{key} needs a value, the file gives none (null)")
     if value is None or action is None:
         return value
     many = action.nargs in ("+", "*")
@@ -373,6 +380,16 @@ def load_genotype(spec: str) -> tuple[dict[str, list[list[str]]] | None, Path | 
             f"--genotype {spec}: no genotype.json there; give a search output folder, a genotype.json file, or "
             "'standard'"
         )
+    if folder is not None:
+        # genotype.json is rewritten at every evaluation: only a finished search's is its result.
+        summary = folder / "search_summary.json"
+        failed = summary.is_file() and "error" in json.loads(summary.read_text(encoding="utf-8"))
+        if failed or not summary.is_file():
+            why = "stopped with an error (see its search_summary.json)" if failed else "has not finished (no search_summary.json)"
+            raise ValueError(
+                f"--genotype {spec}: the search there {why}, so its genotype.json is only that of its last "
+                f"evaluation; resume the search, or pass --genotype {path} to train that genotype anyway"
+            )
     try:
         genotype = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
@@ -423,6 +440,12 @@ def build_config(
     With ``tokenizer=None`` (before a tokenizer exists) the vocabulary and ids keep the config defaults: a
     script builds this once up front so that every size and search setting is checked before any work.
     """
+    positions = model_args.max_position_embeddings
+    if positions is not None and positions < max_length:
+        raise ValueError(
+            f"--max_position_embeddings {positions} < --max_length {max_length}: sentences of --max_length tokens "
+            "(and translations as long) would not fit the model"
+        )
     if genotype is None:
         genotype = standard_genotype(model_args.encoder_layers or 6, model_args.decoder_layers or 6)
     encoder = stack_genotype(genotype["encoder"], model_args.encoder_layers, "encoder")

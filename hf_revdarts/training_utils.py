@@ -91,9 +91,18 @@ class TrainState:
             "best": self.best,
             "train_seconds": self.train_seconds,
             "non_finite": {k: g.state_dict() for k, g in self.guards.items()},
+            "examples": {k: len(s.examples) for k, s in self.streams.items() if hasattr(s, "examples")},
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        for k, n in state.get("examples", {}).items():
+            # Other data would silently give other batches: the resumed run would no longer be the same run.
+            now = len(getattr(self.streams.get(k), "examples", ()))
+            if k in self.streams and now != n:
+                raise ValueError(
+                    f"it was written with {n} {k} examples, this run has {now}: resume with the same --dataset, "
+                    "splits and --max_*_examples"
+                )
         self.step = int(state["step"])
         for k, s in self.streams.items():
             s.load_state_dict(state["streams"][k])
@@ -152,9 +161,9 @@ def check_output_dir(output_dir: str | os.PathLike, overwrite: bool, resume: str
         )
 
 
-def find_checkpoint(output_dir: str | os.PathLike, spec: str) -> Path:
+def find_checkpoint(output_dir: str | os.PathLike, spec: str, max_steps: int | None = None) -> Path:
     """``latest`` (the newest complete ``checkpoint-*`` in output_dir) or an explicit checkpoint folder, with
-    every file of it checked (``verify_checkpoint``) before any work."""
+    every file of it checked (``verify_checkpoint``) before any work, and its step not past ``max_steps``."""
     from .integrity import verify_checkpoint
 
     if spec != "latest":
@@ -167,6 +176,11 @@ def find_checkpoint(output_dir: str | os.PathLike, spec: str) -> Path:
             raise FileNotFoundError(f"--resume_from_checkpoint latest: no checkpoint-* folder in {output_dir}")
         path = found[-1]
     verify_checkpoint(path)
+    step = json.loads((path / "train_state.json").read_text(encoding="utf-8")).get("step")
+    if max_steps is not None and isinstance(step, int) and step > max_steps:
+        raise ValueError(
+            f"{path} is at step {step}, past --max_steps {max_steps}: give the run's --max_steps (or more) to resume it"
+        )
     return path
 
 
@@ -215,8 +229,12 @@ def load_checkpoint(accelerator: Any, state: TrainState, path: Path, logger: Any
     state_file = path / "train_state.json"
     try:
         state.load_state_dict(json.loads(state_file.read_text(encoding="utf-8")))
-    except (KeyError, TypeError, ValueError) as e:
-        raise CheckpointError(f"{state_file} does not hold the loop state of this run ({type(e).__name__}: {e})") from e
+    except ValueError as e:
+        raise CheckpointError(f"cannot resume from {state_file}: {e}") from e
+    except (KeyError, TypeError, AttributeError) as e:
+        raise CheckpointError(
+            f"cannot resume from {state_file}: it does not hold the loop state of this run ({type(e).__name__}: {e})"
+        ) from e
     for guard in state.guards.values():
         guard.last_good_checkpoint = str(path)
     logger.info(f"resumed from {path} at step {state.step}", main_process_only=True)
@@ -269,16 +287,24 @@ def start_run(
 
 
 def prepare_tokenizer(
-    accelerator: Any, folder: Path, source: Path | None, texts: Sequence[str], vocab_size: int
+    accelerator: Any,
+    folder: Path,
+    source: Path | None,
+    texts: Sequence[str],
+    vocab_size: int,
+    resumed_from: Path | None = None,
 ) -> Any:
     """The run's tokenizer, kept in ``folder`` so that a resumed run sees the same ids.
 
-    The main process writes it once: copied from ``source`` (a tokenizer folder) when given, else a BPE
-    trained on ``texts``. Every process then loads it from ``folder``.
+    The main process writes it once: copied from the resumed checkpoint's run (``resumed_from``, a checkpoint
+    of another output folder: its model knows those ids only), else from ``source`` (a tokenizer folder) when
+    given, else a BPE trained on ``texts``. Every process then loads it from ``folder``.
     """
     from .data import get_tokenizer
     from .tokenization import load_tokenizer, save_tokenizer
 
+    if resumed_from is not None and (resumed_from.parent / "tokenizer" / "tokenizer.json").is_file():
+        source = resumed_from.parent / "tokenizer"
     if accelerator.is_main_process and not (folder / "tokenizer.json").is_file():
         tokenizer = load_tokenizer(source) if source is not None else get_tokenizer(texts, vocab_size)
         with atomic_folder(folder) as tmp:

@@ -132,6 +132,11 @@ def check_inputs(args: SearchArgs) -> tuple[Texts, Path | None]:
         )
     if args.data.tokenizer:
         load_tokenizer(args.data.tokenizer)  # names a damaged tokenizer file now, not after the run has started
+    if args.search.arch_split is not None and args.search.arch_split == args.data.train_split:
+        raise ValueError(
+            f"--arch_split {args.search.arch_split} is the training split: α would be fit on the data θ trains on "
+            "(DARTS holds it out); give another split, or leave it out to hold out part of the training split"
+        )
     validate_search_space(args.search.encoder_ops, "encoder")
     validate_search_space(args.search.decoder_ops, "decoder")
     build_config(args.model, None, args.data.max_length, search_args=args.search)
@@ -148,7 +153,7 @@ def check_inputs(args: SearchArgs) -> tuple[Texts, Path | None]:
     texts = Texts(train, arch, load_split(args.dataset, args.data.eval_split, args.data.max_eval_examples))
     output_dir = Path(args.run.output_dir)
     resume = args.run.resume_from_checkpoint
-    return texts, find_checkpoint(output_dir, resume) if resume else None
+    return texts, find_checkpoint(output_dir, resume, run.max_steps) if resume else None
 
 
 def setup(args: SearchArgs, texts: Texts, resume_path: Path | None) -> Search:
@@ -158,7 +163,7 @@ def setup(args: SearchArgs, texts: Texts, resume_path: Path | None) -> Search:
                             run.overwrite_output_dir)
     tokenizer = prepare_tokenizer(
         accelerator, output_dir / "tokenizer", Path(args.data.tokenizer) if args.data.tokenizer else None,
-        texts.train[0] + texts.train[1] + texts.arch[0] + texts.arch[1], args.data.vocab_size,
+        texts.train[0] + texts.train[1] + texts.arch[0] + texts.arch[1], args.data.vocab_size, resume_path,
     )
     streams = {
         "train": batch_stream(tokenizer, texts.train, args.data, run.seed, accelerator),
@@ -255,6 +260,9 @@ def mean_entropy(supernet: RevDartsSupernet) -> float:
     vals = []
     for a in supernet.arch_parameters():
         p = torch.softmax(a.float(), -1)
+        if len(p) < 2:  # a one-op search space is decided from the start (and log(1) = 0 would divide by 0)
+            vals.append(0.0)
+            continue
         vals.append(float(-(p * p.clamp_min(1e-12).log()).sum() / math.log(len(p))))
     return sum(vals) / len(vals)
 

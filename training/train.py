@@ -128,7 +128,7 @@ def check_inputs(args: TrainArgs) -> Inputs:
     if tok_source is not None:
         load_tokenizer(tok_source)  # names a missing or damaged tokenizer file now, not after the run has started
     resume = args.run.resume_from_checkpoint
-    resume_path = find_checkpoint(Path(args.run.output_dir), resume) if resume else None
+    resume_path = find_checkpoint(Path(args.run.output_dir), resume, args.run.max_steps) if resume else None
     return Inputs(genotype, train, eval_pairs, tok_source, resume_path)
 
 
@@ -139,7 +139,7 @@ def setup(args: TrainArgs, inputs: Inputs) -> Training:
                             run.overwrite_output_dir)
     tokenizer = prepare_tokenizer(
         accelerator, output_dir / "tokenizer", inputs.tokenizer_source, inputs.train[0] + inputs.train[1],
-        args.data.vocab_size,
+        args.data.vocab_size, inputs.resume_path,
     )
     streams = {"train": batch_stream(tokenizer, inputs.train, args.data, run.seed, accelerator)}
     eval_stream = batch_stream(tokenizer, inputs.eval, args.data, 0, accelerator, shuffle=False)
