@@ -14,8 +14,10 @@ shared fields where they differ (a small supernet for the search, a model to tra
 
 from __future__ import annotations
 
+import argparse
 import difflib
 import json
+import math
 import os
 import sys
 from collections.abc import Sequence
@@ -23,7 +25,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from .configuration_revdarts import RevDartsConfig, standard_genotype
+from .configuration_revdarts import (
+    DECODER_OPS,
+    ENCODER_OPS,
+    RevDartsConfig,
+    standard_genotype,
+    validate_genotype,
+)
 
 # The bundled English→German sample (present in a source checkout): the default data of every script.
 SAMPLE_DATA = Path(__file__).resolve().parents[1] / "samples" / "en-de"
@@ -44,6 +52,41 @@ def _fraction(obj: Any, *names: str) -> None:
             raise ValueError(f"--{name} must be a fraction in [0, 1], got {value}")
 
 
+def _positive_or_none(obj: Any, *names: str) -> None:
+    for name in names:
+        value = getattr(obj, name)
+        if value is not None and value < 1:
+            raise ValueError(f"--{name} must be >= 1 (or left out), got {value}")
+
+
+def _non_negative(obj: Any, *names: str) -> None:
+    for name in names:
+        value = getattr(obj, name)
+        # `not value >= 0` also catches nan
+        if not (math.isfinite(value) and value >= 0):
+            raise ValueError(f"--{name} must be a finite number >= 0, got {value}")
+
+
+def _probability(obj: Any, *names: str) -> None:
+    for name in names:
+        value = getattr(obj, name)
+        if not 0.0 <= value < 1.0:
+            raise ValueError(f"--{name} must be a probability in [0, 1), got {value}")
+
+
+def _positive_number(obj: Any, *names: str) -> None:
+    for name in names:
+        value = getattr(obj, name)
+        if not (math.isfinite(value) and value > 0):
+            raise ValueError(f"--{name} must be a finite number > 0, got {value}")
+
+
+def _tokenizer_folder(value: str | None, flag: str) -> None:
+    if value is not None and not (Path(value) / "tokenizer.json").is_file():
+        what = "does not exist" if not Path(value).exists() else "has no tokenizer.json"
+        raise FileNotFoundError(f"--{flag} {value} {what}: give a folder saved with save_pretrained (tokenizer.json)")
+
+
 # ---------------------------------------------------------------- the schema --------------------------------
 @dataclass
 class DatasetArguments:
@@ -56,6 +99,10 @@ class DatasetArguments:
     dataset_config: str | None = field(default=None, metadata={"help": "Hub dataset configuration, e.g. de-en for wmt14"})
     src_lang: str = field(default="en", metadata={"help": "source language code"})
     tgt_lang: str = field(default="de", metadata={"help": "target language code"})
+
+    def __post_init__(self) -> None:
+        if self.src_lang == self.tgt_lang:
+            raise ValueError(f"--src_lang and --tgt_lang are both {self.src_lang!r}: give two different languages")
 
 
 @dataclass
@@ -76,6 +123,13 @@ class DataArguments:
 
     def __post_init__(self) -> None:
         _positive(self, "vocab_size", "max_length", "max_tokens")
+        _positive_or_none(self, "max_train_examples", "max_eval_examples")
+        if self.max_tokens < self.max_length:
+            raise ValueError(
+                f"--max_tokens {self.max_tokens} < --max_length {self.max_length}: a batch must hold at least one "
+                "sentence of the longest length"
+            )
+        _tokenizer_folder(self.tokenizer, "tokenizer")
 
 
 @dataclass
@@ -103,7 +157,9 @@ class ModelArguments:
     )
 
     def __post_init__(self) -> None:
-        _fraction(self, "dropout", "attention_dropout", "activation_dropout", "label_smoothing")
+        _positive(self, "d_model", "num_heads")
+        _positive_or_none(self, "embedding_dim", "encoder_layers", "decoder_layers", "max_position_embeddings")
+        _probability(self, "dropout", "attention_dropout", "activation_dropout", "label_smoothing")
         if self.memory_mode not in MEMORY_MODES:
             raise ValueError(f"--memory_mode {self.memory_mode!r} is not one of {', '.join(MEMORY_MODES)}")
 
@@ -130,12 +186,29 @@ class RunArguments:
     save_every: int = field(default=500, metadata={"help": "checkpoint every N steps (and at the end)"})
     checkpoints_total_limit: int = field(default=2, metadata={"help": "checkpoints kept (0 = all)"})
     resume_from_checkpoint: str | None = field(default=None, metadata={"help": "'latest' or a checkpoint folder"})
+    overwrite_output_dir: bool = field(
+        default=False, metadata={"help": "delete what a previous run left in --output_dir and start again"}
+    )
+    max_non_finite_steps: int = field(
+        default=10,
+        metadata={"help": "optimiser steps with a NaN/inf loss or gradient that are skipped before the run stops"},
+    )
     num_threads: int = field(default=0, metadata={"help": "torch threads per process (0: cores / processes)"})
 
     def __post_init__(self) -> None:
         _positive(self, "eval_every", "save_every", "gradient_accumulation_steps")
         if self.max_steps is not None:
             _positive(self, "max_steps")
+        _positive_number(self, "lr")
+        _non_negative(self, "warmup_steps", "max_grad_norm", "checkpoints_total_limit", "max_non_finite_steps",
+                      "num_threads")
+        if not 0 <= self.seed < 2**32:
+            raise ValueError(f"--seed must be in [0, 2**32), got {self.seed}")
+        if self.resume_from_checkpoint and self.overwrite_output_dir:
+            raise ValueError(
+                "--resume_from_checkpoint and --overwrite_output_dir contradict each other: the first continues the "
+                "run in --output_dir, the second deletes it"
+            )
 
 
 @dataclass
@@ -188,6 +261,8 @@ class SearchArguments:
         self.encoder_ops = _op_list(self.encoder_ops)
         self.decoder_ops = _op_list(self.decoder_ops)
         _positive(self, "eval_batches")
+        _positive_number(self, "arch_lr")
+        _non_negative(self, "arch_weight_decay", "arch_start_step", "tie_blocks", "alpha_init_std")
         _fraction(self, "warn_share", "stop_share", "stop_argmax_fraction")
         if not 0 < self.arch_fraction < 1:
             raise ValueError(f"--arch_fraction must be in (0, 1), got {self.arch_fraction}")
@@ -212,8 +287,8 @@ class TrainArguments:
     bleu_sentences: int = field(default=200, metadata={"help": "validation sentences translated per evaluation"})
 
     def __post_init__(self) -> None:
-        if self.time_budget_minutes < 0 or self.average_checkpoints < 0:
-            raise ValueError("--time_budget_minutes and --average_checkpoints must be >= 0")
+        _non_negative(self, "time_budget_minutes", "average_checkpoints")
+        _positive(self, "bleu_sentences")
 
 
 SHARED_ARGUMENTS = (DatasetArguments, DataArguments, ModelArguments, RunArguments)
@@ -229,26 +304,60 @@ def _op_list(value: str | Sequence[str] | None) -> list[str] | None:
 
 
 # ---------------------------------------------------------------- parsing -----------------------------------
-def read_config_file(path: str | os.PathLike, known: set[str]) -> dict[str, Any]:
-    """The flat ``{flag: value}`` mapping of a YAML or JSON config file; unknown keys are an error."""
+def _file_value(path: Path, key: str, value: Any, action: Any) -> Any:
+    """A config file's value converted as the same flag's text would be, or a ``ValueError`` naming the file
+    and the key (argparse converts and checks flags, never defaults)."""
+    if action is not None and value is None and action.required:
+        raise ValueError(f"config file {path}: --{key} needs a value, the file gives none (null)")
+    if value is None or action is None:
+        return value
+    many = action.nargs in ("+", "*")
+    items = value if many and isinstance(value, list) else [value]
+    converted = []
+    for item in items:
+        try:
+            if isinstance(item, (dict, list)):
+                raise TypeError
+            converted.append(item if action.type is None else action.type(str(item)))
+        except (TypeError, ValueError, argparse.ArgumentTypeError):
+            kind = getattr(action.type, "__name__", "value")
+            kind = "true/false" if kind == "string_to_bool" else "list of strings" if many else kind
+            raise ValueError(f"config file {path}: --{key} {value!r} is not a valid {kind}") from None
+        if action.choices is not None and converted[-1] not in action.choices:
+            raise ValueError(
+                f"config file {path}: --{key} {item!r} is not one of {', '.join(map(str, action.choices))}"
+            )
+    return converted if many else converted[0]
+
+
+def read_config_file(path: str | os.PathLike, known: set[str] | dict[str, Any]) -> dict[str, Any]:
+    """The flat ``{flag: value}`` mapping of a YAML or JSON config file; unknown keys are an error, and with
+    ``known`` the parser's actions by name, each value is converted and checked as its flag would be."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"config file {path} does not exist")
-    text = path.read_text(encoding="utf-8")
-    if path.suffix == ".json":
-        data = json.loads(text)
-    else:
-        import yaml
+    try:
+        text = path.read_text(encoding="utf-8")
+        if path.suffix == ".json":
+            data = json.loads(text)
+        else:
+            import yaml
 
-        data = yaml.safe_load(text)
+            data = yaml.safe_load(text)
+    except UnicodeDecodeError as e:
+        raise ValueError(f"config file {path} is not UTF-8 text ({e})") from e
+    except Exception as e:  # json.JSONDecodeError, yaml.YAMLError: both say line and column
+        raise ValueError(f"config file {path} is not valid {path.suffix[1:].upper()}: {e}") from e
     data = {} if data is None else data
     if not isinstance(data, dict):
         raise ValueError(f"config file {path} must hold a mapping of flag names to values, got {type(data).__name__}")
-    unknown = sorted(set(data) - known)
+    unknown = sorted(set(data) - set(known))
     if unknown:
         hints = {k: difflib.get_close_matches(k, known, n=1) for k in unknown}
         said = ", ".join(f"{k!r}" + (f" (did you mean {h[0]!r}?)" if h else "") for k, h in hints.items())
         raise ValueError(f"config file {path} has unknown keys: {said}")
+    if isinstance(known, dict):
+        data = {k: _file_value(path, k, v, known[k]) for k, v in data.items()}
     return data
 
 
@@ -259,26 +368,31 @@ def parse_args(
     description: str | None = None,
 ) -> tuple[Any, ...]:
     """One instance per dataclass, from (in rising priority) the dataclass defaults, ``defaults`` (the
-    script's own), a config file given as the first argument (.yaml, .yml or .json), and flags."""
-    import argparse
-
+    script's own), a config file given as the first argument (.yaml, .yml or .json), and flags. Every value
+    is checked (the dataclasses' ``__post_init__``) before the script does any work."""
     from transformers import HfArgumentParser
 
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = HfArgumentParser(
         dataclass_types, description=description, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    known = {action.dest for action in parser._actions} - {"help"}
+    known = {action.dest: action for action in parser._actions if action.dest != "help"}
     values = dict(defaults or {})
-    if set(values) - known:
-        raise ValueError(f"defaults for unknown arguments: {sorted(set(values) - known)}")
+    if set(values) - set(known):
+        raise ValueError(f"defaults for unknown arguments: {sorted(set(values) - set(known))}")
     if argv and argv[0].endswith(CONFIG_SUFFIXES):
         values.update(read_config_file(argv.pop(0), known))
     parser.set_defaults(**values)
     for action in parser._actions:
         if action.dest in values:
             action.required = False  # given by the file: the flag becomes an override
-    return tuple(parser.parse_args_into_dataclasses(args=argv, look_for_args_file=False))
+    try:
+        return tuple(parser.parse_args_into_dataclasses(args=argv, look_for_args_file=False))
+    except ValueError as e:
+        stray = [a for a in argv if a.endswith(CONFIG_SUFFIXES) and repr(a) in str(e)]
+        if "not used by the HfArgumentParser" in str(e) and stray:
+            raise ValueError(f"{e}: a config file ({stray[0]}) must be the first argument, before any flag") from e
+        raise
 
 
 def loggable_arguments(*groups: Any) -> dict[str, int | float | str | bool]:
@@ -304,18 +418,41 @@ def load_genotype(spec: str) -> tuple[dict[str, list[list[str]]] | None, Path | 
             f"--genotype {spec}: no genotype.json there; give a search output folder, a genotype.json file, or "
             "'standard'"
         )
+    if folder is not None:
+        # genotype.json is rewritten at every evaluation: only a finished search's is its result.
+        summary = folder / "search_summary.json"
+        failed = summary.is_file() and "error" in json.loads(summary.read_text(encoding="utf-8"))
+        if failed or not summary.is_file():
+            why = "stopped with an error (see its search_summary.json)" if failed else "has not finished (no search_summary.json)"
+            raise ValueError(
+                f"--genotype {spec}: the search there {why}, so its genotype.json is only that of its last "
+                f"evaluation; resume the search, or pass --genotype {path} to train that genotype anyway"
+            )
     try:
-        genotype = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
+        genotype = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ValueError(f"{path} is not valid JSON: {e}") from e
     if not isinstance(genotype, dict) or set(genotype) != {"encoder", "decoder"}:
         keys = list(genotype) if isinstance(genotype, dict) else type(genotype).__name__
         raise ValueError(f"{path} must hold {{'encoder': [[...]], 'decoder': [[...]]}}, got {keys}")
+    # The block as it stands (op names, names per layer), before any stacking: the message names the file.
+    defaults = RevDartsConfig()
+    for side, splits, ops in (
+        ("encoder", defaults.encoder_splits, ENCODER_OPS),
+        ("decoder", defaults.decoder_splits - 1, DECODER_OPS),
+    ):
+        layers = genotype[side]
+        try:
+            validate_genotype(layers, max(1, len(layers)) if isinstance(layers, list) else 1, splits, ops, side)
+        except ValueError as e:
+            raise ValueError(f"--genotype {path}: {e}") from e
     return genotype, folder
 
 
 def stack_genotype(layers: list[list[str]], depth: int | None, side: str) -> list[list[str]]:
     """Repeat a searched block of s layers to reach ``depth`` layers (the paper stacks its s=2 block)."""
+    if not layers:
+        raise ValueError(f"the genotype's {side} list is empty: it needs at least one layer of op names")
     if depth is None or depth == len(layers):
         return [list(x) for x in layers]
     if depth % len(layers):
@@ -341,6 +478,12 @@ def build_config(
     With ``tokenizer=None`` (before a tokenizer exists) the vocabulary and ids keep the config defaults: a
     script builds this once up front so that every size and search setting is checked before any work.
     """
+    positions = model_args.max_position_embeddings
+    if positions is not None and positions < max_length:
+        raise ValueError(
+            f"--max_position_embeddings {positions} < --max_length {max_length}: sentences of --max_length tokens "
+            "(and translations as long) would not fit the model"
+        )
     if genotype is None:
         genotype = standard_genotype(model_args.encoder_layers or 6, model_args.decoder_layers or 6)
     encoder = stack_genotype(genotype["encoder"], model_args.encoder_layers, "encoder")

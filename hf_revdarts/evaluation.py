@@ -7,6 +7,7 @@ cased detokenised (primary) and lowercased 13a (to compare with papers).
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
@@ -22,7 +23,7 @@ def load_model_folder(folder: str | os.PathLike) -> tuple[torch.nn.Module, Any]:
     """Model (in eval mode) and tokenizer of a saved folder, loaded with ``AutoModelForSeq2SeqLM`` /
     ``AutoTokenizer`` as a user would, with errors that say what is missing or broken."""
     from safetensors import safe_open
-    from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+    from transformers import AutoConfig, AutoModelForSeq2SeqLM, AutoTokenizer
 
     import hf_revdarts  # noqa: F401  (registers the revdarts model type)
 
@@ -41,7 +42,20 @@ def load_model_folder(folder: str | os.PathLike) -> tuple[torch.nn.Module, Any]:
                 list(f.keys())
     except Exception as e:  # safetensors raises its own error types for truncated/garbled headers
         raise ValueError(f"{folder}: the weights file is corrupt or truncated ({e})") from e
-    model = AutoModelForSeq2SeqLM.from_pretrained(folder)
+    # transformers names neither file when a value is wrong, and silently falls back to defaults when
+    # generation_config.json is unreadable: both are checked here so that the message names the file.
+    for name in ("config.json", "generation_config.json"):
+        path = folder / name
+        try:
+            if path.is_file():
+                json.loads(path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ValueError(f"{path} is not valid JSON ({e}): the file is damaged or truncated") from e
+    try:
+        config = AutoConfig.from_pretrained(folder)
+    except (ValueError, TypeError, KeyError) as e:
+        raise ValueError(f"{folder / 'config.json'}: {e}") from e
+    model = AutoModelForSeq2SeqLM.from_pretrained(folder, config=config)
     tokenizer = AutoTokenizer.from_pretrained(folder)
     if len(tokenizer) != model.config.vocab_size:
         raise ValueError(

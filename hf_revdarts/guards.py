@@ -58,13 +58,20 @@ class NonFiniteGuard:
         sync: sums a tensor over processes (e.g. ``lambda t: accelerator.reduce(t, reduction="sum")``).
             The loss is per process, so without it one rank could skip a step the others take; with it,
             every rank decides the same.
+        name: what the steps update, for the messages (e.g. "the search's α step").
     """
 
-    def __init__(self, max_skipped: int = 10, sync: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:
+    def __init__(
+        self,
+        max_skipped: int = 10,
+        sync: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        name: str = "training",
+    ) -> None:
         if not isinstance(max_skipped, int) or isinstance(max_skipped, bool) or max_skipped < 0:
             raise ValueError(f"max_skipped={max_skipped!r} must be an integer >= 0")
         self.max_skipped = max_skipped
         self.sync = sync
+        self.name = name
         self.skipped = 0
         self.skipped_steps: list[int] = []  # the last few, for the error message and the summary
         self.last_good_checkpoint: str | None = None
@@ -104,13 +111,13 @@ class NonFiniteGuard:
                 else "no checkpoint was saved before it (start again with a lower learning rate, or more warm-up)"
             )
             raise NonFiniteError(
-                f"training diverged: non-finite {what} at step {step} (loss={loss_v}, grad_norm={norm_v}); "
+                f"{self.name} diverged: non-finite {what} at step {step} (loss={loss_v}, grad_norm={norm_v}); "
                 f"{self.skipped} steps had NaN/inf, more than max_skipped={self.max_skipped} (skipped steps: "
                 f"{self.skipped_steps}); {where}"
             )
         logger.warning(
-            "step %d: non-finite %s (loss=%s, grad_norm=%s); optimizer step skipped (%d of at most %d)",
-            step, what, loss_v, norm_v, self.skipped, self.max_skipped,
+            "%s, step %d: non-finite %s (loss=%s, grad_norm=%s); optimizer step skipped (%d of at most %d)",
+            self.name, step, what, loss_v, norm_v, self.skipped, self.max_skipped,
         )
         return False
 

@@ -1,5 +1,5 @@
-"""What the search and training loops share: atomic files, resumable checkpoints, run set-up, one
-gradient-accumulation idiom, loss evaluation and a clean multi-process exit.
+"""What the search and training loops share: atomic files (from ``atomic``), resumable checkpoints, run
+set-up, non-finite guards, one gradient-accumulation idiom, loss evaluation and a clean multi-process exit.
 
 Every file or folder a run produces is written under a temporary name in the same folder and renamed into
 place, so a run killed at any moment leaves the previous version (or nothing), never half a file.
@@ -9,21 +9,32 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import shutil
 import sys
-import tempfile
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from .atomic import (
+    atomic_folder,
+    atomic_savefig,
+    atomic_write_json,
+    atomic_write_text,
+    give_umask_modes,
+    remove_stale_temporaries,
+)
+from .guards import NonFiniteError, NonFiniteGuard, finite_json_dumps, non_finite_tensors
+
 # transformers.get_inverse_sqrt_schedule starts at lr 0 (the first step would not train) and decays over a
 # separate timescale; ours reaches peak/warmup at step 1 and decays as sqrt(warmup/step). One definition,
 # beside the DARTS optimisers; re-exported here for the training loop.
 from .search.architect import inverse_sqrt_schedule
+
+logger = logging.getLogger(__name__)
 
 __all__ = [
     "TrainState",
@@ -33,12 +44,17 @@ __all__ = [
     "atomic_write_text",
     "backward_micro_batches",
     "batch_stream",
+    "check_finite_weights",
+    "check_output_dir",
     "evaluate_loss",
     "find_checkpoint",
+    "finite_or_none",
+    "guard_allows_step",
     "inverse_sqrt_schedule",
     "load_checkpoint",
     "load_split",
     "next_batches",
+    "non_finite_guard",
     "prepare_tokenizer",
     "remove_stale_temporaries",
     "run_steps",
@@ -51,77 +67,16 @@ __all__ = [
 Batch = dict[str, torch.Tensor]
 
 
-# ---------------------------------------------------------------- atomic files ------------------------------
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write via a temporary file in the same folder and ``os.replace``: readers see old or new, never half."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def atomic_write_json(path: str | os.PathLike, data: Any, indent: int | None = 1) -> None:
-    atomic_write_text(path, json.dumps(data, indent=indent, ensure_ascii=False) + "\n")
-
-
-def atomic_savefig(fig: Any, path: str | os.PathLike) -> None:
-    """``fig.savefig`` through a temporary file, then rename."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".png")
-    os.close(fd)
-    try:
-        fig.savefig(tmp, dpi=110, bbox_inches="tight")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-@contextmanager
-def atomic_folder(final: str | os.PathLike, overwrite: bool = True) -> Iterator[Path]:
-    """Yield a temporary sibling folder to fill; on success it replaces ``final`` in two renames.
-
-    On any error the temporary folder is removed and ``final`` is untouched. Between the two renames the
-    old version still exists under ``.old-<name>``, so even a kill there loses nothing.
-    """
-    final = Path(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    if final.exists() and not overwrite and any(final.iterdir()):
-        raise FileExistsError(f"{final} exists and is not empty; pass --overwrite to replace it")
-    tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".tmp-{final.name}-"))
-    try:
-        yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    old = final.with_name(f".old-{final.name}-{os.getpid()}")
-    if final.exists():
-        os.replace(final, old)
-    os.replace(tmp, final)
-    shutil.rmtree(old, ignore_errors=True)
-
-
-def remove_stale_temporaries(folder: str | os.PathLike) -> None:
-    """Drop ``.tmp-*`` leftovers of a run killed mid-write (the finished versions are untouched)."""
-    for stale in Path(folder).glob(".tmp-*"):
-        shutil.rmtree(stale, ignore_errors=True) if stale.is_dir() else stale.unlink(missing_ok=True)
-
-
 # ---------------------------------------------------------------- checkpoints -------------------------------
 class TrainState:
-    """Everything of a loop that a checkpoint must restore besides model/optimisers/scheduler/RNG."""
+    """Everything of a loop that a checkpoint must restore besides model/optimisers/scheduler/RNG.
 
-    def __init__(self, streams: dict[str, Any]) -> None:
+    ``guards`` are the run's ``NonFiniteGuard``s by name: a resumed run goes on counting skipped steps."""
+
+    def __init__(self, streams: dict[str, Any], guards: dict[str, NonFiniteGuard] | None = None) -> None:
         self.step = 0
         self.streams = streams
+        self.guards = guards or {}
         self.history: list[dict[str, Any]] = []
         self.stopped_early = False
         self.best: dict[str, Any] = {}
@@ -135,9 +90,19 @@ class TrainState:
             "stopped_early": self.stopped_early,
             "best": self.best,
             "train_seconds": self.train_seconds,
+            "non_finite": {k: g.state_dict() for k, g in self.guards.items()},
+            "examples": {k: len(s.examples) for k, s in self.streams.items() if hasattr(s, "examples")},
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        for k, n in state.get("examples", {}).items():
+            # Other data would silently give other batches: the resumed run would no longer be the same run.
+            now = len(getattr(self.streams.get(k), "examples", ()))
+            if k in self.streams and now != n:
+                raise ValueError(
+                    f"it was written with {n} {k} examples, this run has {now}: resume with the same --dataset, "
+                    "splits and --max_*_examples"
+                )
         self.step = int(state["step"])
         for k, s in self.streams.items():
             s.load_state_dict(state["streams"][k])
@@ -145,47 +110,147 @@ class TrainState:
         self.stopped_early = bool(state.get("stopped_early", False))
         self.best = dict(state.get("best", {}))
         self.train_seconds = float(state.get("train_seconds", 0.0))
+        for k, g in self.guards.items():
+            g.load_state_dict(state.get("non_finite", {}).get(k, {}))
+
+    def skipped_steps(self) -> dict[str, Any]:
+        """What the summary reports of the steps skipped for NaN/inf: counts and the last few step numbers."""
+        return {k: g.state_dict() for k, g in self.guards.items()}
 
 
-def find_checkpoint(output_dir: str | os.PathLike, spec: str) -> Path:
-    """``latest`` (the newest complete ``checkpoint-*`` in output_dir) or an explicit checkpoint folder."""
+def non_finite_guard(accelerator: Any, max_skipped: int, name: str) -> NonFiniteGuard:
+    """A ``NonFiniteGuard`` whose decision is the same on every process (a NaN anywhere skips the step)."""
+    sync = (lambda t: accelerator.reduce(t, reduction="sum")) if accelerator.num_processes > 1 else None
+    return NonFiniteGuard(max_skipped, sync=sync, name=name)
+
+
+def guard_allows_step(
+    accelerator: Any, guard: NonFiniteGuard, step: int, loss: float, grad_norm: Any, parameters: Any
+) -> bool:
+    """Whether to call ``optimizer.step()``: the guard's decision on the loss and the gradient norm (the one
+    ``clip_grad_norm_`` returned, else computed from ``parameters``). Under fp16 the grad scaler skips
+    overflowing steps itself and lowers its scale, so only the loss is checked there."""
+    if getattr(accelerator, "scaler", None) is not None:
+        return guard.check(step, loss, grad_norm=0.0)
+    return guard.check(step, loss, grad_norm=grad_norm, parameters=parameters)
+
+
+def finite_or_none(value: float, what: str, step: int) -> float | None:
+    """``value``, or ``None`` (JSON null) with a warning when it is NaN/inf: a metric the JSON can hold."""
+    if math.isfinite(value):
+        return value
+    logger.warning("step %d: %s is %s (the weights are finite, the model's outputs overflow)", step, what, value)
+    return None
+
+
+def check_output_dir(output_dir: str | os.PathLike, overwrite: bool, resume: str | None) -> None:
+    """Refuse to mix two runs in one folder: a non-empty ``--output_dir`` needs ``--overwrite_output_dir``
+    (it is then cleared by ``start_run``) or ``--resume_from_checkpoint`` (transformers' Trainer convention)."""
+    output_dir = Path(output_dir)
+    if output_dir.exists() and not output_dir.is_dir():
+        raise NotADirectoryError(f"--output_dir {output_dir} is a file, not a folder")
+    if resume or overwrite or not output_dir.is_dir():
+        return
+    entries = sorted(p.name for p in output_dir.iterdir())
+    if entries:
+        shown = ", ".join(entries[:6]) + (", ..." if len(entries) > 6 else "")
+        raise FileExistsError(
+            f"--output_dir {output_dir} is not empty (it holds {shown}): a new run there would mix with the old one. "
+            "Pass --resume_from_checkpoint latest to continue that run, --overwrite_output_dir to delete it and "
+            "start again, or give another --output_dir"
+        )
+
+
+def find_checkpoint(output_dir: str | os.PathLike, spec: str, max_steps: int | None = None) -> Path:
+    """``latest`` (the newest complete ``checkpoint-*`` in output_dir) or an explicit checkpoint folder, with
+    every file of it checked (``verify_checkpoint``) before any work, and its step not past ``max_steps``."""
+    from .integrity import verify_checkpoint
+
     if spec != "latest":
         path = Path(spec)
         if not (path / "train_state.json").is_file():
             raise FileNotFoundError(f"{spec} is not a complete checkpoint folder (no train_state.json)")
-        return path
-    found = [c for c in sorted(Path(output_dir).glob("checkpoint-*")) if (c / "train_state.json").is_file()]
-    if not found:
-        raise FileNotFoundError(f"--resume_from_checkpoint latest: no checkpoint-* folder in {output_dir}")
-    return found[-1]
+    else:
+        found = [c for c in sorted(Path(output_dir).glob("checkpoint-*")) if (c / "train_state.json").is_file()]
+        if not found:
+            raise FileNotFoundError(f"--resume_from_checkpoint latest: no checkpoint-* folder in {output_dir}")
+        path = found[-1]
+    verify_checkpoint(path)
+    step = json.loads((path / "train_state.json").read_text(encoding="utf-8")).get("step")
+    if max_steps is not None and isinstance(step, int) and step > max_steps:
+        raise ValueError(
+            f"{path} is at step {step}, past --max_steps {max_steps}: give the run's --max_steps (or more) to resume it"
+        )
+    return path
 
 
-def save_checkpoint(accelerator: Any, output_dir: str | os.PathLike, state: TrainState, limit: int) -> None:
-    """``save_state`` into a temporary folder, then rename: a kill mid-save leaves only a .tmp folder behind."""
+class _SharedTensorNote(logging.Filter):
+    # safetensors cannot hold one tensor twice, so accelerate drops the tied copies (lm_head = embedding, the
+    # α of tied layers) and says so at every checkpoint; load_state ties them again.
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Removed shared tensor" not in record.getMessage()
+
+
+logging.getLogger("accelerate.utils.other").addFilter(_SharedTensorNote())
+
+
+def save_checkpoint(accelerator: Any, output_dir: str | os.PathLike, state: TrainState, limit: int) -> Path:
+    """``save_state`` (safetensors) into a temporary folder, then rename: a kill mid-save leaves only a .tmp
+    folder behind. Returns the checkpoint folder."""
     output_dir = Path(output_dir)
     final = output_dir / f"checkpoint-{state.step:06d}"
     tmp = output_dir / f".tmp-checkpoint-{state.step:06d}"
     if accelerator.is_main_process and tmp.exists():
         shutil.rmtree(tmp)
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp), safe_serialization=False)
+    accelerator.save_state(str(tmp), safe_serialization=True)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         # The loop state is written last: its presence marks a complete checkpoint.
-        (tmp / "train_state.json").write_text(json.dumps(state.state_dict()))
+        (tmp / "train_state.json").write_text(finite_json_dumps(state.state_dict(), where=str(tmp / "train_state.json")))
+        give_umask_modes(tmp)  # safetensors writes 0600: a colleague could not resume from it
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
         for old in sorted(output_dir.glob("checkpoint-*"))[:-limit] if limit > 0 else []:
             shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()
+    for guard in state.guards.values():
+        guard.last_good_checkpoint = str(final)
+    return final
 
 
 def load_checkpoint(accelerator: Any, state: TrainState, path: Path, logger: Any) -> None:
-    """Restore model, optimisers, registered scheduler, RNG (``load_state``) and the loop state."""
-    accelerator.load_state(str(path))
-    state.load_state_dict(json.loads((path / "train_state.json").read_text()))
+    """Restore model, optimisers, registered scheduler, RNG (``load_state``) and the loop state; a damaged or
+    foreign checkpoint is a ``CheckpointError`` naming the file and the previous checkpoint."""
+    from .integrity import CheckpointError, load_state_checked
+
+    load_state_checked(accelerator, path)
+    state_file = path / "train_state.json"
+    try:
+        state.load_state_dict(json.loads(state_file.read_text(encoding="utf-8")))
+    except ValueError as e:
+        raise CheckpointError(f"cannot resume from {state_file}: {e}") from e
+    except (KeyError, TypeError, AttributeError) as e:
+        raise CheckpointError(
+            f"cannot resume from {state_file}: it does not hold the loop state of this run ({type(e).__name__}: {e})"
+        ) from e
+    for guard in state.guards.values():
+        guard.last_good_checkpoint = str(path)
     logger.info(f"resumed from {path} at step {state.step}", main_process_only=True)
+
+
+def check_finite_weights(model: Any, state: TrainState) -> None:
+    """Raise ``NonFiniteError`` when the weights hold NaN/inf, before they are evaluated, kept as best or
+    checkpointed (a NaN checkpoint would also push the good ones out of ``--checkpoints_total_limit``)."""
+    bad = non_finite_tensors(model)
+    if bad:
+        last = next((g.last_good_checkpoint for g in state.guards.values() if g.last_good_checkpoint), None)
+        raise NonFiniteError(
+            f"step {state.step}: {len(bad)} weight tensors hold NaN/inf ({', '.join(bad[:5])}); nothing of this state "
+            f"is saved. The last good checkpoint is {last or 'none (no checkpoint was saved)'}: resume from it "
+            "with a lower learning rate or more warm-up"
+        )
 
 
 # ---------------------------------------------------------------- run set-up --------------------------------
@@ -195,10 +260,11 @@ def start_run(
     num_threads: int = 0,
     mixed_precision: str | None = None,
     gradient_accumulation_steps: int = 1,
+    overwrite_output_dir: bool = False,
 ) -> Any:
     """The ``Accelerator`` of a search or training run (TensorBoard logs in ``output_dir/logs``), with torch
     threads set (0: the machine's cores shared by the processes), the seed set, and ``output_dir`` created
-    and cleared of a killed run's temporaries."""
+    (emptied first with ``overwrite_output_dir``) and cleared of a killed run's temporaries."""
     from accelerate import Accelerator
     from accelerate.utils import ProjectConfiguration, set_seed
 
@@ -211,6 +277,9 @@ def start_run(
     torch.set_num_threads(num_threads or max(1, (os.cpu_count() or 1) // accelerator.num_processes))
     set_seed(seed)
     if accelerator.is_main_process:
+        if overwrite_output_dir and output_dir.is_dir() and any(output_dir.iterdir()):
+            logger.warning("--overwrite_output_dir: deleting the previous run in %s", output_dir)
+            shutil.rmtree(output_dir)
         output_dir.mkdir(parents=True, exist_ok=True)
         remove_stale_temporaries(output_dir)
     accelerator.wait_for_everyone()
@@ -218,27 +287,30 @@ def start_run(
 
 
 def prepare_tokenizer(
-    accelerator: Any, folder: Path, source: Path | None, texts: Sequence[str], vocab_size: int
+    accelerator: Any,
+    folder: Path,
+    source: Path | None,
+    texts: Sequence[str],
+    vocab_size: int,
+    resumed_from: Path | None = None,
 ) -> Any:
     """The run's tokenizer, kept in ``folder`` so that a resumed run sees the same ids.
 
-    The main process writes it once: copied from ``source`` (a tokenizer folder) when given, else a BPE
-    trained on ``texts``. Every process then loads it from ``folder``.
+    The main process writes it once: copied from the resumed checkpoint's run (``resumed_from``, a checkpoint
+    of another output folder: its model knows those ids only), else from ``source`` (a tokenizer folder) when
+    given, else a BPE trained on ``texts``. Every process then loads it from ``folder``.
     """
-    from transformers import PreTrainedTokenizerFast
-
     from .data import get_tokenizer
-    from .tokenization import save_tokenizer
+    from .tokenization import load_tokenizer, save_tokenizer
 
+    if resumed_from is not None and (resumed_from.parent / "tokenizer" / "tokenizer.json").is_file():
+        source = resumed_from.parent / "tokenizer"
     if accelerator.is_main_process and not (folder / "tokenizer.json").is_file():
-        if source is not None:
-            tokenizer = PreTrainedTokenizerFast.from_pretrained(str(source))
-        else:
-            tokenizer = get_tokenizer(texts, vocab_size)
+        tokenizer = load_tokenizer(source) if source is not None else get_tokenizer(texts, vocab_size)
         with atomic_folder(folder) as tmp:
             save_tokenizer(tokenizer, tmp)
     accelerator.wait_for_everyone()
-    return PreTrainedTokenizerFast.from_pretrained(str(folder))
+    return load_tokenizer(folder)
 
 
 def load_split(dataset_args: Any, split: str, max_examples: int | None) -> tuple[list[str], list[str]]:
@@ -305,11 +377,13 @@ def run_steps(
     step: Callable[[], dict[str, float]],
     evaluate: Callable[[], bool],
     desc: str,
+    model: Any = None,
 ) -> None:
     """The loop of a search or training run: ``step()`` (which advances ``state.step`` and returns what to
     log; it may set ``state.stopped_early``) until ``--max_steps`` or an early stop; ``evaluate()`` (True asks
     to stop) every ``--eval_every`` steps, at the end and on a stop; a checkpoint every ``--save_every``
-    steps, at the end and on a stop."""
+    steps, at the end and on a stop. With ``model``, its weights are checked for NaN/inf before each
+    evaluation and checkpoint (``check_finite_weights``)."""
     from tqdm.auto import tqdm
 
     last = run_args.max_steps  # None: until step() stops the run (train.py's time budget)
@@ -319,9 +393,13 @@ def run_steps(
         bar.update(1)
         bar.set_postfix({k: f"{v:.4g}" for k, v in logs.items() if k != "lr"})
         accelerator.log(logs, step=state.step)
-        if state.step % run_args.eval_every == 0 or state.step == last or state.stopped_early:
+        evaluating = state.step % run_args.eval_every == 0 or state.step == last or state.stopped_early
+        saving = state.step % run_args.save_every == 0 or state.step == last or state.stopped_early
+        if model is not None and (evaluating or saving):
+            check_finite_weights(model, state)
+        if evaluating:
             state.stopped_early = evaluate() or state.stopped_early
-        if state.step % run_args.save_every == 0 or state.step == last or state.stopped_early:
+        if saving or state.stopped_early:
             save_checkpoint(accelerator, output_dir, state, run_args.checkpoints_total_limit)
     bar.close()
 

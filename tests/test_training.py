@@ -84,8 +84,11 @@ def test_resume_reaches_the_uninterrupted_weights(trained, data, tmp_path):
     shutil.copytree(trained / "tokenizer", resumed / "tokenizer")
     _train(data, resumed, "--max_steps", "6", "--eval_every", "3", "--save_every", "3", "--genotype", "standard",
            "--encoder_layers", "2", "--decoder_layers", "2", *RECIPE, "--resume_from_checkpoint", "latest")
-    a = torch.load(trained / "checkpoint-000006" / "pytorch_model.bin")
-    b = torch.load(resumed / "checkpoint-000006" / "pytorch_model.bin")
+    from safetensors.torch import load_file
+
+    assert not list(trained.glob("checkpoint-*/pytorch_model.bin")), "checkpoints hold safetensors, not pickle"
+    a = load_file(trained / "checkpoint-000006" / "model.safetensors")
+    b = load_file(resumed / "checkpoint-000006" / "model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 

@@ -23,6 +23,7 @@ import torch
 
 from hf_revdarts.arguments import DatasetArguments, parse_args
 from hf_revdarts.evaluation import evaluate_translation, load_model_folder
+from hf_revdarts.integrity import fingerprint_model_folder
 from hf_revdarts.training_utils import atomic_write_json, load_split
 
 
@@ -40,11 +41,31 @@ class EvaluateArguments:
     output: str | None = field(default=None, metadata={"help": "JSON results file (default: <model>/eval_<split>.json)"})
     num_threads: int = field(default=0, metadata={"help": "torch threads (0: torch's default)"})
 
+    def __post_init__(self) -> None:
+        # Checked before any data is read or any model loaded (generate and sacreBLEU fail deep inside otherwise).
+        for name in ("num_beams", "max_new_tokens", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name} must be >= 1, got {getattr(self, name)}")
+        if self.max_examples is not None and self.max_examples < 1:
+            raise ValueError(f"--max_examples must be >= 1 (or left out for all), got {self.max_examples}")
+        if self.num_threads < 0:
+            raise ValueError(f"--num_threads must be >= 0, got {self.num_threads}")
+        if not (Path(self.model) / "config.json").is_file():
+            what = "does not exist" if not Path(self.model).exists() else "is not a model folder (no config.json)"
+            raise FileNotFoundError(f"--model {self.model} {what}")
+        if self.output is not None and Path(self.output).is_dir():
+            raise IsADirectoryError(f"--output {self.output} is a folder; give the path of the JSON file to write")
 
-def write_results(data: DatasetArguments, args: EvaluateArguments, scores: dict[str, Any]) -> None:
-    """The scores with what was evaluated (model, data, split), as JSON; a summary on stdout."""
+
+def write_results(
+    data: DatasetArguments, args: EvaluateArguments, scores: dict[str, Any], fingerprint: dict[str, Any]
+) -> None:
+    """The scores with what was evaluated (model and its fingerprint, data, split), as JSON; a summary on stdout.
+    The fingerprint (sha256 of weights and tokenizer, and the genotype) lets publish.py refuse these scores
+    for any other model."""
     results = {
         "model": str(args.model),
+        "fingerprint": fingerprint,
         "dataset": str(data.dataset),
         "dataset_config": data.dataset_config,
         "split": args.split,
@@ -53,6 +74,7 @@ def write_results(data: DatasetArguments, args: EvaluateArguments, scores: dict[
         **scores,
     }
     output = Path(args.output) if args.output else Path(args.model) / f"eval_{args.split}.json"
+    output.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_json(output, results)
     print(f"BLEU = {scores['bleu']:.2f}  ({scores['bleu_signature']})")
     print(f"BLEU lowercased = {scores['bleu_lowercase']:.2f}  ({scores['bleu_lowercase_signature']})")
@@ -68,11 +90,12 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.num_threads)
     sources, references = load_split(data, args.split, args.max_examples)
     model, tokenizer = load_model_folder(args.model)
+    fingerprint = fingerprint_model_folder(args.model)  # before translating: what is evaluated, not what is there later
     scores = evaluate_translation(
         model, tokenizer, sources, references, num_beams=args.num_beams, max_new_tokens=args.max_new_tokens,
         batch_size=args.batch_size, progress=True, length_penalty=args.length_penalty,
     )
-    write_results(data, args, scores)
+    write_results(data, args, scores, fingerprint)
     return 0
 
 

@@ -38,6 +38,11 @@ class MainJobArguments:
     search_steps: int = field(default=120, metadata={"help": "steps of the search"})
     train_steps: int = field(default=1200, metadata={"help": "steps of the derived model's training"})
 
+    def __post_init__(self) -> None:
+        for name in ("search_steps", "train_steps"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name} must be >= 1, got {getattr(self, name)}")
+
 
 def run(step: str, script: str, *args: str) -> None:
     print(f"\n=== {step}: {script} {' '.join(args)}", flush=True)
@@ -60,10 +65,11 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.output_dir)
     search_dir, train_dir, published = out / "search", out / "train", out / "published"
     data = ["--dataset", args.dataset, "--src_lang", args.src_lang, "--tgt_lang", args.tgt_lang]
+    # Each run of the main job starts its steps afresh (--overwrite_output_dir clears a previous run's folders).
     run("search", "search.py", str(CONFIGS / "sample-en-de-search.yaml"), *data, "--output_dir", str(search_dir),
-        "--max_steps", str(args.search_steps))
+        "--max_steps", str(args.search_steps), "--overwrite_output_dir")
     run("train", "train.py", str(CONFIGS / "sample-en-de-train.yaml"), *data, "--genotype", str(search_dir),
-        "--output_dir", str(train_dir), "--max_steps", str(args.train_steps))
+        "--output_dir", str(train_dir), "--max_steps", str(args.train_steps), "--overwrite_output_dir")
     run("evaluate", "evaluate.py", *data, "--model", str(train_dir / "best"), "--split", "test",
         "--output", str(train_dir / "eval_test.json"))
     run("publish", "publish.py", "--model", str(train_dir / "best"), "--eval_results", str(train_dir / "eval_test.json"),

@@ -23,12 +23,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from huggingface_hub import HfApi
+
 from hf_revdarts.arguments import parse_args
 from hf_revdarts.data import load_parallel_text
 from hf_revdarts.evaluation import load_model_folder, translate
+from hf_revdarts.guards import assert_finite_state
+from hf_revdarts.integrity import check_fingerprint, fingerprint_model_folder
 from hf_revdarts.search.visualize import plot_genotype
 from hf_revdarts.tokenization import save_tokenizer
-from hf_revdarts.training_utils import atomic_folder, atomic_write_json
+from hf_revdarts.training_utils import atomic_folder, atomic_write_json, remove_stale_temporaries
 
 logger = logging.getLogger("revdarts.publish")
 TEMPLATE = Path(__file__).resolve().parents[1] / "model_cards" / "template.md"
@@ -56,15 +60,35 @@ class PublishArguments:
     def __post_init__(self) -> None:
         if self.push_to_hub and not self.hub_model_id:
             raise ValueError("--push_to_hub needs --hub_model_id (e.g. your-name/revdarts-en-de)")
+        if self.hub_model_id is not None:
+            from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+            try:
+                validate_repo_id(self.hub_model_id)
+            except HFValidationError as e:
+                raise ValueError(f"--hub_model_id {self.hub_model_id!r} is not a Hub repository id: {e}") from None
+        if not (Path(self.model) / "config.json").is_file():
+            what = "does not exist" if not Path(self.model).exists() else "is not a model folder (no config.json)"
+            raise FileNotFoundError(f"--model {self.model} {what}")
+        for flag, path in (("eval_results", self.eval_results), ("train_summary", self.train_summary)):
+            if path is not None and not Path(path).is_file():
+                raise FileNotFoundError(f"--{flag} {path} does not exist")
+        if self.search_dir is not None and not Path(self.search_dir).is_dir():
+            raise FileNotFoundError(f"--search_dir {self.search_dir} is not a folder")
+        if Path(self.output_dir).resolve() in (Path(self.model).resolve(), *Path(self.model).resolve().parents):
+            raise ValueError(f"--output_dir {self.output_dir} would replace the folder of --model {self.model}")
 
 
 def _read_json(path: Path, what: str) -> dict[str, Any]:
     if not path.is_file():
         raise FileNotFoundError(f"{what} {path} does not exist")
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ValueError(f"{what} {path} is not valid JSON: {e}") from e
+    if not isinstance(data, dict):
+        raise ValueError(f"{what} {path} must hold a JSON object, got {type(data).__name__}")
+    return data
 
 
 def _genotype_rows(genotype: list[list[str]]) -> str:
@@ -150,18 +174,29 @@ def build_card(model: Any, results: dict[str, Any], args: PublishArguments, extr
 
 
 def read_inputs(args: PublishArguments) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
-    """(evaluation results, train summary or {}, search summary or {}); checks before any work."""
+    """(evaluation results, train summary or {}, search summary or {}); checks before any work: the results
+    must have been made with this very model folder (``check_fingerprint``)."""
     out = Path(args.output_dir)
+    remove_stale_temporaries(out.parent, out.name)  # what a publish killed mid-write left (or the old folder)
     if out.exists() and any(out.iterdir()) and not args.overwrite:
         raise FileExistsError(f"{out} exists and is not empty; pass --overwrite to replace it")
     results = _read_json(Path(args.eval_results), "--eval_results")
     for key in EVAL_KEYS:
         if key not in results:
             raise ValueError(f"--eval_results {args.eval_results} lacks {key!r}; write it with training/evaluate.py")
+    check_fingerprint(args.model, results.get("fingerprint"), what=f"the results in --eval_results {args.eval_results}")
     train_path = Path(args.train_summary) if args.train_summary else Path(args.model).parent / "train_summary.json"
     train = _read_json(train_path, "--train_summary") if train_path.is_file() else {}
     search_path = Path(args.search_dir) / "search_summary.json" if args.search_dir else None
-    search = _read_json(search_path, "search summary") if search_path and search_path.is_file() else {}
+    if search_path is not None and not search_path.is_file():
+        raise FileNotFoundError(f"--search_dir {args.search_dir} has no search_summary.json (did the search finish?)")
+    search = _read_json(search_path, "search summary") if search_path else {}
+    for path, summary, keys in ((train_path, train, ("steps", "train_seconds")),
+                                (search_path, search, ("steps", "seconds", "processes", "val_loss_first", "val_loss_last"))):
+        missing = [k for k in keys if summary and summary.get(k) is None]
+        if missing:
+            reason = f" (the run failed: {summary['error']})" if "error" in summary else ""
+            raise ValueError(f"{path} has no {', '.join(missing)}{reason}")
     return results, train, search
 
 
@@ -205,16 +240,24 @@ def write_folder(model: Any, tokenizer: Any, card: Any, results: dict[str, Any],
         card.save(str(tmp / "README.md"))
         # Names, not the local paths evaluate.py recorded: the folder is meant to be shared.
         scores = {k: v for k, v in results.items() if k != "hypotheses"}
-        atomic_write_json(tmp / "eval_results.json", {**scores, "model": name, "dataset": dataset_name})
+        # The fingerprint of the weights and tokenizer as published, so the scores stay tied to this folder.
+        atomic_write_json(tmp / "eval_results.json", {**scores, "model": name, "dataset": dataset_name,
+                                                      "fingerprint": fingerprint_model_folder(tmp)})
     logger.info(f"published {args.output_dir}")
 
 
-def push(args: PublishArguments) -> None:
-    from huggingface_hub import HfApi
-
+def push(args: PublishArguments, results: dict[str, Any]) -> None:
+    """Upload the written folder; a failed upload leaves it in place and says how to retry."""
     api = HfApi()
-    api.create_repo(args.hub_model_id, private=args.private, exist_ok=True)
-    api.upload_folder(folder_path=str(args.output_dir), repo_id=args.hub_model_id, commit_message="Upload RevDarts model")
+    message = f"Upload RevDarts model (BLEU {results['bleu']:.2f} on {results['split']})"
+    try:
+        api.create_repo(args.hub_model_id, private=args.private, exist_ok=True)
+        api.upload_folder(folder_path=str(args.output_dir), repo_id=args.hub_model_id, commit_message=message)
+    except Exception as e:  # noqa: BLE001 - network, authentication, permissions: re-raised with what to do
+        raise RuntimeError(
+            f"{args.output_dir} was written, but pushing it to {args.hub_model_id} failed ({type(e).__name__}: {e}); "
+            f"retry with `hf upload {args.hub_model_id} {args.output_dir}` once that is fixed"
+        ) from e
     logger.info(f"pushed to https://huggingface.co/{args.hub_model_id}")
 
 
@@ -223,10 +266,11 @@ def main(argv: list[str] | None = None) -> int:
     (args,) = parse_args((PublishArguments,), argv, description=__doc__)
     results, train, search = read_inputs(args)
     model, tokenizer = load_model_folder(args.model)
+    assert_finite_state(model, "published model")
     extra = card_extras(model, tokenizer, results, args, train, search)
     write_folder(model, tokenizer, build_card(model, results, args, extra), results, args)
     if args.push_to_hub:
-        push(args)
+        push(args, results)
     print(json.dumps({"published": str(args.output_dir), "bleu": results["bleu"],
                       "example": [extra["example_source"], extra["example_translation"]]}))
     return 0

@@ -42,22 +42,28 @@ from hf_revdarts.arguments import (
     loggable_arguments,
     parse_args,
 )
+from hf_revdarts.guards import NonFiniteError
 from hf_revdarts.search import Architect, CollapseGuard, RevDartsSupernet, validate_search_space
 from hf_revdarts.search.architect import arch_lr_for_steps, make_arch_optimizer, make_weight_optimizer
 from hf_revdarts.search.selection import select_genotype
 from hf_revdarts.search.visualize import plot_decisiveness, plot_genotype, plot_heatmap
+from hf_revdarts.tokenization import load_tokenizer
 from hf_revdarts.training_utils import (
     TrainState,
     atomic_folder,
     atomic_write_json,
     backward_micro_batches,
     batch_stream,
+    check_output_dir,
     evaluate_loss,
     find_checkpoint,
+    finite_or_none,
+    guard_allows_step,
     inverse_sqrt_schedule,
     load_checkpoint,
     load_split,
     next_batches,
+    non_finite_guard,
     prepare_tokenizer,
     run_steps,
     shutdown,
@@ -117,7 +123,21 @@ def parse_search_args(argv: list[str] | None = None) -> SearchArgs:
 
 # ---------------------------------------------------------------- set-up ------------------------------------
 def check_inputs(args: SearchArgs) -> tuple[Texts, Path | None]:
-    """Every input check before any work: search space, sizes, data, the checkpoint to resume."""
+    """Every input check before any work: output folder, search space, sizes, data, the checkpoint to resume."""
+    run = args.run
+    check_output_dir(run.output_dir, run.overwrite_output_dir, run.resume_from_checkpoint)
+    if args.search.arch_start_step >= run.max_steps:
+        raise ValueError(
+            f"--arch_start_step {args.search.arch_start_step} >= --max_steps {run.max_steps}: α would never be "
+            "updated and genotype.json would be the argmax of its random initialisation"
+        )
+    if args.data.tokenizer:
+        load_tokenizer(args.data.tokenizer)  # names a damaged tokenizer file now, not after the run has started
+    if args.search.arch_split is not None and args.search.arch_split == args.data.train_split:
+        raise ValueError(
+            f"--arch_split {args.search.arch_split} is the training split: α would be fit on the data θ trains on "
+            "(DARTS holds it out); give another split, or leave it out to hold out part of the training split"
+        )
     validate_search_space(args.search.encoder_ops, "encoder")
     validate_search_space(args.search.decoder_ops, "decoder")
     build_config(args.model, None, args.data.max_length, search_args=args.search)
@@ -134,16 +154,17 @@ def check_inputs(args: SearchArgs) -> tuple[Texts, Path | None]:
     texts = Texts(train, arch, load_split(args.dataset, args.data.eval_split, args.data.max_eval_examples))
     output_dir = Path(args.run.output_dir)
     resume = args.run.resume_from_checkpoint
-    return texts, find_checkpoint(output_dir, resume) if resume else None
+    return texts, find_checkpoint(output_dir, resume, run.max_steps) if resume else None
 
 
 def setup(args: SearchArgs, texts: Texts, resume_path: Path | None) -> Search:
     """Accelerator, tokenizer (trained once, kept for resume), batch streams, supernet, optimisers, architect."""
     run, output_dir = args.run, Path(args.run.output_dir)
-    accelerator = start_run(output_dir, run.seed, run.num_threads, run.mixed_precision, run.gradient_accumulation_steps)
+    accelerator = start_run(output_dir, run.seed, run.num_threads, run.mixed_precision, run.gradient_accumulation_steps,
+                            run.overwrite_output_dir)
     tokenizer = prepare_tokenizer(
         accelerator, output_dir / "tokenizer", Path(args.data.tokenizer) if args.data.tokenizer else None,
-        texts.train[0] + texts.train[1] + texts.arch[0] + texts.arch[1], args.data.vocab_size,
+        texts.train[0] + texts.train[1] + texts.arch[0] + texts.arch[1], args.data.vocab_size, resume_path,
     )
     streams = {
         "train": batch_stream(tokenizer, texts.train, args.data, run.seed, accelerator),
@@ -160,7 +181,11 @@ def setup(args: SearchArgs, texts: Texts, resume_path: Path | None) -> Search:
     # make the schedule depend on the process count. Registered for checkpointing instead.
     scheduler = inverse_sqrt_schedule(w_opt, run.warmup_steps)
     model, w_opt, a_opt = accelerator.prepare(supernet, w_opt, a_opt)
-    state = TrainState(streams)
+    guards = {
+        "weights": non_finite_guard(accelerator, run.max_non_finite_steps, "the search's weight (θ) step"),
+        "arch": non_finite_guard(accelerator, run.max_non_finite_steps, "the search's architecture (α) step"),
+    }
+    state = TrainState(streams, guards)
     accelerator.register_for_checkpointing(scheduler)
     world = accelerator.num_processes
     architect = Architect(
@@ -197,26 +222,35 @@ def arch_lr(args: SearchArgs) -> float:
 
 # ---------------------------------------------------------------- the loop ----------------------------------
 def search_step(s: Search) -> dict[str, float]:
-    """One DARTS step: α on held-out batches (from step --arch_start_step on), then θ on training batches."""
-    accum, device = s.args.run.gradient_accumulation_steps, s.accelerator.device
+    """One DARTS step: α on held-out batches (from step --arch_start_step on), then θ on training batches.
+    A step whose loss or gradients are NaN/inf is skipped (α and θ each have their ``NonFiniteGuard``)."""
+    accum, device, step = s.args.run.gradient_accumulation_steps, s.accelerator.device, s.state.step + 1
     lr = s.scheduler.get_last_lr()[0]
     train_batches = next_batches(s.state.streams["train"], accum, device)
-    arch_loss = float("nan")
-    if s.state.step >= s.args.search.arch_start_step:
+    logs: dict[str, float] = {}
+    if s.state.step >= s.args.search.arch_start_step:  # before that, no α loss to show (not a NaN placeholder)
         arch_batches = next_batches(s.state.streams["arch"], accum, device)
+        alphas = s.supernet.arch_parameters()
+
+        def allow(loss: float) -> bool:
+            return guard_allows_step(s.accelerator, s.state.guards["arch"], step, loss, None, alphas)
+
         with s.accelerator.autocast():
-            arch_loss = s.architect.step(arch_batches, train_batches, unrolled_lr=lr)
+            logs["arch_loss"] = s.architect.step(arch_batches, train_batches, unrolled_lr=lr, allow_step=allow)
     s.weight_optimizer.zero_grad(set_to_none=True)
     s.arch_optimizer.zero_grad(set_to_none=True)
     train_loss, _ = backward_micro_batches(s.accelerator, s.model, train_batches)
+    norm = None
     if s.args.run.max_grad_norm > 0:
-        s.accelerator.clip_grad_norm_(s.supernet.weight_parameters(), s.args.run.max_grad_norm)
-    s.weight_optimizer.step()
+        norm = s.accelerator.clip_grad_norm_(s.supernet.weight_parameters(), s.args.run.max_grad_norm)
+    if guard_allows_step(s.accelerator, s.state.guards["weights"], step, train_loss, norm,
+                         s.supernet.weight_parameters()):
+        s.weight_optimizer.step()
     s.scheduler.step()
     s.weight_optimizer.zero_grad(set_to_none=True)
     s.arch_optimizer.zero_grad(set_to_none=True)  # the θ backward also reached α; α moves only on held-out data
     s.state.step += 1
-    return {"train_loss": train_loss, "arch_loss": arch_loss, "lr": lr}
+    return {"train_loss": train_loss, **logs, "lr": lr}
 
 
 def search_loop(s: Search) -> None:
@@ -224,7 +258,8 @@ def search_loop(s: Search) -> None:
     if s.state.step == 0 and not s.state.history:
         evaluate(s)  # the starting point of the α history
     s.model.train()
-    run_steps(s.accelerator, s.state, s.args.run, s.output_dir, lambda: search_step(s), lambda: evaluate(s), "search")
+    run_steps(s.accelerator, s.state, s.args.run, s.output_dir, lambda: search_step(s), lambda: evaluate(s), "search",
+              model=s.supernet)
 
 
 # ---------------------------------------------------------------- evaluation --------------------------------
@@ -234,13 +269,16 @@ def mean_entropy(supernet: RevDartsSupernet) -> float:
     vals = []
     for a in supernet.arch_parameters():
         p = torch.softmax(a.float(), -1)
+        if len(p) < 2:  # a one-op search space is decided from the start (and log(1) = 0 would divide by 0)
+            vals.append(0.0)
+            continue
         vals.append(float(-(p * p.clamp_min(1e-12).log()).sum() / math.log(len(p))))
     return sum(vals) / len(vals)
 
 
 def evaluate(s: Search) -> bool:
     """Validation loss and an α snapshot into the history (and the running outputs); True asks to stop."""
-    val_loss = evaluate_loss(s.model, s.accelerator, s.eval_batches)
+    val_loss = finite_or_none(evaluate_loss(s.model, s.accelerator, s.eval_batches), "the validation loss", s.state.step)
     stats, stop = s.guard.check(s.supernet, s.state.step)
     snapshot = {
         "step": s.state.step,
@@ -253,10 +291,8 @@ def evaluate(s: Search) -> bool:
         "entropy": mean_entropy(s.supernet),
     }
     s.state.history.append(snapshot)
-    s.accelerator.log(
-        {"val_loss": val_loss, "alpha_entropy": snapshot["entropy"], "param_free_share": stats["param_free_share"]},
-        step=s.state.step,
-    )
+    logged = {"val_loss": val_loss, "alpha_entropy": snapshot["entropy"], "param_free_share": stats["param_free_share"]}
+    s.accelerator.log({k: v for k, v in logged.items() if v is not None}, step=s.state.step)
     if s.accelerator.is_main_process:
         write_outputs(s, final=False)
     return stop
@@ -314,6 +350,7 @@ def write_final_outputs(s: Search) -> None:
         "selection": s.args.search.selection,
         "genotype": genotype,
         "genotypes": {method: sel["genotype"] for method, sel in selections.items()},
+        "non_finite_steps_skipped": s.state.skipped_steps(),
     }
     atomic_write_json(s.output_dir / "search_summary.json", summary)
     print(json.dumps(summary))
@@ -329,12 +366,30 @@ def select(s: Search) -> dict[str, dict[str, Any]]:
     return selections
 
 
+def write_failure_summary(s: Search, error: str) -> None:
+    """search_summary.json of a search stopped by NaN/inf: how far it got and why (no genotype is derived
+    from it; genotype.json and alpha_history.json hold the last evaluation with finite α)."""
+    if s.accelerator.is_main_process:
+        summary = {
+            "steps": s.state.step,
+            "processes": s.accelerator.num_processes,
+            "seconds": time.time() - s.start,
+            "non_finite_steps_skipped": s.state.skipped_steps(),
+            "error": error,
+        }
+        atomic_write_json(s.output_dir / "search_summary.json", summary)
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     args = parse_search_args(argv)
     texts, resume_path = check_inputs(args)
     search = setup(args, texts, resume_path)
-    search_loop(search)
+    try:
+        search_loop(search)
+    except NonFiniteError as e:
+        write_failure_summary(search, str(e))
+        raise
     write_final_outputs(search)
     shutdown(search.accelerator)
     return 0

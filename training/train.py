@@ -52,19 +52,24 @@ from hf_revdarts.arguments import (
 )
 from hf_revdarts.averaging import latest_checkpoints, load_averaged_weights
 from hf_revdarts.evaluation import bleu_and_chrf, translate
-from hf_revdarts.tokenization import save_tokenizer
+from hf_revdarts.guards import NonFiniteError, assert_finite_state
+from hf_revdarts.tokenization import load_tokenizer, save_tokenizer
 from hf_revdarts.training_utils import (
     TrainState,
     atomic_folder,
     atomic_write_json,
     backward_micro_batches,
     batch_stream,
+    check_output_dir,
     evaluate_loss,
     find_checkpoint,
+    finite_or_none,
+    guard_allows_step,
     inverse_sqrt_schedule,
     load_checkpoint,
     load_split,
     next_batches,
+    non_finite_guard,
     prepare_tokenizer,
     run_steps,
     shutdown,
@@ -156,27 +161,29 @@ def check_averaging(args: TrainArgs) -> None:
 
 # ---------------------------------------------------------------- set-up ------------------------------------
 def check_inputs(args: TrainArgs) -> Inputs:
-    """Every input check before any work: genotype, sizes, data, tokenizer folder, checkpoint to resume."""
+    """Every input check before any work: output folder, genotype, sizes, data, tokenizer folder, checkpoint."""
+    check_output_dir(args.run.output_dir, args.run.overwrite_output_dir, args.run.resume_from_checkpoint)
     check_averaging(args)
     genotype, search_dir = load_genotype(args.train.genotype)
     build_config(args.model, None, args.data.max_length, genotype)
     train = load_split(args.dataset, args.data.train_split, args.data.max_train_examples)
     eval_pairs = load_split(args.dataset, args.data.eval_split, args.data.max_eval_examples)
     tok_source = Path(args.data.tokenizer) if args.data.tokenizer else (search_dir / "tokenizer" if search_dir else None)
-    if tok_source is not None and not (tok_source / "tokenizer.json").is_file():
-        raise FileNotFoundError(f"tokenizer folder {tok_source} has no tokenizer.json")
+    if tok_source is not None:
+        load_tokenizer(tok_source)  # names a missing or damaged tokenizer file now, not after the run has started
     resume = args.run.resume_from_checkpoint
-    resume_path = find_checkpoint(Path(args.run.output_dir), resume) if resume else None
+    resume_path = find_checkpoint(Path(args.run.output_dir), resume, args.run.max_steps) if resume else None
     return Inputs(genotype, train, eval_pairs, tok_source, resume_path)
 
 
 def setup(args: TrainArgs, inputs: Inputs) -> Training:
     """Accelerator, tokenizer (the search's, or trained once and kept for resume), batches, model, optimiser."""
     run, output_dir = args.run, Path(args.run.output_dir)
-    accelerator = start_run(output_dir, run.seed, run.num_threads, run.mixed_precision, run.gradient_accumulation_steps)
+    accelerator = start_run(output_dir, run.seed, run.num_threads, run.mixed_precision, run.gradient_accumulation_steps,
+                            run.overwrite_output_dir)
     tokenizer = prepare_tokenizer(
         accelerator, output_dir / "tokenizer", inputs.tokenizer_source, inputs.train[0] + inputs.train[1],
-        args.data.vocab_size,
+        args.data.vocab_size, inputs.resume_path,
     )
     streams = {"train": batch_stream(tokenizer, inputs.train, args.data, run.seed, accelerator)}
     eval_stream = batch_stream(tokenizer, inputs.eval, args.data, 0, accelerator, shuffle=False)
@@ -190,7 +197,7 @@ def setup(args: TrainArgs, inputs: Inputs) -> Training:
     scheduler = inverse_sqrt_schedule(optimizer, run.warmup_steps)
     model, optimizer = accelerator.prepare(model, optimizer)
     accelerator.register_for_checkpointing(scheduler)
-    state = TrainState(streams)
+    state = TrainState(streams, {"weights": non_finite_guard(accelerator, run.max_non_finite_steps, "training")})
     if inputs.resume_path is not None:
         load_checkpoint(accelerator, state, inputs.resume_path, logger)
     unwrapped = accelerator.unwrap_model(model)
@@ -213,9 +220,12 @@ def train_step(t: Training) -> dict[str, float]:
     tick = time.time()
     batches = next_batches(t.state.streams["train"], t.args.run.gradient_accumulation_steps, t.accelerator.device)
     loss, tokens = backward_micro_batches(t.accelerator, t.model, batches)
+    norm = None
     if t.args.run.max_grad_norm > 0:
-        t.accelerator.clip_grad_norm_(t.model.parameters(), t.args.run.max_grad_norm)
-    t.optimizer.step()
+        norm = t.accelerator.clip_grad_norm_(t.model.parameters(), t.args.run.max_grad_norm)
+    # A NaN/inf loss or gradient skips the update (counted; the run stops past --max_non_finite_steps).
+    if guard_allows_step(t.accelerator, t.state.guards["weights"], t.state.step + 1, loss, norm, t.model.parameters()):
+        t.optimizer.step()
     t.optimizer.zero_grad(set_to_none=True)
     t.scheduler.step()
     t.state.step += 1
@@ -231,13 +241,14 @@ def train_loop(t: Training) -> None:
     """Steps until --max_steps or the time budget; evaluations and checkpoints on their schedule."""
     t.model.train()
     run_steps(t.accelerator, t.state, t.args.run, t.output_dir, lambda: train_step(t),
-              lambda: evaluate_and_keep_best(t), "train")
+              lambda: evaluate_and_keep_best(t), "train", model=t.unwrapped)
 
 
 # ---------------------------------------------------------------- evaluation --------------------------------
 def validation_scores(t: Training) -> dict[str, Any]:
     """Validation loss (all processes); on the main process greedy BLEU/chrF on --bleu_sentences sentences."""
-    scores: dict[str, Any] = {"val_loss": evaluate_loss(t.model, t.accelerator, t.eval_batches)}
+    val_loss = evaluate_loss(t.model, t.accelerator, t.eval_batches)
+    scores: dict[str, Any] = {"val_loss": finite_or_none(val_loss, "the validation loss", t.state.step)}
     if t.accelerator.is_main_process:
         sources, references = t.bleu_pairs
         hyps = translate(t.unwrapped, t.tokenizer, sources, num_beams=1, max_new_tokens=t.args.data.max_length)
@@ -255,7 +266,8 @@ def evaluate_and_keep_best(t: Training) -> bool:
         if not state.best or entry["bleu"] > state.best["bleu"]:
             state.best = {k: entry[k] for k in ("step", "val_loss", "bleu", "chrf")}
             save_model_folder(t, t.output_dir / "best")
-        logger.info(f"step {state.step}: val loss {val_loss:.3f}, BLEU {entry['bleu']:.2f} — "
+        shown = val_loss if val_loss is None else round(val_loss, 3)
+        logger.info(f"step {state.step}: val loss {shown}, BLEU {entry['bleu']:.2f} — "
                     f"{entry['example']['hypothesis']!r}", main_process_only=True)
     state.history.append(entry)
     t.accelerator.log({k: v for k, v in entry.items() if isinstance(v, (int, float))}, step=state.step)
@@ -266,6 +278,7 @@ def evaluate_and_keep_best(t: Training) -> bool:
 # ---------------------------------------------------------------- outputs -----------------------------------
 def save_model_folder(t: Training, folder: Path, extra: dict[str, Any] | None = None) -> None:
     """A complete, loadable model folder (weights, config, generation config, modeling code, tokenizer)."""
+    assert_finite_state(t.unwrapped, "best model")
     with atomic_folder(folder) as tmp:
         t.unwrapped.save_pretrained(tmp)
         save_tokenizer(t.tokenizer, tmp)
@@ -296,13 +309,14 @@ def average_last_checkpoints(t: Training) -> None:
     t.averaged = {"checkpoints": [p.name for p in paths], "steps": steps, **validation_scores(t)}
     if t.accelerator.is_main_process:
         save_model_folder(t, t.output_dir / "averaged", {"averaged": t.averaged})
-        logger.info(f"averaged steps {steps}: val loss {t.averaged['val_loss']:.3f}, BLEU "
+        logger.info(f"averaged steps {steps}: val loss {t.averaged['val_loss']}, BLEU "
                     f"{t.averaged['bleu']:.2f}", main_process_only=True)
     t.accelerator.wait_for_everyone()
 
 
-def write_summary(t: Training) -> None:
-    """train_summary.json: steps, time, parameters, genotype, the best evaluation and the history."""
+def write_summary(t: Training, error: str | None = None) -> None:
+    """train_summary.json: steps, time, parameters, genotype, the best evaluation, the history, the steps
+    skipped for NaN/inf, and the error that stopped the run, if one did."""
     if not t.accelerator.is_main_process:
         return
     summary = {
@@ -316,8 +330,13 @@ def write_summary(t: Training) -> None:
         "averaged": t.averaged,
         "history": t.state.history,
         "processes": t.accelerator.num_processes,
+        "non_finite_steps_skipped": t.state.skipped_steps(),
     }
+    if error is not None:
+        summary["error"] = error
     atomic_write_json(t.output_dir / "train_summary.json", summary)
+    if error is not None:
+        return
     shown = {k: summary[k] for k in ("steps", "train_seconds", "best", "parameters")}
     if t.averaged:
         shown["averaged"] = {k: t.averaged[k] for k in ("steps", "val_loss", "bleu", "chrf")}
@@ -329,7 +348,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_train_args(argv)
     inputs = check_inputs(args)
     training = setup(args, inputs)
-    train_loop(training)
+    try:
+        train_loop(training)
+    except NonFiniteError as e:
+        write_summary(training, error=str(e))  # what happened up to the divergence, as valid JSON
+        raise
     average_last_checkpoints(training)
     write_summary(training)
     shutdown(training.accelerator)

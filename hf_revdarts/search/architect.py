@@ -226,11 +226,13 @@ class Architect:
         train_batches: Sequence[Batch] | None = None,
         unrolled_lr: float | None = None,
         weight_decay: float = 0.0,
+        allow_step: Callable[[float], bool] | None = None,
     ) -> float:
         """One α update from ``val_batches`` (micro-batches averaged); returns the mean validation loss.
 
         Second order also needs ``train_batches`` and ``unrolled_lr`` (ξ, usually θ's current lr).
-        All gradients (θ's included) are zero when it returns, so the θ step starts clean.
+        ``allow_step(loss)``, called once α's gradients are there, may veto the update (a ``NonFiniteGuard``
+        skipping a NaN step). All gradients (θ's included) are zero when it returns, so the θ step starts clean.
         """
         if not val_batches:
             raise ValueError("Architect.step needs at least one validation batch")
@@ -241,7 +243,8 @@ class Architect:
             loss = self._second_order(val_batches, train_batches, unrolled_lr, weight_decay)
         else:
             loss = self._first_order(val_batches)
-        self.optimizer.step()
+        if allow_step is None or allow_step(loss):
+            self.optimizer.step()
         self.supernet.zero_grad(set_to_none=True)
         return loss
 

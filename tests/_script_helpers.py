@@ -1,0 +1,53 @@
+"""What the tests of the scripts' failure paths share (test_script_failures.py, test_script_inputs.py): the
+scripts as modules, tiny settings, and checks of what a run left behind. Their fixtures are in conftest.py."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+from _helpers import load_script
+
+REPO = Path(__file__).resolve().parents[1]
+train_script = load_script("train")
+search_script = load_script("search")
+evaluate_script = load_script("evaluate")
+publish_script = load_script("publish")
+
+TINY = ["--d_model", "48", "--num_heads", "2", "--vocab_size", "300", "--max_tokens", "400", "--max_length", "24",
+        "--warmup_steps", "4", "--lr", "3e-3", "--bleu_sentences", "8", "--num_threads", "1",
+        "--genotype", "standard", "--encoder_layers", "2", "--decoder_layers", "2"]
+TINY_SEARCH = ["--d_model", "48", "--num_heads", "2", "--vocab_size", "300", "--max_tokens", "200", "--max_length",
+               "16", "--warmup_steps", "2", "--num_threads", "1", "--encoder_layers", "1", "--decoder_layers", "1",
+               "--tie_blocks", "0", "--eval_batches", "2", "--no_figures", "--max_train_examples", "120",
+               "--stop_share", "1.0", "--stop_argmax_fraction", "1.0"]
+
+
+def strict_json(path: Path):
+    """The file as JSON, failing on the bare NaN/Infinity Python's json would accept."""
+    def refuse(token):
+        raise ValueError(f"{path} holds {token}, which is not JSON")
+
+    return json.loads(path.read_text(encoding="utf-8"), parse_constant=refuse)
+
+
+def snapshot(folder: Path) -> dict[str, tuple[int, int]]:
+    """Every file under ``folder`` with its size and mtime: equal snapshots mean nothing was touched."""
+    return {str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns)
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def all_finite(path: Path) -> bool:
+    return all(bool(torch.isfinite(t).all()) for t in load_file(path).values() if t.is_floating_point())
+
+
+def run_train(data: Path, out: Path, *extra: str) -> int:
+    return train_script.main(["--dataset", str(data), "--output_dir", str(out), *TINY, *extra])
+
+
+def publish_args(model: Path, results: Path, out: Path, *extra: str) -> list[str]:
+    return ["--model", str(model), "--eval_results", str(results), "--output_dir", str(out),
+            "--example", "The man sees the ball.", *extra]

@@ -1,0 +1,322 @@
+"""No silent failures (issue 11, script side), what the scripts write: diverging training and search, reused
+output folders, evaluation results bound to their model, file modes, a killed publish, pushing to the Hub.
+Each test asserts the message or the refusal, and that nothing was lost or overwritten."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+from _script_helpers import (
+    REPO,
+    TINY_SEARCH,
+    all_finite,
+    publish_script,
+    search_script,
+    snapshot,
+    strict_json,
+    train_script,
+)
+from _script_helpers import publish_args as _publish_args
+from _script_helpers import run_train as _train
+from safetensors.torch import load_file, save_file
+
+from _helpers import load_script
+from hf_revdarts.guards import NonFiniteError
+from hf_revdarts.integrity import FingerprintMismatchError, check_fingerprint
+
+# ---------------------------------------------------------------- 1. non-finite training
+
+
+def test_diverging_training_stops_naming_step_loss_and_checkpoint_and_saves_no_nan(script_data, tmp_path):
+    out = tmp_path / "nan"
+    with pytest.raises(NonFiniteError) as err:
+        _train(script_data, out, "--lr", "1e3", "--warmup_steps", "1", "--max_steps", "40", "--eval_every", "3",
+               "--save_every", "3", "--max_non_finite_steps", "4")
+    message = str(err.value)
+    assert "training diverged: non-finite" in message and "more than max_skipped=4" in message
+    summary = strict_json(out / "train_summary.json")  # valid JSON, written although the run failed
+    skipped = summary["non_finite_steps_skipped"]["weights"]
+    assert skipped["skipped"] == 5 and f"at step {skipped['skipped_steps'][-1]}" in message
+    assert "loss=" in message and summary["error"] == message
+    checkpoints = sorted(out.glob("checkpoint-*"))
+    assert checkpoints and f"the last good checkpoint is {checkpoints[-1]}" in message
+    assert all(all_finite(c / "model.safetensors") for c in checkpoints)
+    assert not (out / "best").exists() or all_finite(out / "best" / "model.safetensors")
+    for entry in summary["history"]:
+        assert entry["val_loss"] is None or math.isfinite(entry["val_loss"])
+
+
+def test_diverging_search_stops_for_theta_and_alpha_and_writes_valid_json(script_data, tmp_path):
+    out = tmp_path / "search-nan"
+    with pytest.raises(NonFiniteError, match=r"the search's .* step diverged: non-finite .* at step \d+ \(loss=") as err:
+        search_script.main(["--dataset", str(script_data), "--output_dir", str(out), *TINY_SEARCH, "--lr", "1e3",
+                            "--warmup_steps", "1", "--max_steps", "30", "--eval_every", "3", "--save_every", "3",
+                            "--max_non_finite_steps", "3"])
+    summary = strict_json(out / "search_summary.json")
+    assert summary["error"] == str(err.value) and summary["non_finite_steps_skipped"]["weights"]["skipped"] >= 3
+    assert summary["non_finite_steps_skipped"]["arch"]["skipped"] >= 1, "α steps are guarded too"
+    history = strict_json(out / "alpha_history.json")
+    assert all(all(math.isfinite(p) for ps in h["softmax"].values() for p in ps) for h in history)
+    assert not (out / "supernet").exists(), "no final supernet is derived from a diverged search"
+    assert all(all_finite(c / "model.safetensors") for c in out.glob("checkpoint-*"))
+
+
+def test_nan_weights_are_never_checkpointed_over_good_ones(tmp_path):
+    from hf_revdarts.guards import NonFiniteGuard
+    from hf_revdarts.training_utils import TrainState, check_finite_weights
+
+    model = torch.nn.Linear(3, 3)
+    state = TrainState({}, {"weights": NonFiniteGuard(3)})
+    state.step = 12
+    state.guards["weights"].last_good_checkpoint = "runs/x/checkpoint-000010"
+    check_finite_weights(model, state)
+    with torch.no_grad():
+        model.bias[1] = float("inf")
+    with pytest.raises(NonFiniteError, match=r"step 12: 1 weight tensors hold NaN/inf \(bias\).*checkpoint-000010"):
+        check_finite_weights(model, state)
+
+
+def test_search_progress_bar_shows_no_nan_before_alpha_updates(script_data, tmp_path, capsys):
+    assert search_script.main(["--dataset", str(script_data), "--output_dir", str(tmp_path / "s"), *TINY_SEARCH,
+                               "--max_steps", "4", "--eval_every", "4", "--save_every", "4", "--arch_start_step",
+                               "2"]) == 0
+    bar = capsys.readouterr().err
+    assert "=nan" not in bar
+    assert "arch_loss=" in bar, "the α loss appears once α steps start"
+    assert strict_json(tmp_path / "s" / "search_summary.json")["non_finite_steps_skipped"]["arch"]["skipped"] == 0
+
+
+# ---------------------------------------------------------------- 2. reused output folders
+
+
+def test_train_refuses_a_used_output_dir_and_overwrite_starts_afresh(script_trained, script_data, tmp_path):
+    used = tmp_path / "used"
+    shutil.copytree(script_trained, used)
+    before = snapshot(used)
+    with pytest.raises(FileExistsError, match=r"--output_dir .*used is not empty.*--overwrite_output_dir"):
+        _train(script_data, used, "--max_steps", "2")
+    assert snapshot(used) == before, "the refused run must not touch the old one"
+    with pytest.raises(ValueError, match="contradict each other"):
+        _train(script_data, used, "--max_steps", "2", "--overwrite_output_dir", "--resume_from_checkpoint", "latest")
+    assert _train(script_data, used, "--max_steps", "2", "--eval_every", "2", "--save_every", "2",
+                  "--overwrite_output_dir") == 0
+    assert sorted(p.name for p in used.glob("checkpoint-*")) == ["checkpoint-000002"], "the old run is gone"
+    assert strict_json(used / "train_summary.json")["steps"] == 2 and not (used / "eval_test.json").exists()
+    (tmp_path / "a_file").write_text("x")
+    with pytest.raises(NotADirectoryError, match="is a file"):
+        _train(script_data, tmp_path / "a_file", "--max_steps", "2")
+
+
+def test_search_refuses_a_used_output_dir(script_data, tmp_path):
+    out = tmp_path / "s"
+    out.mkdir()
+    (out / "genotype.json").write_text('{"encoder": [], "decoder": []}')
+    with pytest.raises(FileExistsError, match=r"holds genotype\.json.*--resume_from_checkpoint latest"):
+        search_script.main(["--dataset", str(script_data), "--output_dir", str(out), *TINY_SEARCH, "--max_steps", "2"])
+    assert sorted(p.name for p in out.iterdir()) == ["genotype.json"]
+
+
+def test_main_job_starts_each_step_afresh(monkeypatch, tmp_path):
+    main_job = load_script("main_job")
+    calls = []
+    monkeypatch.setattr(main_job, "run", lambda step, script, *args: calls.append((script, args)))
+    monkeypatch.setattr(main_job, "translate_with_pipeline", lambda published: None)
+    train_dir = tmp_path / "job" / "train"
+    train_dir.mkdir(parents=True)
+    (train_dir / "eval_test.json").write_text(json.dumps({"bleu": 1.0, "bleu_signature": "s"}))
+    (tmp_path / "job" / "search").mkdir()
+    (tmp_path / "job" / "search" / "genotype.json").write_text("{}")
+    assert main_job.main(["--output_dir", str(tmp_path / "job")]) == 0
+    flags = dict(calls)
+    assert "--overwrite_output_dir" in flags["search.py"] and "--overwrite_output_dir" in flags["train.py"]
+    assert "--overwrite" in flags["publish.py"]
+    # the commands parse as given (config file first, then the flags)
+    assert search_script.parse_search_args(list(flags["search.py"])).run.overwrite_output_dir
+    assert train_script.parse_train_args(list(flags["train.py"])).run.overwrite_output_dir
+
+
+# ---------------------------------------------------------------- 3. results bound to their model
+
+
+def test_evaluation_records_its_model_and_publish_refuses_another(script_trained, script_evaluated, tmp_path):
+    results = strict_json(script_evaluated)
+    check_fingerprint(script_trained / "best", results["fingerprint"])
+    other = tmp_path / "other"
+    shutil.copytree(script_trained / "best", other)
+    weights = load_file(other / "model.safetensors")
+    weights = {k: v + 0.01 if v.is_floating_point() else v for k, v in weights.items()}
+    save_file(weights, other / "model.safetensors", metadata={"format": "pt"})
+    out = tmp_path / "pub"
+    with pytest.raises(FingerprintMismatchError, match=r"model\.safetensors differs") as err:
+        publish_script.main(_publish_args(other, script_evaluated, out))
+    assert str(script_evaluated) in str(err.value) and str(other) in str(err.value)
+    no_fingerprint = tmp_path / "old_eval.json"
+    no_fingerprint.write_text(json.dumps({k: v for k, v in results.items() if k != "fingerprint"}))
+    with pytest.raises(FingerprintMismatchError, match="record no fingerprint"):
+        publish_script.main(_publish_args(script_trained / "best", no_fingerprint, out))
+    assert not out.exists(), "nothing is published from refused results"
+    assert publish_script.main(_publish_args(script_trained / "best", script_evaluated, out)) == 0
+    published = strict_json(out / "eval_results.json")
+    assert published["bleu"] == results["bleu"]
+    check_fingerprint(out, published["fingerprint"])  # the published scores are tied to the published folder
+    umask = os.umask(0o022)
+    os.umask(umask)
+    for folder in (out, script_trained / "best"):  # readable by others as the umask allows (was 0700/0600)
+        assert folder.stat().st_mode & 0o777 == 0o777 & ~umask
+        assert all(p.stat().st_mode & 0o777 == 0o666 & ~umask for p in folder.iterdir() if p.is_file())
+
+
+def test_publish_refuses_a_nan_model_even_with_matching_results(script_trained, script_evaluated, tmp_path):
+    from hf_revdarts.integrity import fingerprint_model_folder
+
+    broken = tmp_path / "broken"
+    shutil.copytree(script_trained / "best", broken)
+    weights = load_file(broken / "model.safetensors")
+    weights = {k: torch.full_like(v, float("nan")) if v.is_floating_point() else v for k, v in weights.items()}
+    save_file(weights, broken / "model.safetensors", metadata={"format": "pt"})
+    results = tmp_path / "eval.json"
+    results.write_text(json.dumps({**strict_json(script_evaluated), "fingerprint": fingerprint_model_folder(broken)}))
+    with pytest.raises(NonFiniteError, match="refusing to save the published model"):
+        publish_script.main(_publish_args(broken, results, tmp_path / "pub"))
+    assert not (tmp_path / "pub").exists()
+
+
+# ---------------------------------------------------------------- 4. modes
+
+
+@pytest.mark.parametrize("umask, dirs, files", [(0o022, 0o755, 0o644), (0o027, 0o750, 0o640)])
+def test_atomic_outputs_get_the_umask_modes(tmp_path, umask, dirs, files):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from hf_revdarts.training_utils import atomic_folder, atomic_savefig, atomic_write_json
+
+    previous = os.umask(umask)
+    try:
+        with atomic_folder(tmp_path / "best") as tmp:
+            (tmp / "weights.bin").write_bytes(b"x")
+            atomic_write_json(tmp / "config.json", {"a": 1})
+        atomic_write_json(tmp_path / "summary.json", {"a": 1})
+        fig = plt.figure()
+        atomic_savefig(fig, tmp_path / "plot.png")
+        plt.close(fig)
+    finally:
+        os.umask(previous)
+    assert (tmp_path / "best").stat().st_mode & 0o777 == dirs
+    for path in (tmp_path / "best" / "weights.bin", tmp_path / "best" / "config.json", tmp_path / "summary.json",
+                 tmp_path / "plot.png"):
+        assert path.stat().st_mode & 0o777 == files, path
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best", "plot.png", "summary.json"], "no temporaries"
+
+
+# ---------------------------------------------------------------- temporaries of a killed publish
+
+_KILLED_PUBLISH = textwrap.dedent(
+    """
+    import os, signal, sys
+    sys.path.insert(0, sys.argv.pop(1))
+    from _helpers import load_script
+    publish = load_script("publish")
+    save = publish.save_tokenizer
+
+    def save_then_die(tokenizer, folder):
+        save(tokenizer, folder)
+        os.kill(os.getpid(), signal.SIGKILL)  # killed while the new folder is half written
+
+    publish.save_tokenizer = save_then_die
+    publish.main()
+    """
+)
+
+
+def test_a_killed_publish_leaves_nothing_the_next_one_keeps(script_trained, script_evaluated, tmp_path):
+    out = tmp_path / "pub" / "revdarts-tiny"
+    script = tmp_path / "killed_publish.py"
+    script.write_text(_KILLED_PUBLISH)
+    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
+    killed = subprocess.run([sys.executable, str(script), str(REPO / "tests"),
+                             *_publish_args(script_trained / "best", script_evaluated, out)],
+                            env=env, capture_output=True, text=True, timeout=300)
+    assert killed.returncode == -9, killed.stderr[-3000:]
+    left = [p.name for p in out.parent.iterdir()]
+    assert not out.exists() and len(left) == 1 and left[0].startswith(".tmp-revdarts-tiny-"), left
+    neighbour = out.parent / ".tmp-something-else-1234"  # another folder's temporary is not ours to delete
+    neighbour.mkdir()
+    assert publish_script.main(_publish_args(script_trained / "best", script_evaluated, out)) == 0
+    assert sorted(p.name for p in out.parent.iterdir()) == [".tmp-something-else-1234", "revdarts-tiny"]
+
+
+def test_a_folder_killed_between_its_two_renames_is_put_back(tmp_path):
+    from hf_revdarts.training_utils import remove_stale_temporaries
+
+    (tmp_path / ".old-best-4242").mkdir()
+    (tmp_path / ".old-best-4242" / "model.safetensors").write_text("previous best")
+    (tmp_path / ".tmp-best-0a1b2c3d").mkdir()
+    (tmp_path / ".old-published-77").mkdir()
+    (tmp_path / "published").mkdir()
+    remove_stale_temporaries(tmp_path, "best")
+    assert (tmp_path / "best" / "model.safetensors").read_text() == "previous best"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".old-published-77", "best", "published"]
+    remove_stale_temporaries(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best", "published"]
+
+
+# ---------------------------------------------------------------- 7. push_to_hub against a stub
+
+
+class RecordingHfApi:
+    """Stands in for huggingface_hub.HfApi: records what would be sent, sends nothing."""
+
+    calls: list[dict] = []
+    fail: Exception | None = None
+
+    def create_repo(self, repo_id, private=False, exist_ok=False, **kw):
+        self.calls.append({"create_repo": repo_id, "private": private, "exist_ok": exist_ok})
+
+    def upload_folder(self, folder_path, repo_id, commit_message, **kw):
+        if self.fail is not None:
+            raise self.fail
+        files = sorted(str(p.relative_to(folder_path)) for p in Path(folder_path).rglob("*") if p.is_file())
+        self.calls.append({"upload_folder": repo_id, "files": files, "commit_message": commit_message})
+
+
+def test_push_to_hub_sends_the_published_folder(script_trained, script_evaluated, tmp_path, monkeypatch):
+    monkeypatch.setattr(RecordingHfApi, "calls", [])
+    monkeypatch.setattr(publish_script, "HfApi", RecordingHfApi)
+    out = tmp_path / "pub"
+    assert publish_script.main(_publish_args(script_trained / "best", script_evaluated, out, "--push_to_hub", "--hub_model_id",
+                                             "someone/revdarts-tiny", "--private")) == 0
+    create, upload = RecordingHfApi.calls
+    assert create == {"create_repo": "someone/revdarts-tiny", "private": True, "exist_ok": True}
+    assert upload["upload_folder"] == "someone/revdarts-tiny"
+    assert upload["files"] == sorted(p.name for p in out.iterdir())
+    assert {"model.safetensors", "config.json", "tokenizer.json", "README.md", "eval_results.json"} <= set(upload["files"])
+    bleu = strict_json(script_evaluated)["bleu"]
+    assert upload["commit_message"] == f"Upload RevDarts model (BLEU {bleu:.2f} on test)"
+
+
+def test_push_failures_and_bad_hub_ids_are_named(script_trained, script_evaluated, tmp_path, monkeypatch):
+    monkeypatch.setattr(RecordingHfApi, "calls", [])
+    monkeypatch.setattr(RecordingHfApi, "fail", ConnectionError("no route to host"))
+    monkeypatch.setattr(publish_script, "HfApi", RecordingHfApi)
+    out = tmp_path / "pub"
+    args = _publish_args(script_trained / "best", script_evaluated, out, "--push_to_hub", "--hub_model_id", "someone/revdarts-tiny")
+    with pytest.raises(RuntimeError, match=r"pub was written, but pushing it to someone/revdarts-tiny failed .*"
+                                           r"no route to host.*hf upload someone/revdarts-tiny"):
+        publish_script.main(args)
+    assert (out / "model.safetensors").is_file(), "the local folder stays when the upload fails"
+    with pytest.raises(ValueError, match="--push_to_hub needs --hub_model_id"):
+        publish_script.main(_publish_args(script_trained / "best", script_evaluated, out, "--push_to_hub"))
+    with pytest.raises(ValueError, match="--hub_model_id 'a/b/c' is not a Hub repository id"):
+        publish_script.main(_publish_args(script_trained / "best", script_evaluated, out, "--hub_model_id", "a/b/c"))
