@@ -254,14 +254,13 @@ class SearchArguments:
     def __post_init__(self) -> None:
         if self.selection not in ("argmax", "perturbation"):
             raise ValueError(f"--selection must be argmax or perturbation, got {self.selection!r}")
-        if self.arch_lr is not None and not self.arch_lr > 0:
-            raise ValueError(f"--arch_lr must be > 0 (or left out for the rule), got {self.arch_lr}")
-        if not self.arch_logit_range > 0:
-            raise ValueError(f"--arch_logit_range must be > 0, got {self.arch_logit_range}")
         self.encoder_ops = _op_list(self.encoder_ops)
         self.decoder_ops = _op_list(self.decoder_ops)
         _positive(self, "eval_batches")
-        _positive_number(self, "arch_lr")
+        if self.arch_lr is not None:  # None: the rule arch_logit_range / α steps
+            _positive_number(self, "arch_lr")
+        _positive_number(self, "arch_logit_range")
+        _positive(self, "partial_channels")
         _non_negative(self, "arch_weight_decay", "arch_start_step", "tie_blocks", "alpha_init_std")
         _fraction(self, "warn_share", "stop_share", "stop_argmax_fraction")
         if not 0 < self.arch_fraction < 1:

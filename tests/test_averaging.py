@@ -18,7 +18,8 @@ def _model(seed: int, **kw) -> RevDartsForConditionalGeneration:
 
 
 def _accelerate_checkpoint(model: torch.nn.Module, folder, step: int, safe: bool = False):
-    """A checkpoint folder as training/common.py save_checkpoint writes it (accelerate save_state)."""
+    """A checkpoint folder as accelerate's save_state writes it (``safe=True``: as training_utils.save_checkpoint
+    does; ``False``: the pickle format of older checkpoints)."""
     from accelerate import Accelerator
 
     acc = Accelerator(cpu=True)
@@ -35,7 +36,7 @@ def test_average_of_identical_checkpoints_is_the_checkpoint(tmp_path):
     model = _model(0)
     a = _accelerate_checkpoint(model, tmp_path / "a", 1)
     b = _accelerate_checkpoint(model, tmp_path / "b", 2)
-    assert (a / "pytorch_model.bin").is_file()  # what save_checkpoint(safe_serialization=False) leaves
+    assert (a / "pytorch_model.bin").is_file()  # older checkpoints (safe_serialization=False) still average
     avg = average_checkpoints([a, b])
     ref = model.state_dict()
     assert avg.keys() == ref.keys()
