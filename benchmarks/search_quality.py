@@ -252,7 +252,7 @@ class Protocol:
                 flags += ["--resume_from_checkpoint", "latest"]
             flags, missing = self.with_pending("search.py", "search", flags)
             timing["flags_not_supported"] = missing
-            self.run("search.py", flags, out / "protocol.log", timing, "search")
+            self.run("search.py", flags, out.parent / f"{out.name}.log", timing, "search")
             self._save_timing(out, timing)
         if self.args.dry_run:
             return None
@@ -290,7 +290,7 @@ class Protocol:
                 flags += ["--resume_from_checkpoint", "latest"]
             flags, missing = self.with_pending("train.py", "train", flags)
             timing["flags_not_supported"] = missing
-            self.run("train.py", flags, out / "protocol.log", timing, "train")
+            self.run("train.py", flags, out.parent / f"{out.name}.log", timing, "train")
             self._save_timing(out, timing)
         final = self.average(out, timing)
         test_json = out / "eval_test.json"
@@ -299,7 +299,7 @@ class Protocol:
                      rel(test_json), *flag_list(self.recipe["evaluate"]), *self.common_flags()]
             flags, missing = self.with_pending("evaluate.py", "evaluate", flags)
             timing["evaluate_flags_not_supported"] = missing
-            self.run("evaluate.py", flags, out / "protocol.log", timing, "evaluate")
+            self.run("evaluate.py", flags, out.parent / f"{out.name}.log", timing, "evaluate")
             self._save_timing(out, timing)
         if self.args.dry_run:
             return
@@ -342,12 +342,12 @@ class Protocol:
         logger.info("%s: test BLEU %.2f (lowercased %.2f)", name, test["bleu"], test["bleu_lowercase"])
 
     def _timing(self, out: Path) -> dict[str, Any]:
-        path = out / "protocol_timing.json"
+        path = out.parent / f"{out.name}.timing.json"
         return json.loads(path.read_text()) if path.is_file() else {}
 
     def _save_timing(self, out: Path, timing: dict[str, Any]) -> None:
         if not self.args.dry_run:
-            write_json(out / "protocol_timing.json", timing)
+            write_json(out.parent / f"{out.name}.timing.json", timing)
 
     def _timing_record(self, timing: dict[str, Any]) -> dict[str, Any]:
         stages = {k: v for k, v in timing.items() if isinstance(v, dict) and "wall_seconds" in v}
@@ -387,7 +387,7 @@ class Protocol:
         """genotype.json of random genotype k: same node layout and op lists as the search, ``zero`` excluded."""
         from hf_revdarts.search.random_genotype import random_genotype
 
-        path = self.work / f"random-r{k}" / "genotype.json"
+        path = self.work / f"random-r{k}.genotype.json"  # beside the run folder, which train.py wants empty
         if not path.is_file():
             s = self.recipe["search"]
             # The search's depth: its genotype (a tied block when --tie_blocks) is what train.py stacks.

@@ -79,5 +79,5 @@ def test_smoke_protocol_runs_every_kind_and_resumes(tmp_path):
     resumed = json.loads((results / "standard-t0.json").read_text())
     assert resumed["updates"] == 4
     assert any("--resume_from_checkpoint latest" in c for c in resumed["commands"])
-    assert "resumed from" in (run_dir / "protocol.log").read_text()
+    assert "resumed from" in (run_dir.parent / f"{run_dir.name}.log").read_text()
     assert sorted(p.name for p in run_dir.glob("checkpoint-*"))[-1] == "checkpoint-000004"
