@@ -286,6 +286,7 @@ def estimate_memory(
     padded: bool = True,
     logits_alive: bool = True,
     dtype: torch.dtype = torch.float32,
+    optimizer_foreach: bool | None = None,
 ) -> MemoryEstimate:
     """Predicted memory of one training step (forward + backward) of the derived model or the supernet.
 
@@ -302,6 +303,8 @@ def estimate_memory(
         padded: the source batch comes with an attention mask (as the training scripts' batches do).
         logits_alive: the caller holds the model output (logits) through backward, as the training loops do.
         dtype: the parameters' (and so the activations') dtype.
+        optimizer_foreach: the optimizer's ``foreach`` (None: torch's default, on for CUDA, off for CPU); the
+            foreach step allocates temporaries the size of all parameters, the per-tensor one of the largest.
     """
     mode = _check_mode(mode)
     for name, value in (("batch_size", batch_size), ("source_length", source_length)):
@@ -384,6 +387,7 @@ def estimate_memory(
         running -= kept
     param_bytes = params * elem
     states = 0 if optimizer == "sgd" else 2
+    foreach = device == "cuda" if optimizer_foreach is None else optimizer_foreach
     largest = max(V * e_dim, 1) * elem
     return MemoryEstimate(
         mode=mode,
@@ -397,8 +401,7 @@ def estimate_memory(
         optimizer_bytes=states * params * 4,
         activation_bytes=int(peak),
         saved_activation_bytes=int(kept_total),
-        # torch's CUDA Adam runs foreach (temporaries the size of all parameters), CPU Adam one tensor at a time
-        optimizer_step_bytes=(param_bytes if device == "cuda" else largest) if states else 0,
+        optimizer_step_bytes=(param_bytes if foreach else largest) if states else 0,
         peak_at=peak_at,
         breakdown={name: kept for name, kept, _ in segments},
     )
