@@ -48,7 +48,6 @@ def build(args: argparse.Namespace) -> tuple[Any, Any]:
     import torch
 
     from hf_revdarts import RevDartsConfig, RevDartsForConditionalGeneration
-    from hf_revdarts.memory import apply_memory_mode
     from hf_revdarts.search import RevDartsSupernet
 
     torch.manual_seed(0)
@@ -173,9 +172,9 @@ def main() -> None:
     errors = [r["predicted"] / r["measured"] - 1 for r in rows]
     worst = max(errors, key=abs)
     inside = sum(abs(e) <= 0.15 for e in errors)
-    print(f"\npredicted = hf_revdarts.estimate_memory(...).activation_bytes; measured = peak of live tensor bytes "
-          f"during the step above the start (LiveTensorBytes); RSS = VmHWM - VmRSS before, first real step "
-          f"(reference only, --rss); cpu s = process CPU time of one step. Parameter counts predicted exactly.")
+    print("\npredicted = hf_revdarts.estimate_memory(...).activation_bytes; measured = peak of live tensor bytes "
+          "during the step above the start (LiveTensorBytes); RSS = VmHWM - VmRSS before, first real step "
+          "(reference only, --rss); cpu s = process CPU time of one step. Parameter counts predicted exactly.")
     print(f"{inside}/{len(rows)} within +-15%; worst error {worst:+.1%}; mean |error| "
           f"{sum(abs(e) for e in errors) / len(errors):.1%}; total {time.time() - t0:.0f} s")
     if args.json:

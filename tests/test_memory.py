@@ -28,7 +28,7 @@ from hf_revdarts.memory import (
     widest_d_model,
 )
 from hf_revdarts.memory.estimate import _Side
-from hf_revdarts.ops import OpContext, SplitFunction, _additive_mask
+from hf_revdarts.ops import OpContext, SplitFunction
 from hf_revdarts.reversible import ReversibleStack
 from hf_revdarts.search import RevDartsSupernet
 

@@ -343,7 +343,7 @@ def estimate_memory(
         # dL/d(encoder output): a buffer accumulated over the decoder layers (reversible: plus each layer's sum)
         side_grad = B * S * d * elem if decoder else 0
         names, mixed = _stack_genotype(config, decoder, supernet, decoder_ops if decoder else encoder_ops)
-        layers = [_layer(sp, mx, side, config, "cuda" if device == "cuda" else "cpu") for sp, mx in zip(names, mixed)]
+        layers = [_layer(sp, mx, side, config, device) for sp, mx in zip(names, mixed)]
         params += sum(layer.params for layer in layers) + (e_dim * d if e_dim != d else 0) + 2 * d
         tag = "decoder" if decoder else "encoder"
         # embedding (+ projection), scale, positions, dropout; decoder inputs are shifted labels (int64)
