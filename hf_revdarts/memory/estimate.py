@@ -292,6 +292,7 @@ def estimate_memory(
     padded: bool = True,
     logits_alive: bool = True,
     dtype: torch.dtype = torch.float32,
+    optimizer_foreach: bool | None = None,
 ) -> MemoryEstimate:
     """Predicted memory of one training step (forward + backward) of the derived model or the supernet.
 
@@ -308,6 +309,8 @@ def estimate_memory(
         padded: the source batch comes with an attention mask (as the training scripts' batches do).
         logits_alive: the caller holds the model output (logits) through backward, as the training loops do.
         dtype: the parameters' (and so the activations') dtype.
+        optimizer_foreach: the optimizer's ``foreach`` (None: torch's default, on for CUDA, off for CPU); the
+            foreach step allocates temporaries the size of all parameters, the per-tensor one of the largest.
     """
     mode = _check_mode(mode)
     for name, value in (("batch_size", batch_size), ("source_length", source_length)):
@@ -346,7 +349,7 @@ def estimate_memory(
         # dL/d(encoder output): a buffer accumulated over the decoder layers (reversible: plus each layer's sum)
         side_grad = B * S * d * elem if decoder else 0
         names, mixed = _stack_genotype(config, decoder, supernet, decoder_ops if decoder else encoder_ops)
-        layers = [_layer(sp, mx, side, config, "cuda" if device == "cuda" else "cpu") for sp, mx in zip(names, mixed)]
+        layers = [_layer(sp, mx, side, config, device) for sp, mx in zip(names, mixed)]
         params += sum(layer.params for layer in layers) + (e_dim * d if e_dim != d else 0) + 2 * d
         tag = "decoder" if decoder else "encoder"
         # embedding (+ projection), scale, positions, dropout; decoder inputs are shifted labels (int64)
@@ -390,6 +393,7 @@ def estimate_memory(
         running -= kept
     param_bytes = params * elem
     states = 0 if optimizer == "sgd" else 2
+    foreach = device == "cuda" if optimizer_foreach is None else optimizer_foreach
     largest = max(V * e_dim, 1) * elem
     return MemoryEstimate(
         mode=mode,
@@ -403,8 +407,7 @@ def estimate_memory(
         optimizer_bytes=states * params * 4,
         activation_bytes=int(peak),
         saved_activation_bytes=int(kept_total),
-        # torch's CUDA Adam runs foreach (temporaries the size of all parameters), CPU Adam one tensor at a time
-        optimizer_step_bytes=(param_bytes if device == "cuda" else largest) if states else 0,
+        optimizer_step_bytes=(param_bytes if foreach else largest) if states else 0,
         peak_at=peak_at,
         breakdown={name: kept for name, kept, _ in segments},
     )
