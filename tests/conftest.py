@@ -1,4 +1,4 @@
-"""Fixtures of the scripts' failure-path tests (test_script_failures.py, test_script_inputs.py): a tiny slice
+"""Fixtures of the scripts' tests (test_script_failures.py, test_script_inputs.py, test_training.py): a tiny slice
 of the bundled sample, a model trained on it (6 steps, checkpoints at 3 and 6) and its evaluation, made once
 per test module. The scripts are imported inside the fixtures, so other test modules do not load them."""
 

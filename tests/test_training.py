@@ -28,13 +28,9 @@ TINY = ["--d_model", "48", "--num_heads", "2", "--vocab_size", "300", "--max_tok
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("data")
-    for split, n in (("train", 120), ("val", 16), ("test", 12)):
-        for lang in ("en", "de"):
-            lines = (REPO / "samples" / "en-de" / f"{split}.{lang}").read_text(encoding="utf-8").splitlines()[:n]
-            (folder / f"{split}.{lang}").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return folder
+def data(script_data: Path) -> Path:
+    """The small sample folder of tests/conftest.py (120 train, 16 val, 12 test pairs)."""
+    return script_data
 
 
 def _train(data: Path, out: Path, *extra: str) -> None:
