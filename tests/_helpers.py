@@ -94,3 +94,24 @@ def load_script(name: str):
     sys.modules[module_name] = module  # dataclasses resolve their annotations through sys.modules
     spec.loader.exec_module(module)
     return module
+
+
+def supernet_grads_reversible_vs_ordinary(
+    model: torch.nn.Module, batch: dict, seed: int = 123
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], list[str]]:
+    """Gradients of one loss through backprop-with-reconstruction, then with ordinary autograd (same dropout
+    masks from ``seed``), and the α parameter names; asserts every α got a gradient."""
+
+    def grads() -> dict[str, torch.Tensor]:
+        model.zero_grad(set_to_none=True)
+        torch.manual_seed(seed)
+        model(**batch).loss.backward()
+        return {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    rev = grads()
+    set_reversible(model, False)
+    ref = grads()
+    names = {id(p): n for n, p in model.named_parameters()}
+    arch = [names[id(a)] for a in model.arch_parameters()]
+    assert all(n in ref and ref[n].abs().sum() > 0 for n in arch), "every α must get a gradient"
+    return rev, ref, arch

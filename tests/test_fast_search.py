@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(__file__))
-from _helpers import grad_errors, padded_batch, set_reversible  # noqa: E402
+from _helpers import grad_errors, padded_batch, supernet_grads_reversible_vs_ordinary  # noqa: E402
 from hf_revdarts import RevDartsConfig  # noqa: E402
 from hf_revdarts.configuration_revdarts import ENCODER_OPS  # noqa: E402
 from hf_revdarts.ops import DynamicConv, OpContext, _left_context, _zero_pads  # noqa: E402
@@ -78,24 +78,12 @@ def tiny(**kw) -> RevDartsConfig:
     return RevDartsConfig(**args)
 
 
-def grads_of(model: torch.nn.Module, batch: dict) -> dict[str, torch.Tensor]:
-    model.zero_grad(set_to_none=True)
-    torch.manual_seed(123)
-    model(**batch).loss.backward()
-    return {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
-
-
 @pytest.mark.parametrize("k", [2, 4])
 def test_partial_channels_reversible_gradients_equal_ordinary(k: int) -> None:
     torch.manual_seed(0)
     model = RevDartsSupernet(tiny(d_model=96 if k == 4 else 48), partial_channels=k).train()
     batch = padded_batch(VOCAB)
-    rev = grads_of(model, batch)
-    set_reversible(model, False)
-    ref = grads_of(model, batch)
-    names = {id(p): n for n, p in model.named_parameters()}
-    arch = [names[id(a)] for a in model.arch_parameters()]
-    assert all(n in ref and ref[n].abs().sum() > 0 for n in arch), "every α must get a gradient"
+    rev, ref, arch = supernet_grads_reversible_vs_ordinary(model, batch)
     total, worst = grad_errors(rev, ref)
     assert total <= 1e-5 and worst <= 1e-5, (total, worst)
 

@@ -15,7 +15,12 @@ import pytest
 import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
-from _helpers import grad_errors, load_script, padded_batch, set_reversible  # noqa: E402
+from _helpers import (  # noqa: E402
+    grad_errors,
+    load_script,
+    padded_batch,
+    supernet_grads_reversible_vs_ordinary,
+)
 from hf_revdarts import RevDartsConfig, RevDartsForConditionalGeneration  # noqa: E402
 from hf_revdarts.configuration_revdarts import DECODER_OPS, ENCODER_OPS  # noqa: E402
 from hf_revdarts.data import (  # noqa: E402
@@ -43,13 +48,6 @@ def tiny(layers: int = 2, dropout: float = 0.1, **kw) -> RevDartsConfig:
     return RevDartsConfig(**args)
 
 
-def grads_of(model: torch.nn.Module, batch: dict, seed: int = 123) -> dict[str, torch.Tensor]:
-    model.zero_grad(set_to_none=True)
-    torch.manual_seed(seed)
-    model(**batch).loss.backward()
-    return {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
-
-
 # ---------------------------------------------------------------- supernet -----------------------------
 @pytest.mark.parametrize("tie_blocks", [0, 1, 2])
 def test_reversible_gradients_equal_ordinary_autograd(tie_blocks: int) -> None:
@@ -60,12 +58,7 @@ def test_reversible_gradients_equal_ordinary_autograd(tie_blocks: int) -> None:
     model = RevDartsSupernet(tiny(), tie_blocks=tie_blocks)
     model.train()
     batch = padded_batch(VOCAB)
-    rev = grads_of(model, batch)
-    set_reversible(model, False)
-    ref = grads_of(model, batch)
-    names = {id(p): n for n, p in model.named_parameters()}
-    arch = [names[id(a)] for a in model.arch_parameters()]
-    assert all(n in ref and ref[n].abs().sum() > 0 for n in arch), "every α must get a gradient"
+    rev, ref, arch = supernet_grads_reversible_vs_ordinary(model, batch)
     total, worst = grad_errors(rev, ref)
     a_total, a_worst = grad_errors({n: rev[n] for n in arch}, {n: ref[n] for n in arch})
     assert total <= 1e-5 and worst <= 1e-5, (total, worst)
