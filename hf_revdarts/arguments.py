@@ -32,10 +32,10 @@ from .configuration_revdarts import (
     standard_genotype,
     validate_genotype,
 )
+from .memory import MEMORY_MODES, MemoryEstimate, MemoryPlan, estimate_memory, parse_memory_size, plan_memory
 
 # The bundled English→German sample (present in a source checkout): the default data of every script.
 SAMPLE_DATA = Path(__file__).resolve().parents[1] / "samples" / "en-de"
-MEMORY_MODES = ("reversible", "ordinary", "checkpoint")
 CONFIG_SUFFIXES = (".yaml", ".yml", ".json")
 
 
@@ -148,11 +148,25 @@ class ModelArguments:
     max_position_embeddings: int | None = field(
         default=None, metadata={"help": "longest input in tokens (default: max(128, max_length + 2))"}
     )
-    memory_mode: Literal["reversible", "ordinary", "checkpoint"] = field(
-        default="reversible",
+    memory_mode: Literal["reversible", "ordinary", "checkpoint", "hybrid"] | None = field(
+        default=None,
         metadata={
-            "help": "reversible: backprop-with-reconstruction (activation memory flat in depth); ordinary: plain "
-            "autograd; checkpoint: plain autograd with per-layer activation checkpointing"
+            "help": "reversible (the default): backprop-with-reconstruction, activation memory flat in depth; "
+            "ordinary: plain autograd; checkpoint: plain autograd with per-layer activation checkpointing; hybrid: "
+            "the top --reversible_keep_layers layers of each stack keep their activations, the rest are "
+            "reconstructed. With --max_memory: the planner chooses, or checks this mode against the budget"
+        },
+    )
+    reversible_keep_layers: int | None = field(
+        default=None,
+        metadata={"help": "hybrid: top layers of each stack that keep their activations (default: half the depth)"},
+    )
+    max_memory: str | None = field(
+        default=None,
+        metadata={
+            "help": "memory budget of one training step per process (e.g. 16GB, 500MB, 1.5GiB): the fastest memory "
+            "mode predicted to fit its largest batch (ordinary > hybrid > checkpoint > reversible); if none fits, "
+            "an error naming the widest d_model and the largest batch that would"
         },
     )
 
@@ -160,8 +174,18 @@ class ModelArguments:
         _positive(self, "d_model", "num_heads")
         _positive_or_none(self, "embedding_dim", "encoder_layers", "decoder_layers", "max_position_embeddings")
         _probability(self, "dropout", "attention_dropout", "activation_dropout", "label_smoothing")
-        if self.memory_mode not in MEMORY_MODES:
+        if self.memory_mode is not None and self.memory_mode not in MEMORY_MODES:
             raise ValueError(f"--memory_mode {self.memory_mode!r} is not one of {', '.join(MEMORY_MODES)}")
+        if self.reversible_keep_layers is not None:
+            if self.memory_mode != "hybrid":
+                raise ValueError("--reversible_keep_layers applies to --memory_mode hybrid only")
+            if self.max_memory is not None:
+                raise ValueError("give --max_memory or --reversible_keep_layers, not both: with a budget the planner "
+                                 "keeps as many layers as fit")
+            if self.reversible_keep_layers < 1:
+                raise ValueError(f"--reversible_keep_layers must be >= 1, got {self.reversible_keep_layers}")
+        if self.max_memory is not None:
+            parse_memory_size(self.max_memory)  # a clear error for an unreadable size, before any work
 
 
 @dataclass
@@ -517,15 +541,77 @@ def build_config(
         attention_dropout=model_args.attention_dropout,
         activation_dropout=model_args.activation_dropout,
         label_smoothing=model_args.label_smoothing,
-        reversible=model_args.memory_mode == "reversible",
+        reversible=(model_args.memory_mode or "reversible") in ("reversible", "hybrid"),
         max_position_embeddings=model_args.max_position_embeddings or max(128, max_length + 2),
         **vocabulary,
         **search,
     )
 
 
-def apply_memory_mode(model: Any, memory_mode: str) -> Any:
-    """Per-layer activation checkpointing for ``checkpoint`` (the config already holds ``reversible``)."""
-    if memory_mode == "checkpoint":
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    return model
+@dataclass
+class MemorySetup:
+    """How a run spends memory: the mode, the hybrid mode's kept layers, and the predicted memory of a step on
+    the largest batch the data can form (``--max_tokens`` of ``--max_length``-token sentences)."""
+
+    mode: str
+    keep_layers: int
+    estimate: MemoryEstimate
+    plan: MemoryPlan | None
+    estimate_kwargs: dict[str, Any]
+    partial_channels: int = 1  # supernet: the planner counts every channel, so its figure is an upper bound
+
+    def estimate_at(self, config: RevDartsConfig, batch_size: int, source_length: int, target_length: int
+                    ) -> MemoryEstimate:
+        """The prediction for one batch shape (the step that was measured)."""
+        return estimate_memory(config, batch_size, source_length, target_length, mode=self.mode,
+                               keep_layers=self.keep_layers, **self.estimate_kwargs)
+
+    def describe(self) -> str:
+        text = "for the largest batch --max_tokens and --max_length allow, " + (
+            self.plan.message() if self.plan is not None else self.estimate.summary())
+        if self.estimate.supernet and self.partial_channels > 1:
+            text += " (partial channels are not modelled: an upper bound)"
+        return text
+
+
+def default_device_type() -> str:
+    """The device a run will most likely train on (for checks before the accelerator exists)."""
+    import torch
+
+    return "cuda" if torch.cuda.is_available() and not os.environ.get("ACCELERATE_USE_CPU") else "cpu"
+
+
+def plan_run_memory(model_args: ModelArguments, data_args: DataArguments, config: RevDartsConfig,
+                    supernet: bool, device_type: str = "cpu") -> MemorySetup:
+    """The memory mode of a run: ``--memory_mode`` (default reversible), or with ``--max_memory`` the fastest
+    mode the planner predicts to fit (only ``--memory_mode``, if given). Raises ValueError naming the widest
+    d_model and the largest batch that would fit when nothing does."""
+    rows = max(1, data_args.max_tokens // data_args.max_length)
+    kwargs: dict[str, Any] = {"supernet": supernet, "device": "cuda" if device_type == "cuda" else "cpu"}
+    if supernet:
+        kwargs.update(encoder_ops=config.search_encoder_ops, decoder_ops=config.search_decoder_ops,
+                      tie_blocks=config.tie_blocks or 0)
+    shape = (rows, data_args.max_length, data_args.max_length)
+    if model_args.max_memory is not None:
+        modes = [model_args.memory_mode] if model_args.memory_mode else list(MEMORY_MODES)
+        plan = plan_memory(config, *shape, max_memory=model_args.max_memory, modes=modes, **kwargs)
+        if not plan.fits:
+            raise ValueError(f"--max_memory {model_args.max_memory} (batches of {rows} x {data_args.max_length} "
+                             f"tokens): {plan.message()}")
+        assert plan.estimate is not None and plan.mode is not None
+        setup = MemorySetup(plan.mode, plan.keep_layers, plan.estimate, plan, kwargs)
+    else:
+        mode = model_args.memory_mode or "reversible"
+        depth = max(config.encoder_layers, config.decoder_layers)
+        keep = (model_args.reversible_keep_layers or max(1, depth // 2)) if mode == "hybrid" else 0
+        setup = MemorySetup(mode, keep, estimate_memory(config, *shape, mode=mode, keep_layers=keep, **kwargs), None,
+                            kwargs)
+    if supernet:
+        setup.partial_channels = config.partial_channels
+    return setup
+
+
+def memory_report(setup: MemorySetup, config: RevDartsConfig, state: Any, meter: Any) -> str:
+    """Predicted vs measured memory of the step ``meter`` measured (the shape of its largest micro-batch)."""
+    estimate = setup.estimate_at(config, *state.batch_shape)
+    return meter.report(estimate)

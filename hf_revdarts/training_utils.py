@@ -28,6 +28,7 @@ from .atomic import (
     remove_stale_temporaries,
 )
 from .guards import NonFiniteError, NonFiniteGuard, finite_json_dumps, non_finite_tensors
+from .memory import StepMemoryMeter
 
 # transformers.get_inverse_sqrt_schedule starts at lr 0 (the first step would not train) and decays over a
 # separate timescale; ours reaches peak/warmup at step 1 and decays as sqrt(warmup/step). One definition,
@@ -81,6 +82,7 @@ class TrainState:
         self.stopped_early = False
         self.best: dict[str, Any] = {}
         self.train_seconds = 0.0
+        self.batch_shape: tuple[int, int, int] | None = None  # of the last step, for its memory report (not saved)
 
     def state_dict(self) -> dict[str, Any]:
         return {
@@ -340,6 +342,13 @@ def next_batches(stream: Any, count: int, device: torch.device) -> list[Batch]:
     return [{k: v.to(device) for k, v in stream.next().items()} for _ in range(count)]
 
 
+def largest_batch_shape(batches: Sequence[Batch]) -> tuple[int, int, int]:
+    """(rows, source length, target length) of the micro-batch with the most padded tokens: the one whose
+    activations set a step's memory peak (micro-batches run one after another)."""
+    shapes = [(b["input_ids"].shape[0], b["input_ids"].shape[1], b["labels"].shape[1]) for b in batches]
+    return max(shapes, key=lambda s: s[0] * (s[1] + s[2]))
+
+
 def backward_micro_batches(accelerator: Any, model: Any, batches: Sequence[Batch]) -> tuple[float, int]:
     """Forward and backward over the micro-batches of one optimiser step (accelerate's ``accumulate``: the
     gradient all-reduce runs on the last one only, each loss is divided by their number). Returns the mean
@@ -378,18 +387,28 @@ def run_steps(
     evaluate: Callable[[], bool],
     desc: str,
     model: Any = None,
+    memory_report: Callable[[StepMemoryMeter], str] | None = None,
 ) -> None:
     """The loop of a search or training run: ``step()`` (which advances ``state.step`` and returns what to
     log; it may set ``state.stopped_early``) until ``--max_steps`` or an early stop; ``evaluate()`` (True asks
     to stop) every ``--eval_every`` steps, at the end and on a stop; a checkpoint every ``--save_every``
     steps, at the end and on a stop. With ``model``, its weights are checked for NaN/inf before each
-    evaluation and checkpoint (``check_finite_weights``)."""
+    evaluation and checkpoint (``check_finite_weights``). With ``memory_report``, this process's second step
+    (the first with optimizer state, as every later one) is measured and ``memory_report(meter)`` is logged."""
     from tqdm.auto import tqdm
 
     last = run_args.max_steps  # None: until step() stops the run (train.py's time budget)
     bar = tqdm(total=last, initial=state.step, disable=not accelerator.is_local_main_process, desc=desc)
+    steps_here = 0
     while (last is None or state.step < last) and not state.stopped_early:
-        logs = step()
+        steps_here += 1
+        if memory_report is not None and steps_here == 2:
+            with StepMemoryMeter(accelerator.device) as meter:
+                logs = step()
+            if accelerator.is_main_process:
+                logger.info(memory_report(meter))
+        else:
+            logs = step()
         bar.update(1)
         bar.set_postfix({k: f"{v:.4g}" for k, v in logs.items() if k != "lr"})
         accelerator.log(logs, step=state.step)

@@ -329,11 +329,11 @@ def test_committed_configs_parse(config):
         script.check_averaging(args)  # the averaged checkpoints are written and kept
 
 
-@pytest.mark.parametrize("mode", ["reversible", "checkpoint"])
+@pytest.mark.parametrize("mode", ["reversible", "checkpoint", "hybrid"])
 def test_memory_modes_give_ordinary_autograd_gradients(mode):
     from _helpers import grad_errors, padded_batch, param_grads
     from hf_revdarts import RevDartsForConditionalGeneration
-    from hf_revdarts.arguments import apply_memory_mode
+    from hf_revdarts.memory import apply_memory_mode
 
     tok = type("Tok", (), {"pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2, "__len__": lambda s: 60})()
 
@@ -341,11 +341,13 @@ def test_memory_modes_give_ordinary_autograd_gradients(mode):
         args = ModelArguments(d_model=48, num_heads=2, encoder_layers=2, decoder_layers=2, memory_mode=memory_mode)
         torch.manual_seed(0)
         model = RevDartsForConditionalGeneration(build_config(args, tok, 16))
-        return apply_memory_mode(model, memory_mode).train()
+        apply_memory_mode(model, memory_mode, keep_layers=1)
+        return model.train()
 
     model, reference = build(mode), build("ordinary")
     stacks = [model.model.encoder.stack, model.model.decoder.stack]
-    assert model.config.reversible == (mode == "reversible") and not reference.config.reversible
+    assert model.config.reversible == (mode != "checkpoint") and not reference.config.reversible
+    assert model.config.reversible_keep_layers == (1 if mode == "hybrid" else 0)
     assert all(s.gradient_checkpointing == (mode == "checkpoint") for s in stacks)
     total, worst = grad_errors(param_grads(model, padded_batch(60)), param_grads(reference, padded_batch(60)))
     assert total < 1e-5 and worst < 1e-4, (total, worst)

@@ -34,15 +34,19 @@ from hf_revdarts.arguments import (
     SHARED_ARGUMENTS,
     DataArguments,
     DatasetArguments,
+    MemorySetup,
     ModelArguments,
     RunArguments,
     SearchArguments,
-    apply_memory_mode,
     build_config,
+    default_device_type,
     loggable_arguments,
+    memory_report,
     parse_args,
+    plan_run_memory,
 )
 from hf_revdarts.guards import NonFiniteError
+from hf_revdarts.memory import apply_memory_mode
 from hf_revdarts.search import Architect, CollapseGuard, RevDartsSupernet, validate_search_space
 from hf_revdarts.search.architect import arch_lr_for_steps, make_arch_optimizer, make_weight_optimizer
 from hf_revdarts.search.selection import select_genotype
@@ -60,6 +64,7 @@ from hf_revdarts.training_utils import (
     finite_or_none,
     guard_allows_step,
     inverse_sqrt_schedule,
+    largest_batch_shape,
     load_checkpoint,
     load_split,
     next_batches,
@@ -113,6 +118,7 @@ class Search:
     guard: CollapseGuard
     state: TrainState
     eval_batches: list[dict[str, torch.Tensor]]
+    memory: MemorySetup
     start: float = field(default_factory=time.time)
 
 
@@ -140,7 +146,10 @@ def check_inputs(args: SearchArgs) -> tuple[Texts, Path | None]:
         )
     validate_search_space(args.search.encoder_ops, "encoder")
     validate_search_space(args.search.decoder_ops, "decoder")
-    build_config(args.model, None, args.data.max_length, search_args=args.search)
+    config = build_config(args.model, None, args.data.max_length, search_args=args.search)
+    if args.model.max_memory:  # a budget nothing fits is refused before any work (vocabulary: --vocab_size)
+        config.vocab_size = args.data.vocab_size
+        plan_run_memory(args.model, args.data, config, supernet=True, device_type=default_device_type())
     train = load_split(args.dataset, args.data.train_split, args.data.max_train_examples)
     if args.search.arch_split:
         arch = load_split(args.dataset, args.search.arch_split, args.data.max_train_examples)
@@ -174,7 +183,9 @@ def setup(args: SearchArgs, texts: Texts, resume_path: Path | None) -> Search:
     eval_batches = [eval_stream.next() for _ in range(min(args.search.eval_batches, len(eval_stream)))]
 
     config = build_config(args.model, tokenizer, args.data.max_length, search_args=args.search)
-    supernet = apply_memory_mode(RevDartsSupernet(config), args.model.memory_mode)
+    memory = plan_run_memory(args.model, args.data, config, supernet=True, device_type=accelerator.device.type)
+    supernet = RevDartsSupernet(config)
+    apply_memory_mode(supernet, memory.mode, memory.keep_layers)
     w_opt = make_weight_optimizer(supernet, lr=run.lr)
     a_opt = make_arch_optimizer(supernet, lr=arch_lr(args), weight_decay=args.search.arch_weight_decay)
     # Not passed through prepare(): AcceleratedScheduler steps once per process per call, which would
@@ -208,8 +219,9 @@ def setup(args: SearchArgs, texts: Texts, resume_path: Path | None) -> Search:
         f"{len(streams['arch'])} α batches per epoch and process",
         main_process_only=True,
     )
+    logger.info(memory.describe(), main_process_only=True)
     return Search(args, output_dir, accelerator, supernet, model, w_opt, a_opt, scheduler, architect, guard, state,
-                  eval_batches)
+                  eval_batches, memory)
 
 
 def arch_lr(args: SearchArgs) -> float:
@@ -227,9 +239,11 @@ def search_step(s: Search) -> dict[str, float]:
     accum, device, step = s.args.run.gradient_accumulation_steps, s.accelerator.device, s.state.step + 1
     lr = s.scheduler.get_last_lr()[0]
     train_batches = next_batches(s.state.streams["train"], accum, device)
+    s.state.batch_shape = largest_batch_shape(train_batches)
     logs: dict[str, float] = {}
     if s.state.step >= s.args.search.arch_start_step:  # before that, no α loss to show (not a NaN placeholder)
         arch_batches = next_batches(s.state.streams["arch"], accum, device)
+        s.state.batch_shape = largest_batch_shape(train_batches + arch_batches)
         alphas = s.supernet.arch_parameters()
 
         def allow(loss: float) -> bool:
@@ -259,7 +273,7 @@ def search_loop(s: Search) -> None:
         evaluate(s)  # the starting point of the α history
     s.model.train()
     run_steps(s.accelerator, s.state, s.args.run, s.output_dir, lambda: search_step(s), lambda: evaluate(s), "search",
-              model=s.supernet)
+              model=s.supernet, memory_report=lambda meter: memory_report(s.memory, s.supernet.config, s.state, meter))
 
 
 # ---------------------------------------------------------------- evaluation --------------------------------

@@ -41,18 +41,22 @@ from hf_revdarts.arguments import (
     SHARED_ARGUMENTS,
     DataArguments,
     DatasetArguments,
+    MemorySetup,
     ModelArguments,
     RunArguments,
     TrainArguments,
-    apply_memory_mode,
     build_config,
+    default_device_type,
     load_genotype,
     loggable_arguments,
+    memory_report,
     parse_args,
+    plan_run_memory,
 )
 from hf_revdarts.averaging import latest_checkpoints, load_averaged_weights
 from hf_revdarts.evaluation import bleu_and_chrf, translate
 from hf_revdarts.guards import NonFiniteError, assert_finite_state
+from hf_revdarts.memory import apply_memory_mode
 from hf_revdarts.tokenization import load_tokenizer, save_tokenizer
 from hf_revdarts.training_utils import (
     TrainState,
@@ -66,6 +70,7 @@ from hf_revdarts.training_utils import (
     finite_or_none,
     guard_allows_step,
     inverse_sqrt_schedule,
+    largest_batch_shape,
     load_checkpoint,
     load_split,
     next_batches,
@@ -116,6 +121,7 @@ class Training:
     eval_batches: list[dict[str, torch.Tensor]]
     bleu_pairs: tuple[list[str], list[str]]
     hparams: dict[str, Any]
+    memory: MemorySetup
     tokens_seen: int = 0
     averaged: dict[str, Any] | None = None
 
@@ -165,7 +171,10 @@ def check_inputs(args: TrainArgs) -> Inputs:
     check_output_dir(args.run.output_dir, args.run.overwrite_output_dir, args.run.resume_from_checkpoint)
     check_averaging(args)
     genotype, search_dir = load_genotype(args.train.genotype)
-    build_config(args.model, None, args.data.max_length, genotype)
+    config = build_config(args.model, None, args.data.max_length, genotype)
+    if args.model.max_memory:  # a budget nothing fits is refused before any work (vocabulary: --vocab_size)
+        config.vocab_size = args.data.vocab_size
+        plan_run_memory(args.model, args.data, config, supernet=False, device_type=default_device_type())
     train = load_split(args.dataset, args.data.train_split, args.data.max_train_examples)
     eval_pairs = load_split(args.dataset, args.data.eval_split, args.data.max_eval_examples)
     tok_source = Path(args.data.tokenizer) if args.data.tokenizer else (search_dir / "tokenizer" if search_dir else None)
@@ -192,7 +201,9 @@ def setup(args: TrainArgs, inputs: Inputs) -> Training:
     bleu_pairs = (inputs.eval[0][:bleu_n], inputs.eval[1][:bleu_n])
 
     config = build_config(args.model, tokenizer, args.data.max_length, inputs.genotype)
-    model = apply_memory_mode(RevDartsForConditionalGeneration(config), args.model.memory_mode)
+    memory = plan_run_memory(args.model, args.data, config, supernet=False, device_type=accelerator.device.type)
+    model = RevDartsForConditionalGeneration(config)
+    apply_memory_mode(model, memory.mode, memory.keep_layers)
     optimizer = torch.optim.Adam(model.parameters(), lr=run.lr, betas=(0.9, 0.98), eps=1e-9)
     scheduler = inverse_sqrt_schedule(optimizer, run.warmup_steps)
     model, optimizer = accelerator.prepare(model, optimizer)
@@ -210,8 +221,9 @@ def setup(args: TrainArgs, inputs: Inputs) -> Training:
         "epoch and process",
         main_process_only=True,
     )
+    logger.info(memory.describe(), main_process_only=True)
     return Training(args, output_dir, accelerator, model, unwrapped, tokenizer, optimizer, scheduler, state,
-                    eval_batches, bleu_pairs, hparams)
+                    eval_batches, bleu_pairs, hparams, memory)
 
 
 # ---------------------------------------------------------------- the loop ----------------------------------
@@ -219,6 +231,7 @@ def train_step(t: Training) -> dict[str, float]:
     """One optimiser step over --gradient_accumulation_steps micro-batches; a stop once the time budget is spent."""
     tick = time.time()
     batches = next_batches(t.state.streams["train"], t.args.run.gradient_accumulation_steps, t.accelerator.device)
+    t.state.batch_shape = largest_batch_shape(batches)
     loss, tokens = backward_micro_batches(t.accelerator, t.model, batches)
     norm = None
     if t.args.run.max_grad_norm > 0:
@@ -241,7 +254,8 @@ def train_loop(t: Training) -> None:
     """Steps until --max_steps or the time budget; evaluations and checkpoints on their schedule."""
     t.model.train()
     run_steps(t.accelerator, t.state, t.args.run, t.output_dir, lambda: train_step(t),
-              lambda: evaluate_and_keep_best(t), "train", model=t.unwrapped)
+              lambda: evaluate_and_keep_best(t), "train", model=t.unwrapped,
+              memory_report=lambda meter: memory_report(t.memory, t.unwrapped.config, t.state, meter))
 
 
 # ---------------------------------------------------------------- evaluation --------------------------------

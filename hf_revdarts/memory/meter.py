@@ -91,13 +91,15 @@ class StepMemoryMeter:
             self.peak_bytes, self.retained_bytes = self._mode.peak, self._mode.live
 
     def report(self, estimate: MemoryEstimate, gradients_allocated_in_step: bool = True) -> str:
-        """Predicted vs measured, for the log line after the first step. With ``zero_grad(set_to_none=True)``
-        (the training scripts) the step also allocates the gradients: both sides then include them."""
-        predicted = estimate.activation_bytes + (estimate.gradient_bytes if gradients_allocated_in_step else 0)
+        """Predicted vs measured, for the log line after a step. With ``zero_grad(set_to_none=True)`` (the
+        training scripts) the step also allocates the gradients: both sides then include them. The step's peak
+        is its activations' or, after backward, the optimizer update's temporaries, whichever is larger."""
+        peak = max(estimate.activation_bytes, estimate.optimizer_step_bytes)
+        predicted = peak + (estimate.gradient_bytes if gradients_allocated_in_step else 0)
         what = "activations + gradients" if gradients_allocated_in_step else "activations"
         ratio = self.peak_bytes / predicted if predicted else float("nan")
         return (
-            f"memory of the first step ({what}, above the weights): predicted {format_bytes(predicted)}, measured "
-            f"{format_bytes(self.peak_bytes)} ({ratio:.2f}x the prediction; {self.method}; "
-            f"{format_bytes(self.retained_bytes)} still allocated after it)"
+            f"memory of a training step ({what}, above weights and optimizer state; batch {estimate.batch_size} x "
+            f"{estimate.source_length}/{estimate.target_length} tokens): predicted {format_bytes(predicted)}, "
+            f"measured {format_bytes(self.peak_bytes)} ({ratio:.2f}x the prediction; {self.method})"
         )
