@@ -127,7 +127,12 @@ def markdown(summary: dict[str, Any]) -> str:
     if "searched_minus_random_mean" in summary:
         lines += ["", f"Searched mean − random mean: {summary['searched_minus_random_mean']:+.2f} BLEU."]
     if "search" in k:
-        lines += ["", "Searched genotypes:"] + [f"- {n}: `{json.dumps(g)}`" for n, g in k["search"]["genotypes"].items()]
+        genotypes = k["search"]["genotypes"]
+        lines += ["", "Searched genotypes:"] + [f"- {n}: `{json.dumps(g)}`" for n, g in genotypes.items()]
+        distinct = {json.dumps(g, sort_keys=True) for g in genotypes.values()}
+        if len(distinct) < len(genotypes):
+            lines.append(f"\n{len(genotypes)} searches, {len(distinct)} distinct genotype(s): a genotype derived by "
+                         "several seeds is trained once per training seed (under the first search's name).")
     if summary.get("flags_not_supported"):
         lines += ["", f"Recipe flags the scripts did not support yet (left out): {', '.join(summary['flags_not_supported'])}"]
     return "\n".join(lines) + "\n"

@@ -81,3 +81,59 @@ def test_smoke_protocol_runs_every_kind_and_resumes(tmp_path):
     assert any("--resume_from_checkpoint latest" in c for c in resumed["commands"])
     assert "resumed from" in (run_dir.parent / f"{run_dir.name}.log").read_text()
     assert sorted(p.name for p in run_dir.glob("checkpoint-*"))[-1] == "checkpoint-000004"
+
+
+def _load_protocol_module():
+    import importlib.util
+
+    sys.path.insert(0, str(SCRIPT.parent))
+    spec = importlib.util.spec_from_file_location("search_quality_under_test", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_seeds_deriving_one_genotype_share_its_trainings_and_jobs_run_concurrently(tmp_path, monkeypatch):
+    """--jobs runs trainings side by side (searches first); two searches that derive the same genotype train it
+    once per training seed, under the first search's name."""
+    import threading
+    import time
+
+    sq = _load_protocol_module()
+    args = sq.parse_args(["--pair", "en-de", "--searches", "3", "--seeds", "2", "--random", "1", "--jobs", "4",
+                          "--work_dir", str(tmp_path / "work"), "--results_dir", str(tmp_path / "results")])
+    protocol = sq.Protocol(args)
+    genotypes = {0: "A", 1: "B", 2: "A"}
+    started, running, peak, lock = [], [0], [0], threading.Lock()
+
+    def fake_train(self, name, kind, genotype, seed, tokenizer, meta):
+        with lock:
+            started.append(name)
+            running[0] += 1
+            peak[0] = max(peak[0], running[0])
+        time.sleep(0.2)
+        with lock:
+            running[0] -= 1
+
+    monkeypatch.setattr(sq.Protocol, "tokenizer", lambda self: tmp_path / "tok")
+    monkeypatch.setattr(sq.Protocol, "search", lambda self, s, tok: {"genotype": genotypes[s]})
+    monkeypatch.setattr(sq.Protocol, "train", fake_train)
+    monkeypatch.setattr(sq.Protocol, "random_genotype_file", lambda self, k: tmp_path / f"r{k}.json")
+    import search_quality_report
+
+    monkeypatch.setattr(search_quality_report, "write_summary", lambda protocol: None)
+    protocol.execute()
+    assert sorted(started) == sorted(["searched-s0-t0", "searched-s0-t1", "searched-s1-t0", "searched-s1-t1",
+                                      "standard-t0", "standard-t1", "random-r0"])
+    assert peak[0] == 4
+
+    def failing_train(self, name, *rest):
+        if name == "standard-t0":
+            raise RuntimeError("standard-t0 broke")
+        fake_train(self, name, *rest)
+
+    started.clear()
+    monkeypatch.setattr(sq.Protocol, "train", failing_train)
+    with pytest.raises(RuntimeError, match="standard-t0 broke"):
+        sq.Protocol(args).execute()
+    assert "random-r0" in started  # one failed run does not stop the others
