@@ -9,8 +9,8 @@ import re
 from pathlib import Path
 
 import pytest
-
 from _script_helpers import TINY_SEARCH, run_train, search_script, snapshot
+
 from hf_revdarts.arguments import DataArguments, ModelArguments, build_config, plan_run_memory
 from hf_revdarts.configuration_revdarts import standard_genotype
 from hf_revdarts.memory import estimate_memory
