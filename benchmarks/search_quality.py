@@ -100,6 +100,15 @@ SMOKE: dict[str, Any] = {  # tiny sizes on the bundled sample: every kind, a few
 # =========================================================================================================
 
 
+def machine() -> str:
+    """The machine the runs use: the GPU's name, else the CPU count (wall times only compare on one machine)."""
+    import torch
+
+    if torch.cuda.is_available():
+        return f"GPU: {torch.cuda.get_device_name(0)}"
+    return f"CPU: {os.cpu_count()} cores"
+
+
 def rel(path: Path | str) -> str:
     """A path as recorded in committed files: relative to the repository, never absolute."""
     return os.path.relpath(Path(path).resolve(), REPO)
@@ -266,6 +275,7 @@ class Protocol:
             "genotype": json.loads((out / "genotype.json").read_text()),
             "search_steps": summary["steps"], "stopped_early": summary.get("stopped_early"),
             "search_summary": summary, "work_dir": rel(out), **self._timing_record(timing),
+            **({"note": timing["note"]} if "note" in timing else {}),  # e.g. a search run outside the protocol
         }
         write_json(result, record)
         return record
@@ -355,7 +365,10 @@ class Protocol:
 
     def _timing_record(self, timing: dict[str, Any]) -> dict[str, Any]:
         stages = {k: v for k, v in timing.items() if isinstance(v, dict) and "wall_seconds" in v}
+        if "device" not in timing:  # where the stages ran (a run finished in another sitting keeps its own)
+            timing["device"] = machine()
         return {
+            "device": timing["device"],
             "wall_seconds": round(sum(v["wall_seconds"] for v in stages.values()), 1),
             "cpu_seconds": round(sum(v.get("cpu_seconds", 0.0) for v in stages.values()), 1),
             "stages": stages, "timing_note": self.timing_note,

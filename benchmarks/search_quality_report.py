@@ -115,6 +115,12 @@ def markdown(summary: dict[str, Any]) -> str:
     if "search" in k:
         lines.append(f"| search | {k['search']['runs']} | | | | | {k['search']['wall_hours_mean']:.2f} | "
                      f"{k['search']['cpu_hours_total']:.2f} |")
+    devices: dict[str, list[str]] = {}
+    for name, device in summary.get("devices", {}).items():
+        devices.setdefault(device, []).append(name)
+    if devices:
+        lines += ["", "Ran on: " + "; ".join(f"{d} ({', '.join(sorted(n))})" for d, n in devices.items())
+                  + ". Wall and CPU hours compare only within one machine."]
     lines += ["", "Runs: " + ", ".join(f"{n} {b:.2f}" for kind in KINDS if kind in k for n, b in k[kind]["bleu"].items())]
     sig = summary["significance"]
     if "pooled" in sig:
@@ -188,6 +194,7 @@ def write_summary(protocol: Any) -> dict[str, Any]:
         "kinds": table(runs, searches),
         "significance": significance(runs, REPO, refs),
         "flags_not_supported": sorted({f for x in runs + searches for f in x.get("flags_not_supported", [])}),
+        "devices": {x["run"]: x.get("device", "unrecorded") for x in searches + runs},
         "total_cpu_hours": round(sum(x["cpu_seconds"] for x in runs + searches) / 3600, 3),
         "total_wall_hours": round(sum(x["wall_seconds"] for x in runs + searches) / 3600, 3),
     }
