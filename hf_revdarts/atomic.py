@@ -84,7 +84,7 @@ def atomic_write_json(path: str | os.PathLike, data: Any, indent: int | None = 1
 def atomic_savefig(fig: Any, path: str | os.PathLike) -> None:
     """``fig.savefig`` through a temporary file, then rename."""
     path = Path(path)
-    tmp = _temporary_name(path).with_suffix(".png")
+    tmp = path.with_name(_temporary_name(path).name + ".png")  # matplotlib picks the format by the suffix
     try:
         fig.savefig(tmp, dpi=110, bbox_inches="tight")
         os.replace(tmp, path)

@@ -193,7 +193,7 @@ def test_publish_refuses_a_nan_model_even_with_matching_results(script_trained, 
 # ---------------------------------------------------------------- 4. modes
 
 
-@pytest.mark.parametrize("umask, dirs, files", [(0o022, 0o755, 0o644), (0o027, 0o750, 0o640)])
+@pytest.mark.parametrize("umask, dirs, files", [(0o022, 0o755, 0o644), (0o027, 0o750, 0o640)], ids=["022", "027"])
 def test_atomic_outputs_get_the_umask_modes(tmp_path, umask, dirs, files):
     import matplotlib
 
@@ -265,8 +265,13 @@ def test_a_folder_killed_between_its_two_renames_is_put_back(tmp_path):
     (tmp_path / ".tmp-best-0a1b2c3d").mkdir()
     (tmp_path / ".old-published-77").mkdir()
     (tmp_path / "published").mkdir()
+    (tmp_path / ".tmp-eval_test.json-89abcdef").write_text('{"bleu": 1')  # an evaluation killed mid-write
+    (tmp_path / ".tmp-genotype.png-01234567.png").write_bytes(b"\x89PNG")  # a figure killed mid-write
     remove_stale_temporaries(tmp_path, "best")
     assert (tmp_path / "best" / "model.safetensors").read_text() == "previous best"
+    assert (tmp_path / ".tmp-eval_test.json-89abcdef").exists(), "only the named target's leftovers go"
+    remove_stale_temporaries(tmp_path, "eval_test.json")
+    remove_stale_temporaries(tmp_path, "genotype.png")
     assert sorted(p.name for p in tmp_path.iterdir()) == [".old-published-77", "best", "published"]
     remove_stale_temporaries(tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["best", "published"]

@@ -24,7 +24,7 @@ import torch
 from hf_revdarts.arguments import DatasetArguments, parse_args
 from hf_revdarts.evaluation import evaluate_translation, load_model_folder
 from hf_revdarts.integrity import fingerprint_model_folder
-from hf_revdarts.training_utils import atomic_write_json, load_split
+from hf_revdarts.training_utils import atomic_write_json, load_split, remove_stale_temporaries
 
 
 @dataclass
@@ -75,6 +75,7 @@ def write_results(
     }
     output = Path(args.output) if args.output else Path(args.model) / f"eval_{args.split}.json"
     output.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(output.parent, output.name)  # what an evaluation killed while writing left
     atomic_write_json(output, results)
     print(f"BLEU = {scores['bleu']:.2f}  ({scores['bleu_signature']})")
     print(f"BLEU lowercased = {scores['bleu_lowercase']:.2f}  ({scores['bleu_lowercase_signature']})")
