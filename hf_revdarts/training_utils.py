@@ -398,29 +398,29 @@ def run_steps(
     from tqdm.auto import tqdm
 
     last = run_args.max_steps  # None: until step() stops the run (train.py's time budget)
-    bar = tqdm(total=last, initial=state.step, disable=not accelerator.is_local_main_process, desc=desc)
     steps_here = 0
-    while (last is None or state.step < last) and not state.stopped_early:
-        steps_here += 1
-        if memory_report is not None and steps_here == 2:
-            with StepMemoryMeter(accelerator.device) as meter:
+    # closed also when a step raises (NonFiniteError): the bar ends before the traceback, not at exit
+    with tqdm(total=last, initial=state.step, disable=not accelerator.is_local_main_process, desc=desc) as bar:
+        while (last is None or state.step < last) and not state.stopped_early:
+            steps_here += 1
+            if memory_report is not None and steps_here == 2:
+                with StepMemoryMeter(accelerator.device) as meter:
+                    logs = step()
+                if accelerator.is_main_process:
+                    logger.info(memory_report(meter))
+            else:
                 logs = step()
-            if accelerator.is_main_process:
-                logger.info(memory_report(meter))
-        else:
-            logs = step()
-        bar.update(1)
-        bar.set_postfix({k: f"{v:.4g}" for k, v in logs.items() if k != "lr"})
-        accelerator.log(logs, step=state.step)
-        evaluating = state.step % run_args.eval_every == 0 or state.step == last or state.stopped_early
-        saving = state.step % run_args.save_every == 0 or state.step == last or state.stopped_early
-        if model is not None and (evaluating or saving):
-            check_finite_weights(model, state)
-        if evaluating:
-            state.stopped_early = evaluate() or state.stopped_early
-        if saving or state.stopped_early:
-            save_checkpoint(accelerator, output_dir, state, run_args.checkpoints_total_limit)
-    bar.close()
+            bar.update(1)
+            bar.set_postfix({k: f"{v:.4g}" for k, v in logs.items() if k != "lr"})
+            accelerator.log(logs, step=state.step)
+            evaluating = state.step % run_args.eval_every == 0 or state.step == last or state.stopped_early
+            saving = state.step % run_args.save_every == 0 or state.step == last or state.stopped_early
+            if model is not None and (evaluating or saving):
+                check_finite_weights(model, state)
+            if evaluating:
+                state.stopped_early = evaluate() or state.stopped_early
+            if saving or state.stopped_early:
+                save_checkpoint(accelerator, output_dir, state, run_args.checkpoints_total_limit)
 
 
 @torch.no_grad()
