@@ -235,6 +235,14 @@ class Protocol:
         t["wall_seconds"] = round(t["wall_seconds"] + time.time() - start, 1)
         t["cpu_seconds"] = round(t["cpu_seconds"] + usage.ru_utime + usage.ru_stime, 1)
 
+    @staticmethod
+    def restart_flags(out: Path) -> list[str]:
+        """Resume from the latest checkpoint; a run that died before its first one left a non-empty folder,
+        which the scripts refuse without --overwrite_output_dir (it clears the folder)."""
+        if any(out.glob("checkpoint-*/train_state.json")):
+            return ["--resume_from_checkpoint", "latest"]
+        return ["--overwrite_output_dir"] if out.is_dir() and any(out.iterdir()) else []
+
     def tokenizer(self) -> Path:
         """One joint BPE tokenizer per pair (trained on the train split), shared by every run."""
         folder = self.work / "tokenizer"
@@ -261,8 +269,7 @@ class Protocol:
                  "--train_split", self.splits["train"], "--eval_split", self.splits["val"],
                  *flag_list(self.recipe["model"]), *flag_list(self.recipe["search"]), *self.common_flags()]
         if not (out / "search_summary.json").is_file():
-            if any(out.glob("checkpoint-*/train_state.json")):
-                flags += ["--resume_from_checkpoint", "latest"]
+            flags += self.restart_flags(out)
             flags, missing = self.with_pending("search.py", "search", flags)
             timing["flags_not_supported"] = missing
             self.run("search.py", flags, out.parent / f"{out.name}.log", timing, "search")
@@ -300,8 +307,7 @@ class Protocol:
                      rel(out), "--seed", str(seed), "--train_split", self.splits["train"],
                      "--eval_split", self.splits["val"], *flag_list(self.recipe["model"]),
                      *flag_list(self.recipe["train"]), *self.common_flags()]
-            if any(out.glob("checkpoint-*/train_state.json")):
-                flags += ["--resume_from_checkpoint", "latest"]
+            flags += self.restart_flags(out)
             flags, missing = self.with_pending("train.py", "train", flags)
             timing["flags_not_supported"] = missing
             self.run("train.py", flags, out.parent / f"{out.name}.log", timing, "train")

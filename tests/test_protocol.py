@@ -137,3 +137,15 @@ def test_seeds_deriving_one_genotype_share_its_trainings_and_jobs_run_concurrent
     with pytest.raises(RuntimeError, match="standard-t0 broke"):
         sq.Protocol(args).execute()
     assert "random-r0" in started  # one failed run does not stop the others
+
+
+def test_a_run_that_died_before_its_first_checkpoint_starts_over(tmp_path):
+    sq = _load_protocol_module()
+    out = tmp_path / "standard-t0"
+    assert sq.Protocol.restart_flags(out) == []  # never started
+    out.mkdir()
+    (out / "logs").mkdir()  # what a run killed in its first steps leaves: the scripts refuse a non-empty folder
+    assert sq.Protocol.restart_flags(out) == ["--overwrite_output_dir"]
+    (out / "checkpoint-000250").mkdir()
+    (out / "checkpoint-000250" / "train_state.json").write_text("{}")
+    assert sq.Protocol.restart_flags(out) == ["--resume_from_checkpoint", "latest"]
