@@ -273,9 +273,16 @@ class SearchArguments:
                   "(DARTS-PT: the op whose removal raises the held-out loss most); both are reported",
                   "choices": ["argmax", "perturbation"]},
     )
+    prune_below: float = field(
+        default=0.0,
+        metadata={"help": "skip the candidate ops whose softmax weight in a node has fallen below this (e.g. "
+                  "0.01): α has settled against them, and the supernet step gets cheaper; 0 computes every op"},
+    )
     no_figures: bool = field(default=False, metadata={"help": "skip the pictures at the end"})
 
     def __post_init__(self) -> None:
+        if not 0.0 <= self.prune_below < 1.0:
+            raise ValueError(f"--prune_below must be in [0, 1), got {self.prune_below}")
         if self.selection not in ("argmax", "perturbation"):
             raise ValueError(f"--selection must be argmax or perturbation, got {self.selection!r}")
         self.encoder_ops = _op_list(self.encoder_ops)

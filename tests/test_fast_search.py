@@ -128,3 +128,55 @@ def test_partial_channels_one_is_plain_darts() -> None:
 def test_partial_channels_bad_values_are_clear_errors(kwargs, needle) -> None:
     with pytest.raises(ValueError, match=needle):
         RevDartsSupernet(tiny(), **kwargs)
+
+
+# ------------------------------------------------------------------------------ pruning settled ops
+def _settled(model: RevDartsSupernet, losers: int = 5) -> None:
+    """α as after a search has settled: in every node the first ``losers`` non-zero ops far below the rest."""
+    with torch.no_grad():
+        for (side, _, _), alpha in zip(model.node_keys(), model.arch_parameters()):
+            names = model.op_names(side)
+            alpha.zero_()
+            for i in [i for i, n in enumerate(names) if n != "zero"][:losers]:
+                alpha[i] = -12.0
+
+
+def test_pruning_skips_settled_ops_and_keeps_the_mixture() -> None:
+    torch.manual_seed(0)
+    model = RevDartsSupernet(tiny()).eval()
+    _settled(model)
+    batch = padded_batch(VOCAB)
+    with torch.no_grad():
+        full = model(**batch).logits
+    calls: dict[int, int] = {}
+    for split in (m for m in model.modules() if isinstance(m, MixedSplit)):
+        for op in split.ops:
+            op.register_forward_hook(lambda mod, i, o: calls.__setitem__(id(mod), calls.get(id(mod), 0) + 1))
+    skipped = model.prune_ops(0.001)
+    assert skipped == 5 * len(model.arch_parameters())
+    with torch.no_grad():
+        pruned = model(**batch).logits
+    # the skipped ops weighed e^-12 / (8 + ...) each: the output is the mixture of the kept ops
+    torch.testing.assert_close(pruned, full, rtol=1e-4, atol=1e-4)
+    for split in (m for m in model.modules() if isinstance(m, MixedSplit)):
+        losers = [i for i, n in enumerate(split.op_names) if n != "zero"][:5]
+        assert all(id(split.ops[i]) not in calls for i in losers)
+        assert all(id(op) in calls for i, op in enumerate(split.ops) if i not in losers and split.op_names[i] != "zero")
+    assert model.prune_ops(0.0) == 0 and all(m.op_mask is None for m in model.modules() if isinstance(m, MixedSplit))
+    with pytest.raises(ValueError, match="threshold"):
+        model.prune_ops(1.0)
+
+
+def test_pruned_supernet_reversible_gradients_equal_ordinary() -> None:
+    torch.manual_seed(0)
+    model = RevDartsSupernet(tiny()).train()
+    _settled(model)
+    model.prune_ops(0.001)
+    rev, ref, arch = supernet_grads_reversible_vs_ordinary(model, padded_batch(VOCAB))
+    total, worst = grad_errors(rev, ref)
+    assert total <= 1e-5 and worst <= 1e-5, (total, worst)
+    # the pruned ops' weights are exactly 0: their α and their parameters get no gradient
+    for split in (m for m in model.modules() if isinstance(m, MixedSplit)):
+        for i, op in enumerate(split.ops):
+            if not split.op_mask[i]:
+                assert all(p.grad is not None and not p.grad.any() for p in op.parameters())

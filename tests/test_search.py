@@ -383,10 +383,10 @@ def test_sigkill_and_resume_reaches_same_alpha_and_genotype(tmp_path: Path) -> N
     assert not list((tmp_path / "resumed").glob(".tmp-*"))
 
 
-@pytest.mark.parametrize("order", ["first", "second"])
+@pytest.mark.parametrize("order", ["first", "second", "pruned"])
 def test_two_process_run_has_identical_alpha_on_every_rank(tmp_path: Path, order: str) -> None:
     data = _tiny_dataset(tmp_path)
-    extra = {"--second_order": ""} if order == "second" else {}
+    extra = {"second": {"--second_order": ""}, "pruned": {"--prune_below": "0.074"}}.get(order, {})
     accelerate = Path(sys.executable).with_name("accelerate")
     cmd = [str(accelerate), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
            "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(_free_port()),
@@ -398,6 +398,7 @@ def test_two_process_run_has_identical_alpha_on_every_rank(tmp_path: Path, order
     assert r0 == r1
     summary = json.loads((tmp_path / "ddp" / "search_summary.json").read_text())
     assert summary["processes"] == 2 and summary["alpha_max_abs_diff_across_ranks"] == 0.0
+    assert (summary["pruned_ops_at_end"] > 0) == (order == "pruned")  # DDP with skipped ops, not only flags
     init = json.loads((tmp_path / "ddp" / "alpha_history.json").read_text())[0]["softmax"]
     final = json.loads((tmp_path / "ddp" / "alpha_history.json").read_text())[-1]["softmax"]
     assert init != final

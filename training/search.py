@@ -120,6 +120,7 @@ class Search:
     eval_batches: list[dict[str, torch.Tensor]]
     memory: MemorySetup
     start: float = field(default_factory=time.time)
+    pruned_ops: int = 0  # (node, op) pairs skipped in the last step (--prune_below)
 
 
 def parse_search_args(argv: list[str] | None = None) -> SearchArgs:
@@ -238,6 +239,7 @@ def search_step(s: Search) -> dict[str, float]:
     A step whose loss or gradients are NaN/inf is skipped (α and θ each have their ``NonFiniteGuard``)."""
     accum, device, step = s.args.run.gradient_accumulation_steps, s.accelerator.device, s.state.step + 1
     lr = s.scheduler.get_last_lr()[0]
+    pruned = s.supernet.prune_ops(s.args.search.prune_below) if s.args.search.prune_below else None
     train_batches = next_batches(s.state.streams["train"], accum, device)
     s.state.batch_shape = largest_batch_shape(train_batches)
     logs: dict[str, float] = {}
@@ -264,6 +266,9 @@ def search_step(s: Search) -> dict[str, float]:
     s.weight_optimizer.zero_grad(set_to_none=True)
     s.arch_optimizer.zero_grad(set_to_none=True)  # the θ backward also reached α; α moves only on held-out data
     s.state.step += 1
+    if pruned is not None:
+        s.pruned_ops = pruned
+        logs["pruned_ops"] = float(pruned)
     return {"train_loss": train_loss, **logs, "lr": lr}
 
 
@@ -344,6 +349,7 @@ def write_final_outputs(s: Search) -> None:
     if not s.accelerator.is_main_process:
         return
     atomic_write_json(s.output_dir / "arch_parameters.json", alphas, indent=None)
+    s.supernet.prune_ops(0.0)  # the derivations see every op (DARTS-PT removes each in turn)
     selections = select(s)
     genotype = selections[s.args.search.selection]["genotype"]
     atomic_write_json(s.output_dir / "selection.json", selections)
@@ -365,6 +371,8 @@ def write_final_outputs(s: Search) -> None:
         "genotype": genotype,
         "genotypes": {method: sel["genotype"] for method, sel in selections.items()},
         "non_finite_steps_skipped": s.state.skipped_steps(),
+        "prune_below": s.args.search.prune_below,
+        "pruned_ops_at_end": s.pruned_ops,
     }
     atomic_write_json(s.output_dir / "search_summary.json", summary)
     print(json.dumps(summary))

@@ -154,11 +154,20 @@ class MixedSplit(nn.Module):
             h = full[..., self.channels]
         # softmax in fp32 even under autocast: the mixing weights are tiny differences of α early on.
         weights = mixing_weights(self.alpha, self.temperature, self.op_mask).to(h.dtype)
+        kept = self.op_mask.tolist() if self.op_mask is not None else [True] * len(self.ops)
         out = None
         for i, (name, op) in enumerate(zip(self.op_names, self.ops)):
             if name == "zero":
                 # w·0 contributes nothing to the output; α_zero still gets its gradient via the softmax
                 # normalisation of the other weights.
+                continue
+            if not kept[i]:
+                # weight exactly 0: not computed (pruned or removed). Its parameters stay in the graph with a
+                # zero gradient, so that DDP's reducer, which expects every parameter, still finishes.
+                if torch.is_grad_enabled() and self.training:
+                    for param in op.parameters():
+                        term = param.sum() * 0.0
+                        out = term if out is None else out + term
                 continue
             sub = None if state is None else state.setdefault(i, {})
             term = weights[i] * op(h, ctx, side, sub)
@@ -317,6 +326,29 @@ class RevDartsSupernet(RevDartsForConditionalGeneration):
             raise ValueError(f"temperature={temperature!r} must be a positive finite number")
         for _, _, _, module in self._nodes:
             module.temperature = float(temperature)
+
+    @torch.no_grad()
+    def prune_ops(self, threshold: float) -> int:
+        """Skip, in every mixed op, the candidates whose softmax(α) weight is below ``threshold`` (the node's
+        top op always stays); the kept ones are renormalised, as DARTS-PT removes an op. Called once per
+        step from α alone, so a resumed search prunes alike; ``threshold`` 0 computes every op again.
+        Pruned ops get no α gradient (their α holds) and may come back if the others' α move. Returns the
+        number of (node, op) pairs skipped, tied nodes counted once."""
+        if not (isinstance(threshold, (int, float)) and 0.0 <= threshold < 1.0):
+            raise ValueError(f"threshold={threshold!r} must be in [0, 1)")
+        skipped = 0
+        for key in self._alpha_keys:
+            alpha = self._alpha_table[key]
+            mask = None
+            if threshold > 0:
+                weights = mixing_weights(alpha, self.temperature)
+                mask = weights >= threshold
+                mask[int(weights.argmax())] = True
+                skipped += int((~mask).sum())
+                mask = None if bool(mask.all()) else mask.cpu()
+            for module in self.mixed_splits(*key):
+                module.op_mask = mask
+        return skipped
 
     @torch.no_grad()
     def genotype(self, exclude: Sequence[str] = ("zero",)) -> dict[str, list[list[str]]]:
