@@ -20,6 +20,8 @@ Variants (``--variants``; each in the memory modes of ``--modes``):
     model         the standard self_attn/ffn genotype (the Transformer baseline)
     supernet      RevDartsSupernet as built by default
     pcK           this tree's supernet with partial channels K (PC-DARTS; an option that changes the search)
+    settled       the supernet with the final α of a search (``--alphas``): costs what ``supernet`` costs
+    pruned        the same, with the ops below ``--prune_below`` skipped (``search.py --prune_below``)
 A baseline tree only knows ``model`` and ``supernet``.
 
     python benchmarks/throughput_search.py --baseline cb07a35            # before/after, reference size
@@ -62,7 +64,22 @@ def build(variant: str, reversible: bool, a: argparse.Namespace):
         return RevDartsSupernet(config, tie_blocks=a.tie_blocks)
     if variant.startswith("pc") and variant[2:].isdigit():
         return RevDartsSupernet(config, tie_blocks=a.tie_blocks, partial_channels=int(variant[2:]))
-    raise ValueError(f"unknown variant {variant!r}: use model, supernet or pcK (e.g. pc4)")
+    if variant in ("settled", "pruned"):  # α of a finished search (--alphas); pruned skips ops below --prune_below
+        model = RevDartsSupernet(config, tie_blocks=a.tie_blocks)
+        if not a.alphas:
+            raise ValueError(f"variant {variant!r} needs --alphas (a search's arch_parameters.json)")
+        saved = json.loads(Path(a.alphas).read_text())
+        named = dict(model.named_arch_parameters())
+        if set(saved) != set(named):
+            raise ValueError(f"--alphas {a.alphas} has nodes {sorted(saved)}, this supernet {sorted(named)} "
+                             "(match --layers and --tie_blocks to the search)")
+        with torch.no_grad():
+            for name, alpha in named.items():
+                alpha.copy_(torch.tensor(saved[name]))
+        if variant == "pruned":
+            model.prune_ops(a.prune_below)
+        return model
+    raise ValueError(f"unknown variant {variant!r}: use model, supernet, pcK (e.g. pc4), settled or pruned")
 
 
 def make_batch(a: argparse.Namespace, seed: int = 0) -> dict:
@@ -205,8 +222,11 @@ def unpack(ref: str, dest: Path) -> Path:
 
 def start_worker(tree: Path, variants: str, a: argparse.Namespace) -> subprocess.Popen:
     cmd = [sys.executable, __file__, "--worker", "--variants", variants]
-    for key in ("d_model", "layers", "heads", "batch", "length", "vocab", "tie_blocks", "modes", "threads", "dropout"):
+    for key in ("d_model", "layers", "heads", "batch", "length", "vocab", "tie_blocks", "modes", "threads", "dropout",
+                "prune_below"):
         cmd += [f"--{key}", str(getattr(a, key))]
+    if a.alphas:
+        cmd += ["--alphas", str(Path(a.alphas).resolve())]
     env = dict(os.environ, PYTHONPATH=str(tree), OMP_NUM_THREADS=str(a.threads))
     proc = subprocess.Popen(cmd, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=tree)
     return proc
@@ -242,6 +262,8 @@ def main() -> None:
     p.add_argument("--rows", type=int, default=30)
     p.add_argument("--per_op", action="store_true", help="time each candidate op of a node instead (this tree)")
     p.add_argument("--json", default=None, help="also write the figures to this file")
+    p.add_argument("--alphas", default=None, help="arch_parameters.json of a search (variants settled, pruned)")
+    p.add_argument("--prune_below", type=float, default=0.01, help="threshold of the pruned variant")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.worker:
