@@ -402,3 +402,21 @@ def test_two_process_run_has_identical_alpha_on_every_rank(tmp_path: Path, order
     init = json.loads((tmp_path / "ddp" / "alpha_history.json").read_text())[0]["softmax"]
     final = json.loads((tmp_path / "ddp" / "alpha_history.json").read_text())[-1]["softmax"]
     assert init != final
+
+
+def test_rederive_from_a_saved_supernet_matches_the_search(tmp_path: Path) -> None:
+    """benchmarks/rederive.py rebuilds the search's held-out batches: DARTS-PT after the fact gives the genotype
+    the search itself derived with --selection perturbation."""
+    data = _tiny_dataset(tmp_path)
+    out = tmp_path / "search"
+    res = _run([sys.executable, str(REPO / "training" / "search.py"),
+                *_script_args(data, out, steps=3, **{"--selection": "perturbation"})], _env())
+    assert res.returncode == 0, res.stderr[-3000:]
+    again = _run([sys.executable, str(REPO / "benchmarks" / "rederive.py"), str(out), "--dataset", str(data),
+                  "--selection", "perturbation", "--eval_batches", "2", "--max_tokens", "96", "--max_length", "12",
+                  "--num_threads", "1"], _env())
+    assert again.returncode == 0, again.stderr[-3000:]
+    searched = json.loads((out / "selection.json").read_text())["perturbation"]
+    rederived = json.loads((out / "selection_perturbation.json").read_text())
+    assert rederived["genotype"] == searched["genotype"]
+    assert rederived["base_loss"] == pytest.approx(searched["base_loss"], rel=1e-6)
