@@ -322,7 +322,10 @@ def main() -> None:
             if before and after:
                 print(f"supernet speed-up over {a.baseline}, {mode}: {before / after:.2f}x")
     if a.json:
-        Path(a.json).write_text(json.dumps({"settings": vars(a), "tokens_per_step": tokens, "rows": rows}, indent=1))
+        # paths of this machine (--json, --alphas) stay out of a file meant to be committed
+        settings = {k: v for k, v in vars(a).items() if k not in ("json", "worker")}
+        settings["alphas"] = Path(a.alphas).name if a.alphas else None
+        Path(a.json).write_text(json.dumps({"settings": settings, "tokens_per_step": tokens, "rows": rows}, indent=1))
 
 
 def make_batch_tokens(a: argparse.Namespace) -> int:
