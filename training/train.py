@@ -122,7 +122,8 @@ class Training:
     bleu_pairs: tuple[list[str], list[str]]
     hparams: dict[str, Any]
     memory: MemorySetup
-    tokens_seen: int = 0
+    tokens_seen: int = 0  # by this process: a resumed run restores train_seconds, not the tokens before it
+    seconds_here: float = 0.0
     averaged: dict[str, Any] | None = None
 
 
@@ -242,11 +243,13 @@ def train_step(t: Training) -> dict[str, float]:
     t.optimizer.zero_grad(set_to_none=True)
     t.scheduler.step()
     t.state.step += 1
-    t.state.train_seconds += time.time() - tick
+    elapsed = time.time() - tick
+    t.state.train_seconds += elapsed
+    t.seconds_here += elapsed
     t.tokens_seen += tokens
     budget = t.args.train.time_budget_minutes * 60
     t.state.stopped_early = budget > 0 and t.state.train_seconds >= budget
-    tokens_per_second = t.tokens_seen / max(t.state.train_seconds, 1e-9)
+    tokens_per_second = t.tokens_seen / max(t.seconds_here, 1e-9)
     return {"train_loss": loss, "tokens_per_second": tokens_per_second, "lr": t.scheduler.get_last_lr()[0]}
 
 
