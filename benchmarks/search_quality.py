@@ -438,15 +438,14 @@ class Protocol:
 
 
 class Jobs:
-    """Runs of a protocol, up to ``n`` at once (``--jobs``; 1: one after another, in submission order). A job may
-    submit more jobs. ``join`` waits for every job, then raises the first failure: one failed run does not stop
-    the others, whose results are kept for the next sitting."""
+    """Runs of a protocol, up to ``n`` at once (``--jobs``; 1: one after another, in submission order). ``join``
+    waits for every job, then raises the first failure: one failed run does not stop the others, whose results
+    are kept for the next sitting."""
 
     def __init__(self, n: int) -> None:
         self.n = n
         self.pool = ThreadPoolExecutor(max_workers=n) if n > 1 else None  # joined once per phase, then reused
         self.futures: list[Future] = []
-        self.errors: list[BaseException] = []
         self.lock = threading.Lock()
 
     def submit(self, fn: Any, *args: Any) -> None:
