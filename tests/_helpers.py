@@ -35,6 +35,30 @@ def tiny_config(layers: int = 2, d_model: int = 48, vocab_size: int = 60, **kw) 
     return RevDartsConfig(**defaults)
 
 
+def tiny_search_config(layers: int = 2, dropout: float = 0.1, vocab_size: int = 200, **kw) -> RevDartsConfig:
+    """A small config for supernets (no genotype: the supernet ignores it), every dropout at ``dropout``."""
+    args = dict(
+        vocab_size=vocab_size, d_model=48, num_heads=2, encoder_layers=layers, decoder_layers=layers,
+        dropout=dropout, attention_dropout=dropout, activation_dropout=dropout, max_position_embeddings=32,
+    )
+    args.update(kw)
+    return RevDartsConfig(**args)
+
+
+def saved_tensor_bytes(stack: torch.nn.Module, x: torch.Tensor, *args) -> int:
+    """Bytes autograd keeps for backward while ``stack(x, *args)`` runs forward."""
+    total = 0
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        nonlocal total
+        total += t.numel() * t.element_size()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        stack(x, *args)
+    return total
+
+
 def padded_batch(vocab_size: int, seed: int = 0) -> dict[str, torch.Tensor]:
     """Three source sentences of different lengths (right-padded) and labels padded with -100."""
     g = torch.Generator().manual_seed(seed)

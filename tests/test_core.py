@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from _helpers import grad_errors, padded_batch, param_grads, set_reversible, tiny_config
+from _helpers import grad_errors, padded_batch, param_grads, saved_tensor_bytes, set_reversible, tiny_config
 from hf_revdarts import RevDartsConfig, RevDartsForConditionalGeneration, RevDartsModel
 from hf_revdarts.configuration_revdarts import DECODER_OPS, ENCODER_OPS
 from hf_revdarts.ops import OPS, OpContext, SplitFunction
@@ -102,16 +102,7 @@ def test_reversible_stack_saves_no_per_layer_activations():
         torch.manual_seed(0)
         model = RevDartsModel(config).train()
         x = torch.randn(2, 9, config.d_model, requires_grad=True)
-        total = 0
-
-        def pack(t: torch.Tensor) -> torch.Tensor:
-            nonlocal total
-            total += t.numel() * t.element_size()
-            return t
-
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-            model.encoder.stack(x, OpContext())
-        return total
+        return saved_tensor_bytes(model.encoder.stack, x, OpContext())
 
     assert saved_bytes(2, True) == saved_bytes(8, True)
     assert saved_bytes(8, False) > 3 * saved_bytes(2, False)

@@ -5,6 +5,7 @@ clear errors for sizes it cannot split."""
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 
@@ -13,8 +14,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(__file__))
-from _helpers import grad_errors, padded_batch, supernet_grads_reversible_vs_ordinary  # noqa: E402
-from hf_revdarts import RevDartsConfig  # noqa: E402
+from _helpers import grad_errors, padded_batch, supernet_grads_reversible_vs_ordinary, tiny_search_config  # noqa: E402
 from hf_revdarts.configuration_revdarts import ENCODER_OPS  # noqa: E402
 from hf_revdarts.ops import DynamicConv, OpContext, _left_context, _zero_pads  # noqa: E402
 from hf_revdarts.search import RevDartsSupernet  # noqa: E402
@@ -69,13 +69,7 @@ def test_dynamic_conv_incremental_state_equals_full_sequence() -> None:
     torch.testing.assert_close(torch.cat(ref, dim=1), full, rtol=1e-5, atol=1e-6)
 
 
-def tiny(**kw) -> RevDartsConfig:
-    args = dict(
-        vocab_size=VOCAB, d_model=48, num_heads=2, encoder_layers=2, decoder_layers=2, dropout=0.1,
-        attention_dropout=0.1, activation_dropout=0.1, max_position_embeddings=32,
-    )
-    args.update(kw)
-    return RevDartsConfig(**args)
+tiny = functools.partial(tiny_search_config, vocab_size=VOCAB)
 
 
 @pytest.mark.parametrize("k", [2, 4])

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from _helpers import grad_errors, padded_batch, param_grads, tiny_config
+from _helpers import grad_errors, padded_batch, param_grads, saved_tensor_bytes, tiny_config
 from hf_revdarts import RevDartsConfig, RevDartsForConditionalGeneration, estimate_memory
 from hf_revdarts.configuration_revdarts import DECODER_OPS, ENCODER_OPS
 from hf_revdarts.memory import (
@@ -347,16 +347,7 @@ def test_hybrid_keeps_activations_of_the_top_layers_only():
         model = RevDartsForConditionalGeneration(tiny_config(layers=4)).train()
         apply_memory_mode(model, mode, keep)
         x = torch.randn(2, 9, model.config.d_model, requires_grad=True)
-        total = 0
-
-        def pack(t: torch.Tensor) -> torch.Tensor:
-            nonlocal total
-            total += t.numel() * t.element_size()
-            return t
-
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-            model.model.encoder.stack(x, OpContext())
-        return total
+        return saved_tensor_bytes(model.model.encoder.stack, x, OpContext())
 
     sizes = [saved("hybrid", k) for k in range(5)]
     assert sizes[0] == saved("reversible", 0) and sizes[4] == saved("ordinary", 0)

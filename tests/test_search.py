@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import functools
 import gzip
 import json
 import os
@@ -20,6 +21,7 @@ from _helpers import (  # noqa: E402
     load_script,
     padded_batch,
     supernet_grads_reversible_vs_ordinary,
+    tiny_search_config,
 )
 from hf_revdarts import RevDartsConfig, RevDartsForConditionalGeneration  # noqa: E402
 from hf_revdarts.configuration_revdarts import DECODER_OPS, ENCODER_OPS  # noqa: E402
@@ -39,13 +41,7 @@ MULTI30K = Path(__file__).resolve().parents[2] / "shared" / "data" / "multi30k"
 VOCAB = 200
 
 
-def tiny(layers: int = 2, dropout: float = 0.1, **kw) -> RevDartsConfig:
-    args = dict(
-        vocab_size=VOCAB, d_model=48, num_heads=2, encoder_layers=layers, decoder_layers=layers,
-        dropout=dropout, attention_dropout=dropout, activation_dropout=dropout, max_position_embeddings=32,
-    )
-    args.update(kw)
-    return RevDartsConfig(**args)
+tiny = functools.partial(tiny_search_config, vocab_size=VOCAB)
 
 
 # ---------------------------------------------------------------- supernet -----------------------------

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import os
@@ -13,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(__file__))
-from _helpers import grad_errors, padded_batch, set_reversible  # noqa: E402
+from _helpers import grad_errors, padded_batch, set_reversible, tiny_search_config  # noqa: E402
 from hf_revdarts import RevDartsConfig, RevDartsForConditionalGeneration  # noqa: E402
 from hf_revdarts.modeling_revdarts import shift_tokens_right  # noqa: E402
 from hf_revdarts.search import (  # noqa: E402
@@ -40,13 +41,7 @@ def one_thread():
     torch.set_num_threads(before)
 
 
-def tiny(layers: int = 2, dropout: float = 0.1, **kw) -> RevDartsConfig:
-    args = dict(
-        vocab_size=VOCAB, d_model=48, num_heads=2, encoder_layers=layers, decoder_layers=layers,
-        dropout=dropout, attention_dropout=dropout, activation_dropout=dropout, max_position_embeddings=32,
-    )
-    args.update(kw)
-    return RevDartsConfig(**args)
+tiny = functools.partial(tiny_search_config, vocab_size=VOCAB)
 
 
 def set_alpha(model: RevDartsSupernet, node: str, op: str, value: float) -> None:
