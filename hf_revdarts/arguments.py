@@ -588,6 +588,15 @@ def default_device_type() -> str:
     return "cuda" if torch.cuda.is_available() and not os.environ.get("ACCELERATE_USE_CPU") else "cpu"
 
 
+def check_memory_budget(model_args: ModelArguments, data_args: DataArguments, config: RevDartsConfig,
+                        supernet: bool) -> None:
+    """Refuse, before any work, a ``--max_memory`` that nothing fits (vocabulary: ``--vocab_size``, the size the
+    tokenizer is trained to; ``config`` is changed to it)."""
+    if model_args.max_memory:
+        config.vocab_size = data_args.vocab_size
+        plan_run_memory(model_args, data_args, config, supernet=supernet, device_type=default_device_type())
+
+
 def plan_run_memory(model_args: ModelArguments, data_args: DataArguments, config: RevDartsConfig,
                     supernet: bool, device_type: str = "cpu") -> MemorySetup:
     """The memory mode of a run: ``--memory_mode`` (default reversible), or with ``--max_memory`` the fastest

@@ -39,7 +39,7 @@ from hf_revdarts.arguments import (
     RunArguments,
     SearchArguments,
     build_config,
-    default_device_type,
+    check_memory_budget,
     loggable_arguments,
     memory_report,
     parse_args,
@@ -147,10 +147,8 @@ def check_inputs(args: SearchArgs) -> tuple[Texts, Path | None]:
         )
     validate_search_space(args.search.encoder_ops, "encoder")
     validate_search_space(args.search.decoder_ops, "decoder")
-    config = build_config(args.model, None, args.data.max_length, search_args=args.search)
-    if args.model.max_memory:  # a budget nothing fits is refused before any work (vocabulary: --vocab_size)
-        config.vocab_size = args.data.vocab_size
-        plan_run_memory(args.model, args.data, config, supernet=True, device_type=default_device_type())
+    check_memory_budget(args.model, args.data, build_config(args.model, None, args.data.max_length, search_args=args.search),
+                        supernet=True)
     train = load_split(args.dataset, args.data.train_split, args.data.max_train_examples)
     if args.search.arch_split:
         arch = load_split(args.dataset, args.search.arch_split, args.data.max_train_examples)

@@ -46,7 +46,7 @@ from hf_revdarts.arguments import (
     RunArguments,
     TrainArguments,
     build_config,
-    default_device_type,
+    check_memory_budget,
     load_genotype,
     loggable_arguments,
     memory_report,
@@ -172,10 +172,8 @@ def check_inputs(args: TrainArgs) -> Inputs:
     check_output_dir(args.run.output_dir, args.run.overwrite_output_dir, args.run.resume_from_checkpoint)
     check_averaging(args)
     genotype, search_dir = load_genotype(args.train.genotype)
-    config = build_config(args.model, None, args.data.max_length, genotype)
-    if args.model.max_memory:  # a budget nothing fits is refused before any work (vocabulary: --vocab_size)
-        config.vocab_size = args.data.vocab_size
-        plan_run_memory(args.model, args.data, config, supernet=False, device_type=default_device_type())
+    check_memory_budget(args.model, args.data, build_config(args.model, None, args.data.max_length, genotype),
+                        supernet=False)
     train = load_split(args.dataset, args.data.train_split, args.data.max_train_examples)
     eval_pairs = load_split(args.dataset, args.data.eval_split, args.data.max_eval_examples)
     tok_source = Path(args.data.tokenizer) if args.data.tokenizer else (search_dir / "tokenizer" if search_dir else None)
