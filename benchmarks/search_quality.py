@@ -7,6 +7,7 @@ One command per language pair (Multi30k, ``../shared/data/multi30k`` relative to
     python benchmarks/search_quality.py --pair en-fr                     # S=1, T=1, K=2
     python benchmarks/search_quality.py --pair en-de --dry_run           # print the commands only
     python benchmarks/search_quality.py --smoke                          # bundled sample, tiny, minutes
+    python benchmarks/search_quality.py --pair en-de --replicate standard-t0  # a finished run again, here
 
 For a pair it (1) trains one joint tokenizer shared by every run, (2) runs S searches (seeds 0..S-1,
 ``training/search.py``), (3) trains the derived genotype of each search with T training seeds, the standard
@@ -22,6 +23,11 @@ repository): one ``<run>.json`` per search/training run (+ ``<run>.test.txt``, i
 ``summary.json`` and ``summary.md`` (mean ± std per kind, parameters, updates, wall and CPU time, paired
 bootstrap searched vs standard) and ``bleu_per_kind.png``. Working folders (checkpoints, logs) go under
 ``--work_dir`` (default ``runs/protocol``, ignored by git).
+
+``--replicate RUN`` trains a finished run again with its own command (genotype, seed, recipe) on this
+machine, into ``replicas/<RUN>-on-<cpu|gpu>.json``, and the summary sets the two side by side: when the kinds of
+a table were trained on different machines, this says whether a gap is the genotype's or the machine's (CPU
+and CUDA draw different dropout masks from one seed and run different kernels).
 
 Resumable: a run whose ``<run>.json`` exists is skipped; an interrupted training run continues from its
 latest checkpoint (``--resume_from_checkpoint latest``), an interrupted search likewise. Run the same
@@ -107,6 +113,13 @@ def machine() -> str:
     if torch.cuda.is_available():
         return f"GPU: {torch.cuda.get_device_name(0)}"
     return f"CPU: {os.cpu_count()} cores"
+
+
+def machine_kind() -> str:
+    """``gpu`` or ``cpu``: the suffix of a replica's name."""
+    import torch
+
+    return "gpu" if torch.cuda.is_available() else "cpu"
 
 
 def rel(path: Path | str) -> str:
@@ -287,8 +300,10 @@ class Protocol:
         write_json(result, record)
         return record
 
-    def train(self, name: str, kind: str, genotype: str, seed: int, tokenizer: Path, meta: dict[str, Any]) -> None:
-        result = self.results / f"{name}.json"
+    def train(self, name: str, kind: str, genotype: str, seed: int, tokenizer: Path, meta: dict[str, Any],
+              results: Path | None = None) -> None:
+        results = results or self.results
+        result = results / f"{name}.json"
         max_steps = int(self.recipe["train"]["--max_steps"])
         if result.is_file():
             updates = json.loads(result.read_text())["updates"]
@@ -323,7 +338,25 @@ class Protocol:
             self._save_timing(out, timing)
         if self.args.dry_run:
             return
-        self._write_train_record(name, kind, seed, out, final, test_json, timing, meta)
+        self._write_train_record(name, kind, seed, out, final, test_json, timing, meta, results)
+
+    def replicate(self, run: str, tokenizer: Path) -> None:
+        """Train the finished run ``run`` again, with its genotype, seed and this recipe, on this machine."""
+        source = self.results / f"{run}.json"
+        if not source.is_file():
+            raise ValueError(f"--replicate {run}: no finished run {rel(source)} to replicate")
+        record = json.loads(source.read_text())
+        if record["kind"] == "searched":
+            genotype = rel(self.work / record["search"])
+        elif record["kind"] == "standard":
+            genotype = "standard"
+        elif record["kind"] == "random":
+            genotype = rel(self.random_genotype_file(record["random_seed"]))
+        else:
+            raise ValueError(f"--replicate {run}: a {record['kind']} run, not a training run")
+        self.train(f"{run}-on-{machine_kind()}", "replica", genotype, record["train_seed"], tokenizer,
+                   {"replica_of": run, "replica_of_kind": record["kind"],
+                    "replica_of_device": record.get("device", "unrecorded")}, results=self.results / "replicas")
 
     def average(self, out: Path, timing: dict[str, Any]) -> Path:
         """The mean of the last N checkpoints as a model folder, as train.py --average_checkpoints wrote it."""
@@ -338,12 +371,13 @@ class Protocol:
         return final
 
     def _write_train_record(self, name: str, kind: str, seed: int, out: Path, final: Path, test_json: Path,
-                            timing: dict[str, Any], meta: dict[str, Any]) -> None:
+                            timing: dict[str, Any], meta: dict[str, Any], results: Path) -> None:
         summary = json.loads((out / "train_summary.json").read_text())
         test = json.loads(test_json.read_text())  # evaluate.py's scores: BLEU cased and lowercased, chrF
         hyps = test["hypotheses"]
         averaged = summary.get("averaged") or {}
-        atomic_write(self.results / f"{name}.test.txt", "\n".join(hyps) + "\n")
+        results.mkdir(parents=True, exist_ok=True)
+        atomic_write(results / f"{name}.test.txt", "\n".join(hyps) + "\n")
         record = {
             "run": name, "kind": kind, "pair": self.pair, "train_seed": seed, **meta,
             "genotype": summary["genotype"], "parameters": summary["parameters"], "updates": summary["steps"],
@@ -355,10 +389,10 @@ class Protocol:
                      "num_beams": test.get("num_beams"), "length_penalty": test.get("length_penalty"),
                      **{k: test[k] for k in ("bleu", "bleu_signature", "bleu_lowercase", "bleu_lowercase_signature")},
                      "chrf": test.get("chrf"), "chrf_signature": test.get("chrf_signature"),
-                     "sentences": len(hyps), "hypotheses": rel(self.results / f"{name}.test.txt")},
+                     "sentences": len(hyps), "hypotheses": rel(results / f"{name}.test.txt")},
             "dataset": rel(self.data), "work_dir": rel(out), **self._timing_record(timing),
         }
-        write_json(self.results / f"{name}.json", record)
+        write_json(results / f"{name}.json", record)
         logger.info("%s: test BLEU %.2f (lowercased %.2f)", name, test["bleu"], test["bleu_lowercase"])
 
     def _timing(self, out: Path) -> dict[str, Any]:
@@ -388,8 +422,22 @@ class Protocol:
         self.work.mkdir(parents=True, exist_ok=True)
         self.results.mkdir(parents=True, exist_ok=True)
         tokenizer = self.tokenizer()
-        S, T, K = self.sizes["searches"], self.sizes["seeds"], self.sizes["random"]
         jobs = Jobs(1 if self.args.dry_run else self.args.jobs)
+        if self.args.replicate:  # only these runs, then the summary
+            for run in self.args.replicate:
+                jobs.submit(self.replicate, run, tokenizer)
+        else:
+            self.submit_protocol(jobs, tokenizer)
+        jobs.join()
+        if self.args.dry_run:
+            return None
+        from search_quality_report import write_summary
+
+        return write_summary(self)
+
+    def submit_protocol(self, jobs: Jobs, tokenizer: Path) -> None:
+        """The searches (waited for: their genotypes are trained), then every training run of the protocol."""
+        S, T, K = self.sizes["searches"], self.sizes["seeds"], self.sizes["random"]
         records: dict[int, dict[str, Any] | None] = {}
         for s in range(S):
             jobs.submit(lambda s: records.__setitem__(s, self.search(s, tokenizer)), s)
@@ -412,12 +460,6 @@ class Protocol:
             path = self.random_genotype_file(k)
             jobs.submit(self.train, f"random-r{k}", "random", rel(path), 0, tokenizer,
                         {"random_seed": k, "drawn_genotype": json.loads(path.read_text()) if path.is_file() else None})
-        jobs.join()
-        if self.args.dry_run:
-            return None
-        from search_quality_report import write_summary
-
-        return write_summary(self)
 
     def random_genotype_file(self, k: int) -> Path:
         """genotype.json of random genotype k: same node layout and op lists as the search, ``zero`` excluded."""
@@ -485,6 +527,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--num_threads", type=int, default=0, help="torch threads per run (0: the scripts' default)")
     p.add_argument("--jobs", type=int, default=1, help="runs at once (a GPU machine: several; 2 cores: 1)")
     p.add_argument("--dry_run", action="store_true", help="print the commands, run nothing")
+    p.add_argument("--replicate", action="append", default=[], metavar="RUN",
+                   help="train the finished run RUN (e.g. standard-t0) again on this machine and report both; "
+                        "repeatable; runs nothing else")
     p.add_argument("--smoke", action="store_true", help="bundled sample, tiny sizes, a few steps, every kind")
     args = p.parse_args(argv)
     if args.jobs < 1:

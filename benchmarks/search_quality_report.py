@@ -37,6 +37,25 @@ def load_runs(results: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]
     return runs, searches
 
 
+def replicas(results: Path, runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each ``--replicate`` run beside the run it repeats: same command, another (or the same) machine."""
+    by_name = {r["run"]: r for r in runs}
+    out = []
+    for path in sorted((results / "replicas").glob("*.json")):
+        again = json.loads(path.read_text())
+        first = by_name.get(again["replica_of"])
+        if first is None:
+            continue
+        out.append({
+            "run": first["run"], "device": first.get("device", "unrecorded"), "bleu": first["test"]["bleu"],
+            "val_loss": (first.get("val_best") or {}).get("val_loss"),
+            "replica": again["run"], "replica_device": again["device"], "replica_bleu": again["test"]["bleu"],
+            "replica_val_loss": (again.get("val_best") or {}).get("val_loss"),
+            "delta_bleu": round(again["test"]["bleu"] - first["test"]["bleu"], 2),
+        })
+    return out
+
+
 def significance(runs: list[dict[str, Any]], repo: Path, references: list[str]) -> dict[str, Any]:
     """Paired bootstrap searched vs standard: each searched run against the standard run of its training seed,
     and pooled (those pairs' test sets concatenated, so every seed and search counts)."""
@@ -130,6 +149,13 @@ def markdown(summary: dict[str, Any]) -> str:
                   f"searched {p['mean_a']:.2f} ± {p['ci_a']:.2f}, standard {p['mean_b']:.2f} ± {p['ci_b']:.2f} (95% CI)."]
         for s in sig["per_seed"]:
             lines.append(f"- {s['searched']} vs {s['standard']}: Δ = {s['delta']:+.2f}, p = {s['p_value']:.4f}")
+    if summary.get("replicas"):
+        lines += ["", "Same command again (`--replicate`): a gap between machines is the machine's, not the genotype's.",
+                  "", "| run | ran on | BLEU | val loss | again on | BLEU | val loss | Δ BLEU |", "|---|---|---|---|---|---|---|---|"]
+        for r in summary["replicas"]:
+            loss = [f"{v:.3f}" if v is not None else "" for v in (r["val_loss"], r["replica_val_loss"])]
+            lines.append(f"| {r['run']} | {r['device']} | {r['bleu']:.2f} | {loss[0]} | {r['replica_device']} | "
+                         f"{r['replica_bleu']:.2f} | {loss[1]} | {r['delta_bleu']:+.2f} |")
     if "searched_minus_random_mean" in summary:
         lines += ["", f"Searched mean − random mean: {summary['searched_minus_random_mean']:+.2f} BLEU."]
     if "search" in k:
@@ -193,6 +219,7 @@ def write_summary(protocol: Any) -> dict[str, Any]:
         "bleu_signature": runs[0]["test"]["bleu_signature"],
         "kinds": table(runs, searches),
         "significance": significance(runs, REPO, refs),
+        "replicas": replicas(protocol.results, runs),
         "flags_not_supported": sorted({f for x in runs + searches for f in x.get("flags_not_supported", [])}),
         "devices": {x["run"]: x.get("device", "unrecorded") for x in searches + runs},
         "total_cpu_hours": round(sum(x["cpu_seconds"] for x in runs + searches) / 3600, 3),

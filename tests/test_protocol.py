@@ -66,6 +66,17 @@ def test_smoke_protocol_runs_every_kind_and_resumes(tmp_path):
         assert not [s for s in _strings(json.loads(path.read_text())) if s.startswith(str(tmp_path))], path
     first = {run: (results / f"{run}.json").read_text() for run in RUNS}
 
+    # The same command again on this machine: the same model, so the same translations, set side by side.
+    _protocol(tmp_path, "--replicate", "standard-t0")
+    again = json.loads((results / "replicas" / "standard-t0-on-cpu.json").read_text())
+    assert again["kind"] == "replica" and again["replica_of"] == "standard-t0"
+    assert (results / "replicas" / "standard-t0-on-cpu.test.txt").read_text() == (results / "standard-t0.test.txt").read_text()
+    row = json.loads((results / "summary.json").read_text())["replicas"][0]
+    assert row["run"] == "standard-t0" and row["delta_bleu"] == 0 and row["replica_val_loss"] == row["val_loss"]
+    assert "Same command again" in (results / "summary.md").read_text()
+    assert set(summary["kinds"]) == set(json.loads((results / "summary.json").read_text())["kinds"])  # not a kind
+    assert {run: (results / f"{run}.json").read_text() for run in RUNS} == first  # nothing else ran
+
     # Interrupt the standard run after its first checkpoint: results, summary, final checkpoint gone.
     (results / "standard-t0.json").unlink()
     run_dir = work / "standard-t0"
@@ -149,3 +160,33 @@ def test_a_run_that_died_before_its_first_checkpoint_starts_over(tmp_path):
     (out / "checkpoint-000250").mkdir()
     (out / "checkpoint-000250" / "train_state.json").write_text("{}")
     assert sq.Protocol.restart_flags(out) == ["--resume_from_checkpoint", "latest"]
+
+
+def test_replicate_trains_a_finished_run_with_its_own_genotype_and_seed(tmp_path, monkeypatch):
+    sq = _load_protocol_module()
+    args = sq.parse_args(["--pair", "en-de", "--replicate", "searched-s1-t1", "--replicate", "random-r2",
+                          "--work_dir", str(tmp_path / "work"), "--results_dir", str(tmp_path / "results")])
+    protocol = sq.Protocol(args)
+    protocol.results.mkdir(parents=True)
+    for name, record in {"searched-s1-t1": {"kind": "searched", "search": "search-s1", "train_seed": 1},
+                         "random-r2": {"kind": "random", "random_seed": 2, "train_seed": 0, "device": "GPU: X"}}.items():
+        (protocol.results / f"{name}.json").write_text(json.dumps(record))
+    trained = []
+    monkeypatch.setattr(sq.Protocol, "tokenizer", lambda self: tmp_path / "tok")
+    monkeypatch.setattr(sq.Protocol, "search", lambda *a: pytest.fail("--replicate runs nothing else"))
+    monkeypatch.setattr(sq.Protocol, "train", lambda self, *a, **kw: trained.append((a, kw)))
+    monkeypatch.setattr(sq.Protocol, "random_genotype_file", lambda self, k: protocol.work / f"random-r{k}.genotype.json")
+    import search_quality_report
+
+    monkeypatch.setattr(search_quality_report, "write_summary", lambda protocol: None)
+    protocol.execute()
+    (name0, kind0, geno0, seed0, _, meta0), kw0 = trained[0]
+    assert (name0, kind0, seed0, meta0["replica_of_device"]) == (f"searched-s1-t1-on-{sq.machine_kind()}", "replica", 1, "unrecorded")
+    assert geno0.endswith("search-s1") and kw0["results"] == protocol.results / "replicas"
+    (name1, _, geno1, seed1, _, meta1), _ = trained[1]
+    assert geno1.endswith("random-r2.genotype.json") and seed1 == 0 and meta1["replica_of_device"] == "GPU: X"
+
+    args = sq.parse_args(["--replicate", "standard-t9", "--work_dir", str(tmp_path / "work"),
+                          "--results_dir", str(tmp_path / "results")])
+    with pytest.raises(ValueError, match="no finished run .*standard-t9"):
+        sq.Protocol(args).execute()
