@@ -91,6 +91,22 @@ RECIPE: dict[str, Any] = {
     },
 }
 
+# Search settings tried to make the search win, each a change of the recipe's search flags (``--search_variant``).
+# A variant's runs are search-<v>-s<seed> and searched-<v>-s<seed>-t<t>, a row of their own in the table; the
+# standard and random runs are shared by every variant. Trained at the recipe's size and budget like any genotype.
+SEARCH_VARIANTS: dict[str, dict[str, Any]] = {
+    # The base search stops after 0.2M target tokens, when the supernet does not use the source yet (DARTS-PT:
+    # no encoder op matters), so its encoder α record noise. A standard model starts to translate after ~4M
+    # tokens (val BLEU 0.7 at 2M, 11 at 4M). This variant trains θ alone for 1000 batches of 4096 tokens
+    # (4.1M) and then moves α for 300 steps (arch_lr 0.03 from the rule); to afford that on 2 cores, on a proxy
+    # supernet of half the width and one tied block of 2 layers per stack, stacked to 4+4 for training.
+    "long": {
+        "--d_model": 96, "--encoder_layers": 2, "--decoder_layers": 2,
+        "--max_tokens": 4096, "--lr": 1.5e-3, "--warmup_steps": 400, "--max_steps": 1300, "--arch_start_step": 1000,
+        "--prune_below": 0.01, "--eval_every": 100, "--save_every": 100,
+    },
+}
+
 SMOKE: dict[str, Any] = {  # tiny sizes on the bundled sample: every kind, a few steps, about a minute
     "data": REPO / "samples" / "en-de", "splits": {"train": "train", "val": "val", "test": "test"},
     "pair": {"searches": 1, "seeds": 1, "random": 1},
@@ -101,6 +117,7 @@ SMOKE: dict[str, Any] = {  # tiny sizes on the bundled sample: every kind, a few
     "search": {"--tie_blocks": 1, "--max_steps": 3, "--warmup_steps": 1, "--arch_start_step": 1, "--max_tokens": 512,
                "--eval_every": 3, "--save_every": 3, "--vocab_size": 300, "--max_eval_examples": 8,
                "--eval_batches": 1, "--max_length": 32, "--no_figures": None},
+    "search_variants": {"long": {"--max_steps": 4, "--arch_start_step": 2, "--prune_below": 0.01}},
     "evaluate": {"--num_beams": 2, "--max_new_tokens": 16, "--max_examples": 8},
 }
 # =========================================================================================================
@@ -167,6 +184,8 @@ class Protocol:
         self.results = Path(args.results_dir) / name
         self.work = Path(args.work_dir) / name
         self.recipe = self._recipe(smoke)
+        self.variant = args.search_variant
+        self.variant_flags = (SMOKE["search_variants"] if smoke else SEARCH_VARIANTS).get(self.variant, {})
         self._help: dict[str, str] = {}
         self.timing_note = "wall/CPU seconds of finished stages; a stage killed midway is not counted"
 
@@ -270,8 +289,11 @@ class Protocol:
         os.replace(tmp, folder)
         return folder
 
+    def search_name(self, seed: int) -> str:
+        return f"search-{self.variant}-s{seed}" if self.variant else f"search-s{seed}"
+
     def search(self, seed: int, tokenizer: Path) -> dict[str, Any] | None:
-        name = f"search-s{seed}"
+        name = self.search_name(seed)
         result = self.results / f"{name}.json"
         if result.is_file():
             logger.info("%s: done (%s)", name, rel(result))
@@ -280,7 +302,8 @@ class Protocol:
         timing = self._timing(out)
         flags = [*self.data_flags(), "--tokenizer", rel(tokenizer), "--output_dir", rel(out), "--seed", str(seed),
                  "--train_split", self.splits["train"], "--eval_split", self.splits["val"],
-                 *flag_list(self.recipe["model"]), *flag_list(self.recipe["search"]), *self.common_flags()]
+                 *flag_list({**self.recipe["model"], **self.recipe["search"], **self.variant_flags}),
+                 *self.common_flags()]
         if not (out / "search_summary.json").is_file():
             flags += self.restart_flags(out)
             flags, missing = self.with_pending("search.py", "search", flags)
@@ -291,7 +314,8 @@ class Protocol:
             return None
         summary = json.loads((out / "search_summary.json").read_text())
         record = {
-            "run": name, "kind": "search", "pair": self.pair, "seed": seed,
+            "run": name, "kind": "search", "pair": self.pair, "seed": seed, "search_variant": self.variant,
+            "variant_flags": self.variant_flags,
             "genotype": json.loads((out / "genotype.json").read_text()),
             "search_steps": summary["steps"], "stopped_early": summary.get("stopped_early"),
             "search_summary": summary, "work_dir": rel(out), **self._timing_record(timing),
@@ -436,7 +460,8 @@ class Protocol:
         return write_summary(self)
 
     def submit_protocol(self, jobs: Jobs, tokenizer: Path) -> None:
-        """The searches (waited for: their genotypes are trained), then every training run of the protocol."""
+        """The searches (waited for: their genotypes are trained), then every training run of the protocol; with
+        ``--search_variant``, the variant's searches and the trainings of their genotypes only."""
         S, T, K = self.sizes["searches"], self.sizes["seeds"], self.sizes["random"]
         records: dict[int, dict[str, Any] | None] = {}
         for s in range(S):
@@ -447,13 +472,16 @@ class Protocol:
             genotype = records[s] and records[s]["genotype"]
             key = json.dumps(genotype, sort_keys=True) if genotype else f"unknown-{s}"
             if key in first_with:
-                logger.info("search-s%d derived the genotype of search-s%d: its trainings are search-s%d's", s,
-                            first_with[key], first_with[key])
+                first = self.search_name(first_with[key])
+                logger.info("%s derived the genotype of %s: its trainings are %s's", self.search_name(s), first, first)
                 continue
             first_with[key] = s
+            search = self.search_name(s)
             for t in range(T):
-                jobs.submit(self.train, f"searched-s{s}-t{t}", "searched", rel(self.work / f"search-s{s}"), t,
-                            tokenizer, {"search": f"search-s{s}", "search_genotype": genotype})
+                jobs.submit(self.train, f"searched{search[len('search'):]}-t{t}", "searched", rel(self.work / search), t,
+                            tokenizer, {"search": search, "search_genotype": genotype, "search_variant": self.variant})
+        if self.variant:
+            return
         for t in range(T):
             jobs.submit(self.train, f"standard-t{t}", "standard", "standard", t, tokenizer, {})
         for k in range(K):
@@ -530,6 +558,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--replicate", action="append", default=[], metavar="RUN",
                    help="train the finished run RUN (e.g. standard-t0) again on this machine and report both; "
                         "repeatable; runs nothing else")
+    p.add_argument("--search_variant", choices=sorted(SEARCH_VARIANTS), default=None,
+                   help="run the searches of this variant of the search recipe (SEARCH_VARIANTS) and train their "
+                        "genotypes; the standard and random runs are the base protocol's")
     p.add_argument("--smoke", action="store_true", help="bundled sample, tiny sizes, a few steps, every kind")
     args = p.parse_args(argv)
     if args.jobs < 1:

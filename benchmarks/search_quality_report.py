@@ -17,6 +17,22 @@ logger = logging.getLogger("search_quality")
 KINDS = ("searched", "standard", "random")
 
 
+def row(record: dict[str, Any]) -> str:
+    """The table row of a run: its kind, with the search variant of a searched run or search (searched-long)."""
+    variant = record.get("search_variant")
+    return f"{record['kind']}-{variant}" if variant and record["kind"] in ("searched", "search") else record["kind"]
+
+
+def training_rows(kinds: dict[str, Any]) -> list[str]:
+    """Rows of training runs in table order: searched, its variants, standard, random."""
+    variants = sorted(k for k in kinds if k.startswith("searched-"))
+    return [k for k in ("searched", *variants, "standard", "random") if k in kinds]
+
+
+def search_rows(kinds: dict[str, Any]) -> list[str]:
+    return sorted(k for k in kinds if k == "search" or k.startswith("search-"))
+
+
 def _mean_std(values: list[float]) -> tuple[float | None, float | None]:
     if not values:
         return None, None
@@ -56,16 +72,16 @@ def replicas(results: Path, runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-def significance(runs: list[dict[str, Any]], repo: Path, references: list[str]) -> dict[str, Any]:
-    """Paired bootstrap searched vs standard: each searched run against the standard run of its training seed,
-    and pooled (those pairs' test sets concatenated, so every seed and search counts)."""
+def significance(runs: list[dict[str, Any]], repo: Path, references: list[str], searched: str = "searched") -> dict[str, Any]:
+    """Paired bootstrap of the ``searched`` row vs standard: each of its runs against the standard run of its
+    training seed, and pooled (those pairs' test sets concatenated, so every seed and search counts)."""
     from hf_revdarts.significance import paired_bootstrap
 
     def hyps(run: dict[str, Any]) -> list[str]:
         return (repo / run["test"]["hypotheses"]).read_text(encoding="utf-8").split("\n")[: len(references)]
 
     standard = {r["train_seed"]: r for r in runs if r["kind"] == "standard"}
-    pairs = [(r, standard[r["train_seed"]]) for r in runs if r["kind"] == "searched" and r["train_seed"] in standard]
+    pairs = [(r, standard[r["train_seed"]]) for r in runs if row(r) == searched and r["train_seed"] in standard]
     if not pairs:
         return {"note": "no searched/standard pair with the same training seed yet"}
     out: dict[str, Any] = {"per_seed": []}
@@ -87,10 +103,8 @@ def significance(runs: list[dict[str, Any]], repo: Path, references: list[str]) 
 
 def table(runs: list[dict[str, Any]], searches: list[dict[str, Any]]) -> dict[str, Any]:
     kinds: dict[str, Any] = {}
-    for kind in KINDS:
-        rs = [r for r in runs if r["kind"] == kind]
-        if not rs:
-            continue
+    for kind in {row(r) for r in runs}:
+        rs = [r for r in runs if row(r) == kind]
         bleu, lower = [r["test"]["bleu"] for r in rs], [r["test"]["bleu_lowercase"] for r in rs]
         kinds[kind] = {
             "runs": len(rs),
@@ -102,14 +116,15 @@ def table(runs: list[dict[str, Any]], searches: list[dict[str, Any]]) -> dict[st
             "train_wall_hours_mean": round(statistics.fmean(r["wall_seconds"] for r in rs) / 3600, 3),
             "cpu_hours_total": round(sum(r["cpu_seconds"] for r in rs) / 3600, 3),
         }
-    if searches:
-        kinds["search"] = {
-            "runs": len(searches),
-            "genotypes": {s["run"]: s["genotype"] for s in searches},
-            "wall_hours_mean": round(statistics.fmean(s["wall_seconds"] for s in searches) / 3600, 3),
-            "cpu_hours_total": round(sum(s["cpu_seconds"] for s in searches) / 3600, 3),
+    for kind in {row(s) for s in searches}:
+        ss = [s for s in searches if row(s) == kind]
+        kinds[kind] = {
+            "runs": len(ss),
+            "genotypes": {s["run"]: s["genotype"] for s in ss},
+            "wall_hours_mean": round(statistics.fmean(s["wall_seconds"] for s in ss) / 3600, 3),
+            "cpu_hours_total": round(sum(s["cpu_seconds"] for s in ss) / 3600, 3),
         }
-    return kinds
+    return {kind: kinds[kind] for kind in training_rows(kinds) + search_rows(kinds)}
 
 
 def markdown(summary: dict[str, Any]) -> str:
@@ -123,30 +138,30 @@ def markdown(summary: dict[str, Any]) -> str:
         "| kind | runs | BLEU mean ± std | lc BLEU mean ± std | parameters | updates | train wall h (mean) | CPU h (total) |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    for kind in KINDS:
-        if kind in k:
-            r = k[kind]
-            lines.append(
-                f"| {kind} | {r['runs']} | {r['bleu_mean']:.2f} ± {r['bleu_std']:.2f} | "
-                f"{r['bleu_lowercase_mean']:.2f} ± {r['bleu_lowercase_std']:.2f} | {r['parameters_mean'] / 1e6:.2f}M | "
-                f"{', '.join(map(str, r['updates']))} | {r['train_wall_hours_mean']:.2f} | {r['cpu_hours_total']:.2f} |"
-            )
-    if "search" in k:
-        lines.append(f"| search | {k['search']['runs']} | | | | | {k['search']['wall_hours_mean']:.2f} | "
-                     f"{k['search']['cpu_hours_total']:.2f} |")
+    for kind in training_rows(k):
+        r = k[kind]
+        lines.append(
+            f"| {kind} | {r['runs']} | {r['bleu_mean']:.2f} ± {r['bleu_std']:.2f} | "
+            f"{r['bleu_lowercase_mean']:.2f} ± {r['bleu_lowercase_std']:.2f} | {r['parameters_mean'] / 1e6:.2f}M | "
+            f"{', '.join(map(str, r['updates']))} | {r['train_wall_hours_mean']:.2f} | {r['cpu_hours_total']:.2f} |"
+        )
+    for kind in search_rows(k):
+        lines.append(f"| {kind} | {k[kind]['runs']} | | | | | {k[kind]['wall_hours_mean']:.2f} | "
+                     f"{k[kind]['cpu_hours_total']:.2f} |")
     devices: dict[str, list[str]] = {}
     for name, device in summary.get("devices", {}).items():
         devices.setdefault(device, []).append(name)
     if devices:
         lines += ["", "Ran on: " + "; ".join(f"{d} ({', '.join(sorted(n))})" for d, n in devices.items())
                   + ". Wall and CPU hours compare only within one machine."]
-    lines += ["", "Runs: " + ", ".join(f"{n} {b:.2f}" for kind in KINDS if kind in k for n, b in k[kind]["bleu"].items())]
-    sig = summary["significance"]
-    if "pooled" in sig:
+    lines += ["", "Runs: " + ", ".join(f"{n} {b:.2f}" for kind in training_rows(k) for n, b in k[kind]["bleu"].items())]
+    for kind, sig in [("searched", summary["significance"]), *summary.get("significance_variants", {}).items()]:
+        if "pooled" not in sig:
+            continue
         p = sig["pooled"]
-        lines += ["", f"Paired bootstrap, searched vs standard (pooled over {p['pairs']} seed pair(s), "
+        lines += ["", f"Paired bootstrap, {kind} vs standard (pooled over {p['pairs']} seed pair(s), "
                   f"{p['n_samples']} resamples): Δ = {p['delta']:+.2f} BLEU, p = {p['p_value']:.4f}; "
-                  f"searched {p['mean_a']:.2f} ± {p['ci_a']:.2f}, standard {p['mean_b']:.2f} ± {p['ci_b']:.2f} (95% CI)."]
+                  f"{kind} {p['mean_a']:.2f} ± {p['ci_a']:.2f}, standard {p['mean_b']:.2f} ± {p['ci_b']:.2f} (95% CI)."]
         for s in sig["per_seed"]:
             lines.append(f"- {s['searched']} vs {s['standard']}: Δ = {s['delta']:+.2f}, p = {s['p_value']:.4f}")
     if summary.get("replicas"):
@@ -156,11 +171,12 @@ def markdown(summary: dict[str, Any]) -> str:
             loss = [f"{v:.3f}" if v is not None else "" for v in (r["val_loss"], r["replica_val_loss"])]
             lines.append(f"| {r['run']} | {r['device']} | {r['bleu']:.2f} | {loss[0]} | {r['replica_device']} | "
                          f"{r['replica_bleu']:.2f} | {loss[1]} | {r['delta_bleu']:+.2f} |")
-    if "searched_minus_random_mean" in summary:
-        lines += ["", f"Searched mean − random mean: {summary['searched_minus_random_mean']:+.2f} BLEU."]
-    if "search" in k:
-        genotypes = k["search"]["genotypes"]
-        lines += ["", "Searched genotypes:"] + [f"- {n}: `{json.dumps(g)}`" for n, g in genotypes.items()]
+    if "random" in k:
+        lines += [""] + [f"{kind.capitalize()} mean − random mean: {k[kind]['bleu_mean'] - k['random']['bleu_mean']:+.2f} BLEU."
+                         for kind in training_rows(k) if kind.startswith("searched")]
+    for kind in search_rows(k):
+        genotypes = k[kind]["genotypes"]
+        lines += ["", f"Searched genotypes ({kind}):"] + [f"- {n}: `{json.dumps(g)}`" for n, g in genotypes.items()]
         distinct = {json.dumps(g, sort_keys=True) for g in genotypes.values()}
         if len(distinct) < len(genotypes):
             lines.append(f"\n{len(genotypes)} searches, {len(distinct)} distinct genotype(s): a genotype derived by "
@@ -176,10 +192,10 @@ def plot(summary: dict[str, Any], runs: list[dict[str, Any]], path: Path) -> Non
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    kinds = [k for k in KINDS if k in summary["kinds"]]
+    kinds = training_rows(summary["kinds"])
     fig, ax = plt.subplots(figsize=(1.8 + 1.5 * len(kinds), 3.6))
     for x, kind in enumerate(kinds):
-        values = [r["test"]["bleu"] for r in runs if r["kind"] == kind]
+        values = [r["test"]["bleu"] for r in runs if row(r) == kind]
         offsets = [(i - (len(values) - 1) / 2) * 0.08 for i in range(len(values))]
         ax.scatter([x + o for o in offsets], values, s=28, zorder=3, label=None)
         mean = summary["kinds"][kind]["bleu_mean"]
@@ -219,6 +235,8 @@ def write_summary(protocol: Any) -> dict[str, Any]:
         "bleu_signature": runs[0]["test"]["bleu_signature"],
         "kinds": table(runs, searches),
         "significance": significance(runs, REPO, refs),
+        "significance_variants": {kind: significance(runs, REPO, refs, kind) for kind in {row(r) for r in runs}
+                                  if kind.startswith("searched-")},
         "replicas": replicas(protocol.results, runs),
         "flags_not_supported": sorted({f for x in runs + searches for f in x.get("flags_not_supported", [])}),
         "devices": {x["run"]: x.get("device", "unrecorded") for x in searches + runs},

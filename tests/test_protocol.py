@@ -77,6 +77,20 @@ def test_smoke_protocol_runs_every_kind_and_resumes(tmp_path):
     assert set(summary["kinds"]) == set(json.loads((results / "summary.json").read_text())["kinds"])  # not a kind
     assert {run: (results / f"{run}.json").read_text() for run in RUNS} == first  # nothing else ran
 
+    # A search variant: its own search and trainings, a row of its own beside the shared standard and random runs.
+    _protocol(tmp_path, "--search_variant", "long")
+    search = json.loads((results / "search-long-s0.json").read_text())
+    assert search["search_variant"] == "long" and "--prune_below 0.01" in search["commands"][0]
+    searched = json.loads((results / "searched-long-s0-t0.json").read_text())
+    assert searched["kind"] == "searched" and searched["search"] == "search-long-s0"
+    assert searched["genotype"] == search["genotype"]
+    summary = json.loads((results / "summary.json").read_text())
+    assert list(summary["kinds"]) == ["searched", "searched-long", "standard", "random", "search", "search-long"]
+    assert summary["kinds"]["searched"]["runs"] == 1  # the base row keeps its own runs
+    assert summary["significance_variants"]["searched-long"]["per_seed"][0]["searched"] == "searched-long-s0-t0"
+    assert "Paired bootstrap, searched-long vs standard" in (results / "summary.md").read_text()
+    assert {run: (results / f"{run}.json").read_text() for run in RUNS} == first
+
     # Interrupt the standard run after its first checkpoint: results, summary, final checkpoint gone.
     (results / "standard-t0.json").unlink()
     run_dir = work / "standard-t0"
@@ -190,3 +204,25 @@ def test_replicate_trains_a_finished_run_with_its_own_genotype_and_seed(tmp_path
                           "--results_dir", str(tmp_path / "results")])
     with pytest.raises(ValueError, match="no finished run .*standard-t9"):
         sq.Protocol(args).execute()
+
+
+def test_search_variant_changes_the_search_only(tmp_path):
+    if not (REPO.parent / "shared" / "data" / "multi30k").is_dir():
+        pytest.skip("needs ../shared/data/multi30k")
+    dry = _protocol_real(tmp_path, "--pair", "en-de", "--search_variant", "long", "--dry_run")
+    commands = [line for line in dry.splitlines() if line.startswith("python training/")]
+    searches = [c for c in commands if c.startswith("python training/search.py")]
+    trains = [c for c in commands if c.startswith("python training/train.py")]
+    assert len(searches) == 2 and len(trains) == 4  # S=2 searches, T=2 seeds each; no standard or random run
+    assert [f"en-de/search-long-s{i} " in c for i, c in enumerate(searches)] == [True, True]  # its own folders
+    assert all("--d_model 96 " in c and "--max_steps 1300 " in c and "--arch_start_step 1000 " in c for c in searches)
+    assert all("--d_model 192 " in c and "--max_steps 4000 " in c and "search-long-s" in c for c in trains)
+
+
+def _protocol_real(tmp_path: Path, *extra: str) -> str:
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    out = subprocess.run([sys.executable, str(SCRIPT), "--work_dir", str(tmp_path / "work"), "--results_dir",
+                          str(tmp_path / "results"), *extra], capture_output=True, text=True, env=env, cwd=tmp_path,
+                         timeout=300)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-5000:]
+    return out.stdout + out.stderr
