@@ -5,9 +5,11 @@ One command per language pair (Multi30k, ``../shared/data/multi30k`` relative to
 
     python benchmarks/search_quality.py --pair en-de                     # S=2 searches, T=2 seeds, K=4 random
     python benchmarks/search_quality.py --pair en-fr                     # S=1, T=1, K=2
+    python benchmarks/search_quality.py --pair en-de --jobs 2 --num_threads 1   # 2 CPU cores: two runs at once
     python benchmarks/search_quality.py --pair en-de --dry_run           # print the commands only
     python benchmarks/search_quality.py --smoke                          # bundled sample, tiny, minutes
-    python benchmarks/search_quality.py --pair en-de --replicate standard-t0  # a finished run again, here
+    python benchmarks/search_quality.py --pair en-de --search_variant long     # a variant of the search
+    python benchmarks/search_quality.py --pair en-de --replicate random-r0    # a finished run again, here
 
 For a pair it (1) trains one joint tokenizer shared by every run, (2) runs S searches (seeds 0..S-1,
 ``training/search.py``), (3) trains the derived genotype of each search with T training seeds, the standard
@@ -23,6 +25,11 @@ repository): one ``<run>.json`` per search/training run (+ ``<run>.test.txt``, i
 ``summary.json`` and ``summary.md`` (mean ± std per kind, parameters, updates, wall and CPU time, paired
 bootstrap searched vs standard) and ``bleu_per_kind.png``. Working folders (checkpoints, logs) go under
 ``--work_dir`` (default ``runs/protocol``, ignored by git).
+
+``--search_variant NAME`` runs the searches of a variant of the search recipe (``SEARCH_VARIANTS``: what was
+tried to make the search win) and trains their genotypes with the same recipe, as runs ``search-NAME-s*`` and
+``searched-NAME-s*-t*``; the standard and random runs are the base protocol's, so the variant gets a row and a
+paired bootstrap of its own in the same table.
 
 ``--replicate RUN`` trains a finished run again with its own command (genotype, seed, recipe) on this
 machine, into ``replicas/<RUN>-on-<cpu|gpu>.json``, and the summary sets the two side by side: when the kinds of
@@ -553,7 +560,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--random", type=int, default=None, help="K random genotypes")
     p.add_argument("--max_steps", type=int, default=None, help="override the recipe's update budget")
     p.add_argument("--num_threads", type=int, default=0, help="torch threads per run (0: the scripts' default)")
-    p.add_argument("--jobs", type=int, default=1, help="runs at once (a GPU machine: several; 2 cores: 1)")
+    p.add_argument("--jobs", type=int, default=1,
+                   help="runs at once (a GPU machine: several; 2 CPU cores: 2 with --num_threads 1, about 1.5x the "
+                        "updates per hour of one run on 2 threads)")
     p.add_argument("--dry_run", action="store_true", help="print the commands, run nothing")
     p.add_argument("--replicate", action="append", default=[], metavar="RUN",
                    help="train the finished run RUN (e.g. standard-t0) again on this machine and report both; "
