@@ -235,7 +235,7 @@ def write_summary(protocol: Any) -> dict[str, Any]:
         "bleu_signature": runs[0]["test"]["bleu_signature"],
         "kinds": table(runs, searches),
         "significance": significance(runs, REPO, refs),
-        "significance_variants": {kind: significance(runs, REPO, refs, kind) for kind in {row(r) for r in runs}
+        "significance_variants": {kind: significance(runs, REPO, refs, kind) for kind in sorted({row(r) for r in runs})
                                   if kind.startswith("searched-")},
         "replicas": replicas(protocol.results, runs),
         "flags_not_supported": sorted({f for x in runs + searches for f in x.get("flags_not_supported", [])}),
