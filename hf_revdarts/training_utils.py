@@ -288,6 +288,15 @@ def start_run(
     return accelerator
 
 
+def run_environment(accelerator: Any) -> dict[str, Any]:
+    """Where a run computes and in which precision, for its summary and log: figures from different machines
+    or precisions are not comparable without it."""
+    device = accelerator.device
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
+    return {"processes": accelerator.num_processes, "device": name, "mixed_precision": accelerator.mixed_precision,
+            "torch_threads": torch.get_num_threads()}
+
+
 def prepare_tokenizer(
     accelerator: Any,
     folder: Path,

@@ -70,6 +70,7 @@ from hf_revdarts.training_utils import (
     next_batches,
     non_finite_guard,
     prepare_tokenizer,
+    run_environment,
     run_steps,
     shutdown,
     start_run,
@@ -215,7 +216,7 @@ def setup(args: SearchArgs, texts: Texts, resume_path: Path | None) -> Search:
     logger.info(
         f"supernet: {sum(p.numel() for p in supernet.weight_parameters()) / 1e6:.2f}M weights, "
         f"{len(supernet.arch_parameters())} α nodes, {world} process(es), {len(streams['train'])} train / "
-        f"{len(streams['arch'])} α batches per epoch and process",
+        f"{len(streams['arch'])} α batches per epoch and process; {run_environment(accelerator)}",
         main_process_only=True,
     )
     logger.info(memory.describe(), main_process_only=True)
@@ -356,7 +357,7 @@ def write_final_outputs(s: Search) -> None:
     summary = {
         "steps": s.state.step,
         "stopped_early": s.state.stopped_early,
-        "processes": s.accelerator.num_processes,
+        **run_environment(s.accelerator),
         "seconds": time.time() - s.start,
         "val_loss_first": first["val_loss"],
         "val_loss_last": last["val_loss"],
@@ -392,7 +393,7 @@ def write_failure_summary(s: Search, error: str) -> None:
     if s.accelerator.is_main_process:
         summary = {
             "steps": s.state.step,
-            "processes": s.accelerator.num_processes,
+            **run_environment(s.accelerator),
             "seconds": time.time() - s.start,
             "non_finite_steps_skipped": s.state.skipped_steps(),
             "error": error,

@@ -76,6 +76,7 @@ from hf_revdarts.training_utils import (
     next_batches,
     non_finite_guard,
     prepare_tokenizer,
+    run_environment,
     run_steps,
     shutdown,
     start_run,
@@ -217,7 +218,7 @@ def setup(args: TrainArgs, inputs: Inputs) -> Training:
     logger.info(
         f"model: {sum(p.numel() for p in unwrapped.parameters()) / 1e6:.2f}M parameters, genotype "
         f"{config.get_genotype()}, {accelerator.num_processes} process(es), {len(streams['train'])} batches per "
-        "epoch and process",
+        f"epoch and process; {run_environment(accelerator)}",
         main_process_only=True,
     )
     logger.info(memory.describe(), main_process_only=True)
@@ -344,7 +345,7 @@ def write_summary(t: Training, error: str | None = None) -> None:
         "best": t.state.best,
         "averaged": t.averaged,
         "history": t.state.history,
-        "processes": t.accelerator.num_processes,
+        **run_environment(t.accelerator),
         "non_finite_steps_skipped": t.state.skipped_steps(),
     }
     if error is not None:
