@@ -561,7 +561,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max_steps", type=int, default=None, help="override the recipe's update budget")
     p.add_argument("--num_threads", type=int, default=0, help="torch threads per run (0: the scripts' default)")
     p.add_argument("--jobs", type=int, default=1,
-                   help="runs at once (a GPU machine: several; 2 CPU cores: 2 with --num_threads 1, about 1.5x the "
+                   help="runs at once (a GPU machine: several; 2 CPU cores: 2 with --num_threads 1, about 1.4-1.5x the "
                         "updates per hour of one run on 2 threads)")
     p.add_argument("--dry_run", action="store_true", help="print the commands, run nothing")
     p.add_argument("--replicate", action="append", default=[], metavar="RUN",
