@@ -141,9 +141,7 @@ def machine() -> str:
 
 def machine_kind() -> str:
     """``gpu`` or ``cpu``: the suffix of a replica's name."""
-    import torch
-
-    return "gpu" if torch.cuda.is_available() else "cpu"
+    return "gpu" if machine().startswith("GPU") else "cpu"
 
 
 def rel(path: Path | str) -> str:

@@ -215,7 +215,7 @@ def setup(args: SearchArgs, texts: Texts, resume_path: Path | None) -> Search:
     accelerator.init_trackers("search", config=loggable_arguments(*vars(args).values()))
     logger.info(
         f"supernet: {sum(p.numel() for p in supernet.weight_parameters()) / 1e6:.2f}M weights, "
-        f"{len(supernet.arch_parameters())} α nodes, {world} process(es), {len(streams['train'])} train / "
+        f"{len(supernet.arch_parameters())} α nodes, {len(streams['train'])} train / "
         f"{len(streams['arch'])} α batches per epoch and process; {run_environment(accelerator)}",
         main_process_only=True,
     )

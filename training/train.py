@@ -217,7 +217,7 @@ def setup(args: TrainArgs, inputs: Inputs) -> Training:
     logger.info(f"budget: {budget_text(args)}", main_process_only=True)
     logger.info(
         f"model: {sum(p.numel() for p in unwrapped.parameters()) / 1e6:.2f}M parameters, genotype "
-        f"{config.get_genotype()}, {accelerator.num_processes} process(es), {len(streams['train'])} batches per "
+        f"{config.get_genotype()}, {len(streams['train'])} batches per "
         f"epoch and process; {run_environment(accelerator)}",
         main_process_only=True,
     )
