@@ -10,6 +10,7 @@ One command per language pair (Multi30k, ``../shared/data/multi30k`` relative to
     python benchmarks/search_quality.py --smoke                          # bundled sample, tiny, minutes
     python benchmarks/search_quality.py --pair en-de --search_variant long     # a variant of the search
     python benchmarks/search_quality.py --pair en-de --replicate random-r0    # a finished run again, here
+    python benchmarks/search_quality.py --pair en-de --publish           # then the zoo: model folder + card
 
 For a pair it (1) trains one joint tokenizer shared by every run, (2) runs S searches (seeds 0..S-1,
 ``training/search.py``), (3) trains the derived genotype of each search with T training seeds, the standard
@@ -36,6 +37,11 @@ machine, into ``replicas/<RUN>-on-<cpu|gpu>.json``, and the summary sets the two
 a table were trained on different machines, this says whether a gap is the genotype's or the machine's (CPU
 and CUDA draw different dropout masks from one seed and run different kernels).
 
+``--publish`` then builds the pair's zoo entry: the searched run whose averaged model has the lowest validation
+loss goes through ``training/publish.py`` (weights, tokenizer, code, card with this protocol's comparison table and
+the run's commands) into ``published/revdarts-multi30k-<pair>/`` (not in git), and its card into
+``model_cards/revdarts-multi30k-<pair>/``.
+
 Resumable: a run whose ``<run>.json`` exists is skipped; an interrupted training run continues from its
 latest checkpoint (``--resume_from_checkpoint latest``), an interrupted search likewise. Run the same
 command again until the summary is written; the pairs can run in separate sittings or in parallel.
@@ -50,6 +56,7 @@ import logging
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -387,6 +394,39 @@ class Protocol:
                    {"replica_of": run, "replica_of_kind": record["kind"],
                     "replica_of_device": record.get("device", "unrecorded")}, results=self.results / "replicas")
 
+    def publish(self) -> Path:
+        """The pair's zoo entry: of the finished searched runs (every search variant), the one whose averaged model
+        has the lowest validation loss (val, never test, picks it) goes through training/publish.py into
+        ``--published_dir/revdarts-multi30k-<pair>``; its card (README.md, eval_results.json, genotype.png; no
+        weights) replaces ``--model_cards_dir/revdarts-multi30k-<pair>``."""
+        from search_quality_report import load_runs
+
+        from hf_revdarts.data import load_parallel_text
+        from hf_revdarts.training_utils import atomic_folder
+
+        runs, _ = load_runs(self.results)
+        searched = [r for r in runs if r["kind"] == "searched" and (r.get("val_averaged") or {}).get("val_loss") is not None]
+        if not searched:
+            raise RuntimeError(f"--publish: no finished searched run in {rel(self.results)} to publish")
+        best = min(searched, key=lambda r: r["val_averaged"]["val_loss"])
+        logger.info("publish: %s, validation loss %.3f (searched runs: %s)", best["run"], best["val_averaged"]["val_loss"],
+                    ", ".join(f"{r['run']} {r['val_averaged']['val_loss']:.3f}" for r in searched))
+        name = f"revdarts-multi30k-{self.pair}" if not self.args.smoke else f"revdarts-smoke-{self.pair}"
+        run_dir, out = REPO / best["work_dir"], Path(self.args.published_dir) / name
+        pairs = len(load_parallel_text(self.data, self.src, self.tgt, self.splits["train"])[0])
+        flags = ["--model", rel(run_dir / "averaged"), "--eval_results", rel(run_dir / "eval_test.json"),
+                 "--train_summary", rel(run_dir / "train_summary.json"), "--search_dir", rel(self.work / best["search"]),
+                 "--protocol_run", rel(self.results / f"{best['run']}.json"), "--output_dir", rel(out),
+                 "--model_name", name, "--overwrite", "--dataset_description",
+                 f"{self.data.name}, {self.splits['train']} split ({pairs:,} {self.src}–{self.tgt} pairs); one joint BPE "
+                 f"vocabulary of {self.recipe['vocab_size']:,} shared by every run of the protocol"]
+        self.run("publish.py", flags, self.work / f"{name}.publish.log", {}, "publish")
+        with atomic_folder(Path(self.args.model_cards_dir) / name, overwrite=True) as tmp:
+            for file in ("README.md", "eval_results.json", "genotype.png"):
+                shutil.copyfile(out / file, tmp / file)
+        logger.info("publish: %s and its card in %s", rel(out), rel(Path(self.args.model_cards_dir) / name))
+        return out
+
     def average(self, out: Path, timing: dict[str, Any]) -> Path:
         """The mean of the last N checkpoints as a model folder, as train.py --average_checkpoints wrote it."""
         final = out / "averaged"
@@ -462,7 +502,10 @@ class Protocol:
             return None
         from search_quality_report import write_summary
 
-        return write_summary(self)
+        summary = write_summary(self)
+        if self.args.publish:
+            self.publish()
+        return summary
 
     def submit_protocol(self, jobs: Jobs, tokenizer: Path) -> None:
         """The searches (waited for: their genotypes are trained), then every training run of the protocol; with
@@ -568,6 +611,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--search_variant", choices=sorted(SEARCH_VARIANTS), default=None,
                    help="run the searches of this variant of the search recipe (SEARCH_VARIANTS) and train their "
                         "genotypes; the standard and random runs are the base protocol's")
+    p.add_argument("--publish", action="store_true",
+                   help="then publish the searched run with the lowest validation loss (training/publish.py, with the "
+                        "protocol's comparison in its card) and put its card in --model_cards_dir")
+    p.add_argument("--published_dir", default=str(REPO / "published"), help="where --publish writes the model folder")
+    p.add_argument("--model_cards_dir", default=str(REPO / "model_cards"), help="where --publish puts the card")
     p.add_argument("--smoke", action="store_true", help="bundled sample, tiny sizes, a few steps, every kind")
     args = p.parse_args(argv)
     if args.jobs < 1:

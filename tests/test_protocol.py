@@ -91,6 +91,29 @@ def test_smoke_protocol_runs_every_kind_and_resumes(tmp_path):
     assert "Paired bootstrap, searched-long vs standard" in (results / "summary.md").read_text()
     assert {run: (results / f"{run}.json").read_text() for run in RUNS} == first
 
+    # The zoo: the searched run with the lowest validation loss (never the test score) is published, its card kept.
+    cards, published = tmp_path / "cards", tmp_path / "published"
+    _protocol(tmp_path, "--publish", "--model_cards_dir", str(cards), "--published_dir", str(published))
+    candidates = [json.loads((results / f"{r}.json").read_text()) for r in ("searched-s0-t0", "searched-long-s0-t0")]
+    best = min(candidates, key=lambda r: r["val_averaged"]["val_loss"])
+    card = cards / "revdarts-smoke-en-de"
+    assert sorted(p.name for p in card.iterdir()) == ["README.md", "eval_results.json", "genotype.png"]
+    text = (card / "README.md").read_text()
+    assert f"run `{best['run']}`" in text and best["commands"][0] in text
+    assert json.loads((card / "eval_results.json").read_text())["bleu"] == best["test"]["bleu"]
+    from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+
+    from hf_revdarts.data import load_parallel_text
+    from hf_revdarts.evaluation import translate
+
+    folder = published / "revdarts-smoke-en-de"  # loads with the Auto classes and translates as the protocol did
+    model = AutoModelForSeq2SeqLM.from_pretrained(folder, trust_remote_code=True)
+    tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=True)
+    sources = load_parallel_text(REPO / "samples" / "en-de", "en", "de", "test", None, 8)[0]
+    expected = (results / f"{best['run']}.test.txt").read_text().split("\n")[:8]
+    assert translate(model.eval(), tokenizer, sources, num_beams=2, max_new_tokens=16) == expected
+    assert {run: (results / f"{run}.json").read_text() for run in RUNS} == first  # publishing trains nothing
+
     # Interrupt the standard run after its first checkpoint: results, summary, final checkpoint gone.
     (results / "standard-t0.json").unlink()
     run_dir = work / "standard-t0"

@@ -178,6 +178,53 @@ def test_evaluation_records_its_model_and_publish_refuses_another(script_trained
         assert all(p.stat().st_mode & 0o777 == 0o666 & ~umask for p in folder.iterdir() if p.is_file())
 
 
+def test_publish_shows_the_protocol_comparison_of_its_own_run_only(script_trained, script_evaluated, tmp_path):
+    results = strict_json(script_evaluated)
+    protocol = tmp_path / "results" / "en-de"
+    protocol.mkdir(parents=True)
+    train_cmd = "python training/train.py --genotype runs/protocol/en-de/search-long-s0 --seed 0"
+    run = {"run": "searched-long-s0-t0", "kind": "searched", "search_variant": "long", "search": "search-long-s0",
+           "pair": "en-de", "test": {"split": "test", "bleu": results["bleu"]}, "commands": [train_cmd]}
+    (protocol / "searched-long-s0-t0.json").write_text(json.dumps(run))
+    (protocol / "search-long-s0.json").write_text(json.dumps({"commands": ["python training/search.py --seed 0"]}))
+    kinds = {"searched-long": {"runs": 1, "bleu_mean": results["bleu"], "bleu_std": 0.0, "parameters_mean": 2e6,
+                               "bleu": {"searched-long-s0-t0": results["bleu"]}},
+             "standard": {"runs": 2, "bleu_mean": 31.33, "bleu_std": 0.26, "parameters_mean": 2.32e6,
+                          "bleu": {"standard-t0": 31.14, "standard-t1": 31.51}},
+             "search-long": {"runs": 1, "genotypes": {}}}
+    summary = {"recipe_short": "d_model=192, max_steps=4000", "test_split": "test", "kinds": kinds,
+               "devices": {"searched-long-s0-t0": "CPU: 2 cores", "standard-t0": "GPU: H200", "standard-t1": "GPU: H200"},
+               "significance_variants": {"searched-long": {"pooled": {"pairs": 1, "delta": 0.5, "p_value": 0.04}}},
+               "minus_random_mean": {"searched-long": 0.3}}
+    (protocol / "summary.json").write_text(json.dumps(summary))
+    out = tmp_path / "pub"
+    args = _publish_args(script_trained / "best", script_evaluated, out, "--protocol_run",
+                         str(protocol / "searched-long-s0-t0.json"))
+    assert publish_script.main(args) == 0
+    card = (out / "README.md").read_text()
+    assert "## How it compares" in card and "run `searched-long-s0-t0`" in card
+    assert f"| **searched-long** (this model's kind) | 1 | {results['bleu']:.2f} ± 0.00 |" in card
+    assert "| standard | 2 | 31.33 ± 0.26 | 31.14, 31.51 | 2.32M | GPU: H200 |" in card
+    assert "Δ = +0.50 BLEU, p = 0.0400" in card and "minus the random genotypes' mean: +0.30" in card
+    assert "different machines" in card
+    assert "python training/search.py --seed 0\n" + train_cmd in card  # the search, then the training
+    assert "| search-long |" not in card  # searches have no BLEU of their own
+
+    # A run that reports another score is another model: refused, and the published folder stays as it was.
+    before = snapshot(out)
+    run["test"]["bleu"] = results["bleu"] + 1
+    (protocol / "searched-long-s0-t0.json").write_text(json.dumps(run))
+    with pytest.raises(ValueError, match="describe different models"):
+        publish_script.main([*args, "--overwrite"])
+    run["test"]["bleu"], run["pair"] = results["bleu"], "en-fr"
+    (protocol / "searched-long-s0-t0.json").write_text(json.dumps(run))
+    with pytest.raises(ValueError, match="is a en-fr run"):
+        publish_script.main([*args, "--overwrite"])
+    assert snapshot(out) == before
+    without = publish_script.main(_publish_args(script_trained / "best", script_evaluated, out, "--overwrite"))
+    assert without == 0 and "How it compares" not in (out / "README.md").read_text()
+
+
 def test_publish_refuses_a_nan_model_even_with_matching_results(script_trained, script_evaluated, tmp_path):
     from hf_revdarts.integrity import fingerprint_model_folder
 

@@ -52,6 +52,9 @@ class PublishArguments:
     dataset_id: str | None = field(default=None, metadata={"help": "Hub id of the training data for the card"})
     dataset_description: str | None = field(default=None, metadata={"help": "training data in words, for the card"})
     example: str | None = field(default=None, metadata={"help": "source sentence in the card (default: first test one)"})
+    protocol_run: str | None = field(default=None, metadata={
+        "help": "the <run>.json benchmarks/search_quality.py wrote for this model: the card then shows the protocol's "
+                "comparison table (its summary.json, beside the run) and the exact commands of the run"})
     overwrite: bool = field(default=False, metadata={"help": "replace an existing non-empty --output_dir"})
     push_to_hub: bool = field(default=False, metadata={"help": "upload the folder (needs --hub_model_id)"})
     hub_model_id: str | None = field(default=None, metadata={"help": "user/name of the Hub repository"})
@@ -70,7 +73,8 @@ class PublishArguments:
         if not (Path(self.model) / "config.json").is_file():
             what = "does not exist" if not Path(self.model).exists() else "is not a model folder (no config.json)"
             raise FileNotFoundError(f"--model {self.model} {what}")
-        for flag, path in (("eval_results", self.eval_results), ("train_summary", self.train_summary)):
+        for flag, path in (("eval_results", self.eval_results), ("train_summary", self.train_summary),
+                           ("protocol_run", self.protocol_run)):
             if path is not None and not Path(path).is_file():
                 raise FileNotFoundError(f"--{flag} {path} does not exist")
         if self.search_dir is not None and not Path(self.search_dir).is_dir():
@@ -170,6 +174,8 @@ def build_card(model: Any, results: dict[str, Any], args: PublishArguments, extr
         search_cost=extra["search_cost"],
         train_cost=extra["train_cost"],
         limitations=extra["limitations"],
+        comparison=extra.get("comparison", ""),
+        commands=extra.get("commands", ""),
     )
 
 
@@ -200,9 +206,77 @@ def read_inputs(args: PublishArguments) -> tuple[dict[str, Any], dict[str, Any],
     return results, train, search
 
 
+def read_protocol(args: PublishArguments, results: dict[str, Any]) -> dict[str, Any] | None:
+    """``--protocol_run`` with the protocol's summary.json beside it (and the run's search record), checked to be
+    about the model whose results are published: a card must not show another model's comparison."""
+    if args.protocol_run is None:
+        return None
+    run_path = Path(args.protocol_run)
+    run = _read_json(run_path, "--protocol_run")
+    for key in ("run", "kind", "pair", "test", "commands"):
+        if key not in run:
+            raise ValueError(f"--protocol_run {run_path} lacks {key!r}: not a training run of benchmarks/search_quality.py")
+    pair = f"{results['src_lang']}-{results['tgt_lang']}"
+    if run["pair"] != pair or run["test"].get("split") != results["split"]:
+        raise ValueError(f"--protocol_run {run_path} is a {run['pair']} run tested on {run['test'].get('split')}, "
+                         f"--eval_results {args.eval_results} a {pair} evaluation on {results['split']}")
+    if abs(run["test"]["bleu"] - results["bleu"]) > 0.005:
+        raise ValueError(f"--protocol_run {run_path} reports test BLEU {run['test']['bleu']}, --eval_results "
+                         f"{args.eval_results} {results['bleu']}: they describe different models")
+    summary = _read_json(run_path.parent / "summary.json", "the protocol summary")
+    search_path = run_path.parent / f"{run['search']}.json" if run.get("search") else None
+    search = _read_json(search_path, "the protocol's search record") if search_path and search_path.is_file() else None
+    return {"run": run, "summary": summary, "search": search}
+
+
+def _row(run: dict[str, Any]) -> str:
+    # The protocol's table row of a run (search_quality_report.row): a search variant has a row of its own.
+    variant = run.get("search_variant")
+    return f"{run['kind']}-{variant}" if variant and run["kind"] == "searched" else run["kind"]
+
+
+def comparison_section(protocol: dict[str, Any]) -> tuple[str, str]:
+    """(comparison, commands): the protocol's table with this model's row marked, its paired bootstrap against
+    the standard Transformer and the random genotypes, where each kind was trained; the run's commands."""
+    run, summary = protocol["run"], protocol["summary"]
+    this = _row(run)
+    devices = summary.get("devices", {})
+    variant = f" --search_variant {run['search_variant']}" if run.get("search_variant") else ""
+    lines = [
+        f"This model is run `{run['run']}` of the hf_revdarts protocol (`python benchmarks/search_quality.py "
+        f"--pair {run['pair']}{variant}`), which trains every kind with the same size, recipe and number of updates "
+        f"({summary['recipe_short']}) and translates {summary['test_split']} once per run (cased sacreBLEU). "
+        "Searched: the genotype a search derived; standard: the `self_attn`/`ffn` Transformer; random: genotypes "
+        "drawn uniformly from the same search space.",
+        "",
+        "| kind | runs | BLEU mean ± std | runs' BLEU | parameters | trained on |",
+        "|---|---|---|---|---|---|",
+    ]
+    training = [k for k, v in summary["kinds"].items() if "bleu_mean" in v]
+    for kind in training:
+        r = summary["kinds"][kind]
+        on = sorted({devices.get(name, "unrecorded") for name in r["bleu"]})
+        name = f"**{kind}** (this model's kind)" if kind == this else kind
+        lines.append(f"| {name} | {r['runs']} | {r['bleu_mean']:.2f} ± {r['bleu_std']:.2f} | "
+                     f"{', '.join(f'{b:.2f}' for b in r['bleu'].values())} | {r['parameters_mean'] / 1e6:.2f}M | "
+                     f"{'; '.join(on)} |")
+    lines.append("")
+    sig = summary.get("significance", {}) if this == "searched" else summary.get("significance_variants", {}).get(this, {})
+    if "pooled" in sig:
+        p = sig["pooled"]
+        lines += [f"Paired bootstrap against the standard Transformer with the same training seed (pooled over "
+                      f"{p['pairs']} pair(s)): Δ = {p['delta']:+.2f} BLEU, p = {p['p_value']:.4f}."]
+    if this in summary.get("minus_random_mean", {}):
+        lines.append(f"Its kind's mean minus the random genotypes' mean: {summary['minus_random_mean'][this]:+.2f} BLEU.")
+    if len(set(devices.values())) > 1:
+        lines.append("The kinds were trained on different machines (last column): compare within one machine.")
+    commands = [*(protocol["search"] or {}).get("commands", []), *run["commands"]]
+    return "\n".join(lines), "\n".join(commands)
+
+
 def card_extras(model: Any, tokenizer: Any, results: dict[str, Any], args: PublishArguments,
-                train: dict[str, Any], search: dict[str, Any]) -> dict[str, Any]:
-    """The card's example translation and its search/training cost lines."""
+                train: dict[str, Any], search: dict[str, Any], protocol: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The card's example translation, its search/training cost lines and, for a protocol run, its comparison."""
     example = args.example
     if example is None:
         example = load_parallel_text(results["dataset"], results["src_lang"], results["tgt_lang"], results["split"],
@@ -223,6 +297,7 @@ def card_extras(model: Any, tokenizer: Any, results: dict[str, Any], args: Publi
             "Trained on a small dataset at a small size to demonstrate the pipeline; expect translations only "
             "in the domain and vocabulary of that data."
         ),
+        **dict(zip(("comparison", "commands"), comparison_section(protocol) if protocol else ("", ""))),
     }
 
 
@@ -265,9 +340,10 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     (args,) = parse_args((PublishArguments,), argv, description=__doc__)
     results, train, search = read_inputs(args)
+    protocol = read_protocol(args, results)
     model, tokenizer = load_model_folder(args.model)
     assert_finite_state(model, "published model")
-    extra = card_extras(model, tokenizer, results, args, train, search)
+    extra = card_extras(model, tokenizer, results, args, train, search, protocol)
     write_folder(model, tokenizer, build_card(model, results, args, extra), results, args)
     if args.push_to_hub:
         push(args, results)
