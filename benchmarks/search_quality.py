@@ -337,10 +337,12 @@ class Protocol:
         return record
 
     def train(self, name: str, kind: str, genotype: str, seed: int, tokenizer: Path, meta: dict[str, Any],
-              results: Path | None = None) -> None:
+              results: Path | None = None, max_steps: int | None = None, start_from: Path | None = None) -> None:
+        """Train (or resume) run ``name`` with the recipe, average, translate the test split once, record it.
+        ``max_steps``/``start_from``: a longer budget, continuing another run's checkpoint (the zoo)."""
         results = results or self.results
         result = results / f"{name}.json"
-        max_steps = int(self.recipe["train"]["--max_steps"])
+        max_steps = max_steps or int(self.recipe["train"]["--max_steps"])
         if result.is_file():
             updates = json.loads(result.read_text())["updates"]
             if updates != max_steps:  # a table must not mix budgets
@@ -357,8 +359,12 @@ class Protocol:
             flags = [*self.data_flags(), "--genotype", genotype, "--tokenizer", rel(tokenizer), "--output_dir",
                      rel(out), "--seed", str(seed), "--train_split", self.splits["train"],
                      "--eval_split", self.splits["val"], *flag_list(self.recipe["model"]),
-                     *flag_list(self.recipe["train"]), *self.common_flags()]
-            flags += self.restart_flags(out)
+                     *flag_list({**self.recipe["train"], "--max_steps": max_steps}), *self.common_flags()]
+            if start_from is not None and not any(out.glob("checkpoint-*/train_state.json")):
+                # The inverse-sqrt schedule does not depend on --max_steps: continuing a run is training it longer.
+                flags += ["--resume_from_checkpoint", rel(start_from)]
+            else:
+                flags += self.restart_flags(out)
             flags, missing = self.with_pending("train.py", "train", flags)
             timing["flags_not_supported"] = missing
             self.run("train.py", flags, out.parent / f"{out.name}.log", timing, "train")
@@ -376,25 +382,43 @@ class Protocol:
             return
         self._write_train_record(name, kind, seed, out, final, test_json, timing, meta, results)
 
+    def genotype_of(self, record: dict[str, Any]) -> str:
+        """The --genotype a training run of this protocol was given: its search's folder, standard, or its draw."""
+        if record["kind"] == "searched":
+            return rel(self.work / record["search"])
+        if record["kind"] == "random":
+            return rel(self.random_genotype_file(record["random_seed"]))
+        return "standard"
+
     def replicate(self, run: str, tokenizer: Path) -> None:
         """Train the finished run ``run`` again, with its genotype, seed and this recipe, on this machine."""
         source = self.results / f"{run}.json"
         if not source.is_file():
             raise ValueError(f"--replicate {run}: no finished run {rel(source)} to replicate")
         record = json.loads(source.read_text())
-        if record["kind"] == "searched":
-            genotype = rel(self.work / record["search"])
-        elif record["kind"] == "standard":
-            genotype = "standard"
-        elif record["kind"] == "random":
-            genotype = rel(self.random_genotype_file(record["random_seed"]))
-        else:
+        if record["kind"] not in ("searched", "standard", "random"):
             raise ValueError(f"--replicate {run}: a {record['kind']} run, not a training run")
-        self.train(f"{run}-on-{machine_kind()}", "replica", genotype, record["train_seed"], tokenizer,
+        self.train(f"{run}-on-{machine_kind()}", "replica", self.genotype_of(record), record["train_seed"], tokenizer,
                    {"replica_of": run, "replica_of_kind": record["kind"],
                     "replica_of_device": record.get("device", "unrecorded")}, results=self.results / "replicas")
 
-    def publish(self) -> Path:
+    def train_longer(self, run: dict[str, Any], steps: int, tokenizer: Path) -> dict[str, Any]:
+        """``zoo-<run>``: the protocol run ``run`` continued from its last checkpoint to ``steps`` updates with the
+        same recipe and seed, then averaged and tested like every run (results in ``zoo/``, outside the table)."""
+        if steps <= run["updates"]:
+            raise ValueError(f"--zoo_steps {steps} must exceed the {run['updates']} updates of {run['run']}")
+        checkpoints = sorted((REPO / run["work_dir"]).glob("checkpoint-*/train_state.json"))
+        name = f"zoo-{run['run']}"
+        result = self.results / "zoo" / f"{name}.json"
+        if not checkpoints and not result.is_file():
+            raise FileNotFoundError(f"--zoo_steps: {run['work_dir']} has no checkpoint of {run['run']} to continue")
+        meta = {k: run[k] for k in ("search", "search_genotype", "search_variant", "random_seed") if k in run}
+        self.train(name, run["kind"], self.genotype_of(run), run["train_seed"], tokenizer,
+                   {**meta, "continues": run["run"], "protocol_summary": rel(self.results / "summary.json")},
+                   results=self.results / "zoo", max_steps=steps, start_from=checkpoints[-1].parent if checkpoints else None)
+        return json.loads(result.read_text())
+
+    def publish(self, tokenizer: Path) -> Path:
         """The pair's zoo entry: of the finished searched runs (every search variant), the one whose averaged model
         has the lowest validation loss (val, never test, picks it) goes through training/publish.py into
         ``--published_dir/revdarts-multi30k-<pair>``; its card (README.md, eval_results.json, genotype.png; no
@@ -411,12 +435,16 @@ class Protocol:
         best = min(searched, key=lambda r: r["val_averaged"]["val_loss"])
         logger.info("publish: %s, validation loss %.3f (searched runs: %s)", best["run"], best["val_averaged"]["val_loss"],
                     ", ".join(f"{r['run']} {r['val_averaged']['val_loss']:.3f}" for r in searched))
+        record = self.results / f"{best['run']}.json"
+        if self.args.zoo_steps:
+            best = self.train_longer(best, self.args.zoo_steps, tokenizer)
+            record = self.results / "zoo" / f"{best['run']}.json"
         name = f"revdarts-multi30k-{self.pair}" if not self.args.smoke else f"revdarts-smoke-{self.pair}"
         run_dir, out = REPO / best["work_dir"], Path(self.args.published_dir) / name
         pairs = len(load_parallel_text(self.data, self.src, self.tgt, self.splits["train"])[0])
         flags = ["--model", rel(run_dir / "averaged"), "--eval_results", rel(run_dir / "eval_test.json"),
                  "--train_summary", rel(run_dir / "train_summary.json"), "--search_dir", rel(self.work / best["search"]),
-                 "--protocol_run", rel(self.results / f"{best['run']}.json"), "--output_dir", rel(out),
+                 "--protocol_run", rel(record), "--output_dir", rel(out),
                  "--model_name", name, "--overwrite", "--dataset_description",
                  f"{self.data.name}, {self.splits['train']} split ({pairs:,} {self.src}–{self.tgt} pairs); one joint BPE "
                  f"vocabulary of {self.recipe['vocab_size']:,} shared by every run of the protocol"]
@@ -504,7 +532,7 @@ class Protocol:
 
         summary = write_summary(self)
         if self.args.publish:
-            self.publish()
+            self.publish(tokenizer)
         return summary
 
     def submit_protocol(self, jobs: Jobs, tokenizer: Path) -> None:
@@ -614,10 +642,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--publish", action="store_true",
                    help="then publish the searched run with the lowest validation loss (training/publish.py, with the "
                         "protocol's comparison in its card) and put its card in --model_cards_dir")
+    p.add_argument("--zoo_steps", type=int, default=None,
+                   help="with --publish: first train that run longer, from its last checkpoint to this many updates with "
+                        "the same recipe (run zoo-<run>, results in zoo/), and publish that model")
     p.add_argument("--published_dir", default=str(REPO / "published"), help="where --publish writes the model folder")
     p.add_argument("--model_cards_dir", default=str(REPO / "model_cards"), help="where --publish puts the card")
     p.add_argument("--smoke", action="store_true", help="bundled sample, tiny sizes, a few steps, every kind")
     args = p.parse_args(argv)
+    if args.zoo_steps is not None and not args.publish:
+        p.error("--zoo_steps trains the model --publish publishes: give --publish too")
     if args.jobs < 1:
         p.error("--jobs must be >= 1")
     for key in ("searches", "seeds", "random", "max_steps"):

@@ -91,15 +91,21 @@ def test_smoke_protocol_runs_every_kind_and_resumes(tmp_path):
     assert "Paired bootstrap, searched-long vs standard" in (results / "summary.md").read_text()
     assert {run: (results / f"{run}.json").read_text() for run in RUNS} == first
 
-    # The zoo: the searched run with the lowest validation loss (never the test score) is published, its card kept.
+    # The zoo: the searched run with the lowest validation loss (never the test score) is trained longer from its
+    # last checkpoint and published with the protocol's comparison; its card is kept.
     cards, published = tmp_path / "cards", tmp_path / "published"
-    _protocol(tmp_path, "--publish", "--model_cards_dir", str(cards), "--published_dir", str(published))
+    _protocol(tmp_path, "--publish", "--zoo_steps", "8", "--model_cards_dir", str(cards), "--published_dir", str(published))
     candidates = [json.loads((results / f"{r}.json").read_text()) for r in ("searched-s0-t0", "searched-long-s0-t0")]
-    best = min(candidates, key=lambda r: r["val_averaged"]["val_loss"])
+    chosen = min(candidates, key=lambda r: r["val_averaged"]["val_loss"])
+    best = json.loads((results / "zoo" / f"zoo-{chosen['run']}.json").read_text())
+    assert best["continues"] == chosen["run"] and best["updates"] == 8 and best["genotype"] == chosen["genotype"]
+    assert f"--resume_from_checkpoint {chosen['work_dir']}/checkpoint-000004" in best["commands"][0]
+    assert "--max_steps 8" in best["commands"][0]
     card = cards / "revdarts-smoke-en-de"
     assert sorted(p.name for p in card.iterdir()) == ["README.md", "eval_results.json", "genotype.png"]
     text = (card / "README.md").read_text()
-    assert f"run `{best['run']}`" in text and best["commands"][0] in text
+    assert f"run `{chosen['run']}` of the hf_revdarts protocol trained longer, to 8 updates" in text
+    assert chosen["commands"][0] in text and best["commands"][0] in text
     assert json.loads((card / "eval_results.json").read_text())["bleu"] == best["test"]["bleu"]
     from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
@@ -110,7 +116,7 @@ def test_smoke_protocol_runs_every_kind_and_resumes(tmp_path):
     model = AutoModelForSeq2SeqLM.from_pretrained(folder, trust_remote_code=True)
     tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=True)
     sources = load_parallel_text(REPO / "samples" / "en-de", "en", "de", "test", None, 8)[0]
-    expected = (results / f"{best['run']}.test.txt").read_text().split("\n")[:8]
+    expected = (results / "zoo" / f"{best['run']}.test.txt").read_text().split("\n")[:8]
     assert translate(model.eval(), tokenizer, sources, num_beams=2, max_new_tokens=16) == expected
     assert {run: (results / f"{run}.json").read_text() for run in RUNS} == first  # publishing trains nothing
 
@@ -249,3 +255,23 @@ def _protocol_real(tmp_path: Path, *extra: str) -> str:
                          timeout=300)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-5000:]
     return out.stdout + out.stderr
+
+
+def test_publish_refuses_what_it_cannot_do_before_training_anything(tmp_path, capsys):
+    sq = _load_protocol_module()
+    with pytest.raises(SystemExit):
+        sq.parse_args(["--zoo_steps", "8000"])
+    assert "--zoo_steps trains the model --publish publishes" in capsys.readouterr().err
+    args = sq.parse_args(["--publish", "--zoo_steps", "4000", "--work_dir", str(tmp_path / "work"),
+                          "--results_dir", str(tmp_path / "results")])
+    protocol = sq.Protocol(args)
+    protocol.results.mkdir(parents=True)
+    with pytest.raises(RuntimeError, match="no finished searched run"):
+        protocol.publish(tmp_path / "tok")
+    run = {"run": "searched-s0-t0", "kind": "searched", "search": "search-s0", "train_seed": 0, "updates": 4000,
+           "val_averaged": {"val_loss": 3.4}, "work_dir": str(tmp_path / "gone")}
+    (protocol.results / "searched-s0-t0.json").write_text(json.dumps(run))
+    with pytest.raises(ValueError, match="--zoo_steps 4000 must exceed the 4000 updates of searched-s0-t0"):
+        protocol.publish(tmp_path / "tok")
+    with pytest.raises(FileNotFoundError, match="no checkpoint of searched-s0-t0 to continue"):
+        protocol.train_longer(run, 8000, tmp_path / "tok")

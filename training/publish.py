@@ -35,7 +35,8 @@ from hf_revdarts.tokenization import save_tokenizer
 from hf_revdarts.training_utils import atomic_folder, atomic_write_json, remove_stale_temporaries
 
 logger = logging.getLogger("revdarts.publish")
-TEMPLATE = Path(__file__).resolve().parents[1] / "model_cards" / "template.md"
+REPO = Path(__file__).resolve().parents[1]
+TEMPLATE = REPO / "model_cards" / "template.md"
 LANGUAGE_NAMES = {"en": "English", "de": "German", "fr": "French", "cs": "Czech"}
 EVAL_KEYS = ("bleu", "chrf", "bleu_signature", "chrf_signature", "split", "src_lang", "tgt_lang", "hypotheses")
 
@@ -223,10 +224,13 @@ def read_protocol(args: PublishArguments, results: dict[str, Any]) -> dict[str, 
     if abs(run["test"]["bleu"] - results["bleu"]) > 0.005:
         raise ValueError(f"--protocol_run {run_path} reports test BLEU {run['test']['bleu']}, --eval_results "
                          f"{args.eval_results} {results['bleu']}: they describe different models")
-    summary = _read_json(run_path.parent / "summary.json", "the protocol summary")
-    search_path = run_path.parent / f"{run['search']}.json" if run.get("search") else None
+    # A run trained longer for the zoo (zoo/) names its protocol's summary (relative to the repository).
+    summary_path = REPO / run["protocol_summary"] if run.get("protocol_summary") else run_path.parent / "summary.json"
+    summary = _read_json(summary_path, "the protocol summary")
+    search_path = summary_path.parent / f"{run['search']}.json" if run.get("search") else None
     search = _read_json(search_path, "the protocol's search record") if search_path and search_path.is_file() else None
-    return {"run": run, "summary": summary, "search": search}
+    first = _read_json(summary_path.parent / f"{run['continues']}.json", "the continued run") if run.get("continues") else None
+    return {"run": run, "summary": summary, "search": search, "continued": first}
 
 
 def _row(run: dict[str, Any]) -> str:
@@ -242,8 +246,12 @@ def comparison_section(protocol: dict[str, Any]) -> tuple[str, str]:
     this = _row(run)
     devices = summary.get("devices", {})
     variant = f" --search_variant {run['search_variant']}" if run.get("search_variant") else ""
+    continues = run.get("continues")
+    which = (f"run `{continues}` of the hf_revdarts protocol trained longer, to {run['updates']} updates from its "
+             f"last checkpoint with the same recipe (as `{run['run']}`)" if continues
+             else f"run `{run['run']}` of the hf_revdarts protocol")
     lines = [
-        f"This model is run `{run['run']}` of the hf_revdarts protocol (`python benchmarks/search_quality.py "
+        f"This model is {which} (`python benchmarks/search_quality.py "
         f"--pair {run['pair']}{variant}`), which trains every kind with the same size, recipe and number of updates "
         f"({summary['recipe_short']}) and translates {summary['test_split']} once per run (cased sacreBLEU). "
         "Searched: the genotype a search derived; standard: the `self_attn`/`ffn` Transformer; random: genotypes "
@@ -270,7 +278,8 @@ def comparison_section(protocol: dict[str, Any]) -> tuple[str, str]:
         lines.append(f"Its kind's mean minus the random genotypes' mean: {summary['minus_random_mean'][this]:+.2f} BLEU.")
     if len(set(devices.values())) > 1:
         lines.append("The kinds were trained on different machines (last column): compare within one machine.")
-    commands = [*(protocol["search"] or {}).get("commands", []), *run["commands"]]
+    commands = [*(protocol["search"] or {}).get("commands", []), *(protocol["continued"] or {}).get("commands", []),
+                *run["commands"]]
     return "\n".join(lines), "\n".join(commands)
 
 
