@@ -55,7 +55,7 @@ class PublishArguments:
     example: str | None = field(default=None, metadata={"help": "source sentence in the card (default: first test one)"})
     protocol_run: str | None = field(default=None, metadata={
         "help": "the <run>.json benchmarks/search_quality.py wrote for this model: the card then shows the protocol's "
-                "comparison table (its summary.json, beside the run) and the exact commands of the run"})
+                "comparison table (its summary.json: beside the run, or the one a zoo run names) and the run's exact commands"})
     overwrite: bool = field(default=False, metadata={"help": "replace an existing non-empty --output_dir"})
     push_to_hub: bool = field(default=False, metadata={"help": "upload the folder (needs --hub_model_id)"})
     hub_model_id: str | None = field(default=None, metadata={"help": "user/name of the Hub repository"})
