@@ -184,7 +184,8 @@ def test_publish_shows_the_protocol_comparison_of_its_own_run_only(script_traine
     protocol.mkdir(parents=True)
     train_cmd = "python training/train.py --genotype runs/protocol/en-de/search-long-s0 --seed 0"
     run = {"run": "searched-long-s0-t0", "kind": "searched", "search_variant": "long", "search": "search-long-s0",
-           "pair": "en-de", "test": {"split": "test", "bleu": results["bleu"]}, "commands": [train_cmd]}
+           "pair": "en-de", "test": {"split": "test", "bleu": results["bleu"]},
+           "commands": [train_cmd, train_cmd + " --resume_from_checkpoint latest"]}  # two sittings
     (protocol / "searched-long-s0-t0.json").write_text(json.dumps(run))
     (protocol / "search-long-s0.json").write_text(json.dumps({"commands": ["python training/search.py --seed 0"]}))
     kinds = {"searched-long": {"runs": 1, "bleu_mean": results["bleu"], "bleu_std": 0.0, "parameters_mean": 2e6,
@@ -207,7 +208,8 @@ def test_publish_shows_the_protocol_comparison_of_its_own_run_only(script_traine
     assert "| standard | 2 | 31.33 ± 0.26 | 31.14, 31.51 | 2.32M | GPU: H200 |" in card
     assert "Δ = +0.50 BLEU, p = 0.0400" in card and "minus the random genotypes' mean: +0.30" in card
     assert "different machines" in card
-    assert "python training/search.py --seed 0\n" + train_cmd in card  # the search, then the training
+    assert "python training/search.py --seed 0\n" + train_cmd + "\n```" in card  # the search, then one training
+    assert "train.py --genotype runs/protocol/en-de/search-long-s0 --seed 0 --resume" not in card
     assert "| search-long |" not in card  # searches have no BLEU of their own
 
     # A run that reports another score is another model: refused, and the published folder stays as it was.

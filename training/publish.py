@@ -280,7 +280,10 @@ def comparison_section(protocol: dict[str, Any]) -> tuple[str, str]:
         lines.append("The kinds were trained on different machines (last column): compare within one machine.")
     commands = [*(protocol["search"] or {}).get("commands", []), *(protocol["continued"] or {}).get("commands", []),
                 *run["commands"]]
-    return "\n".join(lines), "\n".join(commands)
+    # A run spread over sittings recorded its command once per sitting, the later ones resuming: the card gives
+    # the command of one uninterrupted run (a zoo run's explicit checkpoint to continue from is kept).
+    fresh = [c.replace(" --resume_from_checkpoint latest", "").replace(" --overwrite_output_dir", "") for c in commands]
+    return "\n".join(lines), "\n".join(dict.fromkeys(fresh))
 
 
 def card_extras(model: Any, tokenizer: Any, results: dict[str, Any], args: PublishArguments,
