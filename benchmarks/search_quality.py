@@ -40,7 +40,8 @@ and CUDA draw different dropout masks from one seed and run different kernels).
 ``--publish`` then builds the pair's zoo entry: the searched run whose averaged model has the lowest validation
 loss goes through ``training/publish.py`` (weights, tokenizer, code, card with this protocol's comparison table and
 the run's commands) into ``published/revdarts-multi30k-<pair>/`` (not in git), and its card into
-``model_cards/revdarts-multi30k-<pair>/``.
+``model_cards/revdarts-multi30k-<pair>/``. With ``--zoo_steps N`` that run is first trained longer, from its last
+checkpoint to N updates with the same recipe (``zoo/zoo-<run>.json``), and the longer-trained model is published.
 
 Resumable: a run whose ``<run>.json`` exists is skipped; an interrupted training run continues from its
 latest checkpoint (``--resume_from_checkpoint latest``), an interrupted search likewise. Run the same
