@@ -72,25 +72,22 @@ def replicas(results: Path, runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-def significance(runs: list[dict[str, Any]], repo: Path, references: list[str], searched: str = "searched") -> dict[str, Any]:
-    """Paired bootstrap of the ``searched`` row vs standard: each of its runs against the standard run of its
-    training seed, and pooled (those pairs' test sets concatenated, so every seed and search counts)."""
+def _bootstrap(pairs: list[tuple[dict[str, Any], dict[str, Any]]], repo: Path, references: list[str],
+               names: tuple[str, str]) -> dict[str, Any]:
+    """Paired bootstrap of each (a, b) pair of runs, and pooled (those pairs' test sets concatenated, so every
+    pair counts once)."""
     from hf_revdarts.significance import paired_bootstrap
 
     def hyps(run: dict[str, Any]) -> list[str]:
         return (repo / run["test"]["hypotheses"]).read_text(encoding="utf-8").split("\n")[: len(references)]
 
-    standard = {r["train_seed"]: r for r in runs if r["kind"] == "standard"}
-    pairs = [(r, standard[r["train_seed"]]) for r in runs if row(r) == searched and r["train_seed"] in standard]
-    if not pairs:
-        return {"note": "no searched/standard pair with the same training seed yet"}
     out: dict[str, Any] = {"per_seed": []}
     pooled_a: list[str] = []
     pooled_b: list[str] = []
     for a, b in pairs:
         ha, hb = hyps(a), hyps(b)
         res = paired_bootstrap(ha, hb, references)
-        out["per_seed"].append({"searched": a["run"], "standard": b["run"], **res.to_dict()})
+        out["per_seed"].append({names[0]: a["run"], names[1]: b["run"], **res.to_dict()})
         pooled_a += ha
         pooled_b += hb
     if len(pairs) > 1:
@@ -99,6 +96,26 @@ def significance(runs: list[dict[str, Any]], repo: Path, references: list[str], 
     else:
         out["pooled"] = dict(out["per_seed"][0], pairs=1)
     return out
+
+
+def significance(runs: list[dict[str, Any]], repo: Path, references: list[str], searched: str = "searched") -> dict[str, Any]:
+    """Paired bootstrap of the ``searched`` row vs standard: each of its runs against the standard run of its
+    training seed, and pooled over those pairs."""
+    standard = {r["train_seed"]: r for r in runs if r["kind"] == "standard"}
+    pairs = [(r, standard[r["train_seed"]]) for r in runs if row(r) == searched and r["train_seed"] in standard]
+    if not pairs:
+        return {"note": "no searched/standard pair with the same training seed yet"}
+    return _bootstrap(pairs, repo, references, ("searched", "standard"))
+
+
+def significance_random(runs: list[dict[str, Any]], repo: Path, references: list[str], searched: str) -> dict[str, Any]:
+    """Paired bootstrap of each run of the ``searched`` row against each random genotype's run, and pooled: is the
+    searched genotype better than a draw from the same space?"""
+    randoms = [r for r in runs if r["kind"] == "random"]
+    pairs = [(r, q) for r in runs if row(r) == searched for q in randoms]
+    if not pairs:
+        return {"note": "no searched and random runs yet"}
+    return _bootstrap(pairs, repo, references, ("searched", "random"))
 
 
 def table(runs: list[dict[str, Any]], searches: list[dict[str, Any]]) -> dict[str, Any]:
@@ -164,6 +181,14 @@ def markdown(summary: dict[str, Any]) -> str:
                   f"{kind} {p['mean_a']:.2f} ± {p['ci_a']:.2f}, standard {p['mean_b']:.2f} ± {p['ci_b']:.2f} (95% CI)."]
         for s in sig["per_seed"]:
             lines.append(f"- {s['searched']} vs {s['standard']}: Δ = {s['delta']:+.2f}, p = {s['p_value']:.4f}")
+    for kind, sig in summary.get("significance_random", {}).items():
+        if "pooled" not in sig:
+            continue
+        p = sig["pooled"]
+        lines += ["", f"Paired bootstrap, {kind} vs each random genotype (pooled over {p['pairs']} pair(s)): "
+                  f"Δ = {p['delta']:+.2f} BLEU, p = {p['p_value']:.4f} (the pooled test repeats each test sentence "
+                  "once per pair, so its p is optimistic; the pairs:)"]
+        lines += [f"- {s['searched']} vs {s['random']}: Δ = {s['delta']:+.2f}, p = {s['p_value']:.4f}" for s in sig["per_seed"]]
     if summary.get("replicas"):
         lines += ["", "Same command again (`--replicate`): a gap between machines is the machine's, not the genotype's.",
                   "", "| run | ran on | BLEU | val loss | again on | BLEU | val loss | Δ BLEU |", "|---|---|---|---|---|---|---|---|"]
@@ -172,7 +197,9 @@ def markdown(summary: dict[str, Any]) -> str:
             lines.append(f"| {r['run']} | {r['device']} | {r['bleu']:.2f} | {loss[0]} | {r['replica_device']} | "
                          f"{r['replica_bleu']:.2f} | {loss[1]} | {r['delta_bleu']:+.2f} |")
     if summary.get("minus_random_mean"):
-        lines += [""] + [f"{kind.capitalize()} mean − random mean: {delta:+.2f} BLEU."
+        se = summary.get("minus_random_mean_se", {})
+        lines += [""] + [f"{kind.capitalize()} mean − random mean: {delta:+.2f} BLEU"
+                         + (f" (standard error over runs {se[kind]:.2f}: {delta / se[kind]:+.1f} SE)." if se.get(kind) else ".")
                          for kind, delta in summary["minus_random_mean"].items()]
     for kind in search_rows(k):
         genotypes = k[kind]["genotypes"]
@@ -237,6 +264,8 @@ def write_summary(protocol: Any) -> dict[str, Any]:
         "significance": significance(runs, REPO, refs),
         "significance_variants": {kind: significance(runs, REPO, refs, kind) for kind in sorted({row(r) for r in runs})
                                   if kind.startswith("searched-")},
+        "significance_random": {kind: significance_random(runs, REPO, refs, kind)
+                                for kind in sorted({row(r) for r in runs}) if kind.startswith("searched")},
         "replicas": replicas(protocol.results, runs),
         "flags_not_supported": sorted({f for x in runs + searches for f in x.get("flags_not_supported", [])}),
         "devices": {x["run"]: x.get("device", "unrecorded") for x in searches + runs},
@@ -247,6 +276,11 @@ def write_summary(protocol: Any) -> dict[str, Any]:
     if "random" in k:  # each searched row (the base search and its variants) against the random genotypes
         summary["minus_random_mean"] = {kind: round(k[kind]["bleu_mean"] - k["random"]["bleu_mean"], 2)
                                         for kind in training_rows(k) if kind.startswith("searched")}
+        # Between runs, the unit a user draws from (a new training is new noise): the difference's standard error.
+        summary["minus_random_mean_se"] = {
+            kind: round((k[kind]["bleu_std"] ** 2 / k[kind]["runs"] + k["random"]["bleu_std"] ** 2 / k["random"]["runs"])
+                        ** 0.5, 2)
+            for kind in summary["minus_random_mean"] if k[kind]["runs"] > 1 and k["random"]["runs"] > 1}
     write_json(protocol.results / "summary.json", summary)
     atomic_write(protocol.results / "summary.md", markdown(summary))
     plot(summary, runs, protocol.results / "bleu_per_kind.png")

@@ -57,6 +57,8 @@ def test_smoke_protocol_runs_every_kind_and_resumes(tmp_path):
     assert set(summary["kinds"]) == {"searched", "standard", "random", "search"}
     assert summary["kinds"]["standard"]["updates"] == [4]
     assert "pooled" in summary["significance"] and 0 < summary["significance"]["pooled"]["p_value"] <= 1
+    assert [(s["searched"], s["random"]) for s in summary["significance_random"]["searched"]["per_seed"]] == [
+        ("searched-s0-t0", "random-r0")]
     assert (results / "summary.md").read_text().startswith("# Search quality")
     assert (results / "bleu_per_kind.png").stat().st_size > 1000
     random_run = json.loads((results / "random-r0.json").read_text())
