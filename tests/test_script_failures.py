@@ -196,7 +196,7 @@ def test_publish_shows_the_protocol_comparison_of_its_own_run_only(script_traine
     summary = {"recipe_short": "d_model=192, max_steps=4000", "test_split": "test", "kinds": kinds,
                "devices": {"searched-long-s0-t0": "CPU: 2 cores", "standard-t0": "GPU: H200", "standard-t1": "GPU: H200"},
                "significance_variants": {"searched-long": {"pooled": {"pairs": 1, "delta": 0.5, "p_value": 0.04}}},
-               "minus_random_mean": {"searched-long": 0.3}}
+               "minus_random_mean": {"searched-long": 0.3}, "minus_random_mean_se": {"searched-long": 0.15}}
     (protocol / "summary.json").write_text(json.dumps(summary))
     out = tmp_path / "pub"
     args = _publish_args(script_trained / "best", script_evaluated, out, "--protocol_run",
@@ -206,7 +206,7 @@ def test_publish_shows_the_protocol_comparison_of_its_own_run_only(script_traine
     assert "## How it compares" in card and "run `searched-long-s0-t0`" in card
     assert f"| **searched-long** (this model's kind) | 1 | {results['bleu']:.2f} ± 0.00 |" in card
     assert "| standard | 2 | 31.33 ± 0.26 | 31.14, 31.51 | 2.32M | GPU: H200 |" in card
-    assert "Δ = +0.50 BLEU, p = 0.0400" in card and "minus the random genotypes' mean: +0.30" in card
+    assert "Δ = +0.50 BLEU, p = 0.0400" in card and "minus the random genotypes' mean: +0.30 BLEU (+2.0 standard errors" in card
     assert "different machines" in card
     assert "python training/search.py --seed 0\n" + train_cmd + "\n```" in card  # the search, then one training
     assert "train.py --genotype runs/protocol/en-de/search-long-s0 --seed 0 --resume" not in card

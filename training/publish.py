@@ -275,7 +275,9 @@ def comparison_section(protocol: dict[str, Any]) -> tuple[str, str]:
         lines += [f"Paired bootstrap against the standard Transformer with the same training seed (pooled over "
                       f"{p['pairs']} pair(s)): Δ = {p['delta']:+.2f} BLEU, p = {p['p_value']:.4f}."]
     if this in summary.get("minus_random_mean", {}):
-        lines.append(f"Its kind's mean minus the random genotypes' mean: {summary['minus_random_mean'][this]:+.2f} BLEU.")
+        se = summary.get("minus_random_mean_se", {}).get(this)
+        lines.append(f"Its kind's mean minus the random genotypes' mean: {summary['minus_random_mean'][this]:+.2f} BLEU"
+                     + (f" ({summary['minus_random_mean'][this] / se:+.1f} standard errors between runs)." if se else "."))
     if len(set(devices.values())) > 1:
         lines.append("The kinds were trained on different machines (last column): compare within one machine.")
     commands = [*(protocol["search"] or {}).get("commands", []), *(protocol["continued"] or {}).get("commands", []),
