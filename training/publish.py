@@ -233,20 +233,15 @@ def read_protocol(args: PublishArguments, results: dict[str, Any]) -> dict[str, 
     return {"run": run, "summary": summary, "search": search, "continued": first}
 
 
-def _row(run: dict[str, Any]) -> str:
-    # The protocol's table row of a run (search_quality_report.row): a search variant has a row of its own.
-    variant = run.get("search_variant")
-    return f"{run['kind']}-{variant}" if variant and run["kind"] == "searched" else run["kind"]
-
-
 def comparison_section(protocol: dict[str, Any]) -> tuple[str, str]:
     """(comparison, commands): the protocol's table with this model's row marked, its paired bootstrap against
     the standard Transformer and the random genotypes, where each kind was trained; the run's commands."""
     run, summary = protocol["run"], protocol["summary"]
-    this = _row(run)
+    continues = run.get("continues")
+    # The row whose runs hold this one (a zoo run: the run it continues), as the protocol's summary put it.
+    this = next((k for k, v in summary["kinds"].items() if (continues or run["run"]) in v.get("bleu", {})), None)
     devices = summary.get("devices", {})
     variant = f" --search_variant {run['search_variant']}" if run.get("search_variant") else ""
-    continues = run.get("continues")
     which = (f"run `{continues}` of the hf_revdarts protocol trained longer, to {run['updates']} updates from its "
              f"last checkpoint with the same recipe (as `{run['run']}`)" if continues
              else f"run `{run['run']}` of the hf_revdarts protocol")
