@@ -241,7 +241,7 @@ def plot(summary: dict[str, Any], runs: list[dict[str, Any]], path: Path) -> Non
 
 def write_summary(protocol: Any) -> dict[str, Any]:
     """Build summary.json, summary.md and bleu_per_kind.png for ``protocol`` (a search_quality.Protocol)."""
-    from search_quality import REPO, atomic_write, rel, write_json
+    from search_quality import PAIRS, REPO, atomic_write, rel, write_json
 
     from hf_revdarts.data import load_parallel_text
 
@@ -285,7 +285,82 @@ def write_summary(protocol: Any) -> dict[str, Any]:
     atomic_write(protocol.results / "summary.md", markdown(summary))
     plot(summary, runs, protocol.results / "bleu_per_kind.png")
     logger.info("summary: %s", rel(protocol.results / "summary.md"))
+    write_overview(protocol.results.parent, {} if protocol.args.smoke else PAIRS)
     return summary
+
+
+def overview_rows(summary: dict[str, Any], plan: dict[str, int] | None = None) -> list[dict[str, Any]]:
+    """One row per searched row of a pair's summary: its BLEU beside standard and random, and the issue's goal
+    (mean over seeds >= standard + 1.0 BLEU with pooled paired-bootstrap p < 0.05; above the random mean).
+    ``plan``: the pair's planned sizes (PAIRS), as a run with ``--random 3`` records only what it was asked for."""
+    k, sizes = summary["kinds"], plan or summary.get("sizes", {})
+    rows = []
+    for kind in [r for r in training_rows(k) if r.startswith("searched")]:
+        sig = (summary["significance"] if kind == "searched" else summary.get("significance_variants", {}).get(kind, {}))
+        pooled = sig.get("pooled")
+        minus_random = summary.get("minus_random_mean", {}).get(kind)
+        minus_standard = round(k[kind]["bleu_mean"] - k["standard"]["bleu_mean"], 2) if "standard" in k else None
+        rows.append({
+            "pair": summary["pair"], "row": kind, "runs": k[kind]["runs"],
+            "bleu_mean": k[kind]["bleu_mean"], "bleu_std": k[kind]["bleu_std"],
+            "standard_mean": k.get("standard", {}).get("bleu_mean"), "standard_runs": k.get("standard", {}).get("runs", 0),
+            "standard_planned": sizes.get("seeds"),
+            "random_mean": k.get("random", {}).get("bleu_mean"), "random_runs": k.get("random", {}).get("runs", 0),
+            "random_planned": sizes.get("random"),
+            "minus_standard": minus_standard, "p_value": pooled["p_value"] if pooled else None,
+            "minus_random_mean": minus_random,
+            "minus_random_mean_se": summary.get("minus_random_mean_se", {}).get(kind),
+            "beats_standard": (minus_standard >= 1.0 and pooled["p_value"] < 0.05) if pooled else None,
+            "beats_random_mean": (minus_random > 0) if minus_random is not None else None,
+        })
+    return rows
+
+
+def write_overview(results_root: Path, pairs: dict[str, dict[str, int]]) -> list[dict[str, Any]]:
+    """``overview.md``/``overview.json`` in ``results_root``: every pair's searched rows against standard and random
+    in one table, from the pairs' summary.json files; a pair with no summary yet is listed as not run."""
+    from search_quality import atomic_write, write_json
+
+    folders = sorted({*pairs, *(p.parent.name for p in results_root.glob("*/summary.json"))})
+    rows, missing = [], []
+    for name in folders:
+        path = results_root / name / "summary.json"
+        if path.is_file():
+            rows += overview_rows(json.loads(path.read_text()), pairs.get(name))
+        else:
+            missing.append(name)
+
+    def num(value: float | None, fmt: str = ".2f") -> str:
+        return "—" if value is None else format(value, fmt)
+
+    def verdict(value: bool | None) -> str:
+        return "—" if value is None else ("yes" if value else "no")
+
+    lines = [
+        "# Does the search pay? Every pair of the protocol",
+        "",
+        "Built from each pair's `summary.json` (`benchmarks/search_quality.py`); cased sacreBLEU on test_2016_flickr. "
+        "Goal: searched mean ≥ standard mean + 1.0 BLEU with paired bootstrap p < 0.05 (pooled over the training "
+        "seeds), and above the mean of the random genotypes (SE: standard error of that difference between runs). \"—\": not measured yet.",
+        "",
+        "| pair | searched row | searched BLEU (runs) | standard (runs of T) | random mean (runs of K) | "
+        "Δ standard (p) | Δ random mean (SE) | ≥ standard + 1 | > random |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        se = r["minus_random_mean_se"]
+        lines.append(
+            f"| {r['pair']} | {r['row']} | {num(r['bleu_mean'])} ± {num(r['bleu_std'])} ({r['runs']}) | "
+            f"{num(r['standard_mean'])} ({r['standard_runs']} of {r['standard_planned']}) | "
+            f"{num(r['random_mean'])} ({r['random_runs']} of {r['random_planned']}) | "
+            f"{num(r['minus_standard'], '+.2f')} ({num(r['p_value'], '.3f')}) | "
+            f"{num(r['minus_random_mean'], '+.2f')} ({num(r['minus_random_mean'] / se if se else None, '+.1f')}) | "
+            f"{verdict(r['beats_standard'])} | {verdict(r['beats_random_mean'])} |")
+    if missing:
+        lines += ["", "No finished run yet: " + ", ".join(missing) + "."]
+    write_json(results_root / "overview.json", {"rows": rows, "not_run": missing})
+    atomic_write(results_root / "overview.md", "\n".join(lines) + "\n")
+    return rows
 
 
 if __name__ == "__main__":  # rebuild the markdown of an existing summary.json

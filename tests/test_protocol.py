@@ -61,6 +61,7 @@ def test_smoke_protocol_runs_every_kind_and_resumes(tmp_path):
         ("searched-s0-t0", "random-r0")]
     assert (results / "summary.md").read_text().startswith("# Search quality")
     assert (results / "bleu_per_kind.png").stat().st_size > 1000
+    assert "| en-de | searched |" in (results.parent / "overview.md").read_text()  # the cross-pair table
     random_run = json.loads((results / "random-r0.json").read_text())
     assert random_run["genotype"] == random_run["drawn_genotype"]  # train.py trained the drawn genotype
     assert "zero" not in json.dumps(random_run["drawn_genotype"])
@@ -277,3 +278,45 @@ def test_publish_refuses_what_it_cannot_do_before_training_anything(tmp_path, ca
         protocol.publish(tmp_path / "tok")
     with pytest.raises(FileNotFoundError, match="no checkpoint of searched-s0-t0 to continue"):
         protocol.train_longer(run, 8000, tmp_path / "tok")
+
+
+def _pair_summary(pair: str, searched: list[float], standard: list[float], random: list[float], p_value: float):
+    import statistics
+
+    def kind(values):
+        return {"runs": len(values), "bleu_mean": round(statistics.fmean(values), 2),
+                "bleu_std": round(statistics.stdev(values), 2) if len(values) > 1 else 0.0}
+
+    kinds = {"searched": kind(searched), "standard": kind(standard)}
+    summary = {"pair": pair, "sizes": {"searches": 1, "seeds": 1, "random": len(random)}, "kinds": kinds,
+               "significance": {"pooled": {"delta": 0.0, "p_value": p_value}}}
+    if random:
+        kinds["random"] = kind(random)
+        summary["minus_random_mean"] = {"searched": round(kinds["searched"]["bleu_mean"] - kinds["random"]["bleu_mean"], 2)}
+    return summary
+
+
+def test_overview_puts_every_pair_against_the_goal(tmp_path):
+    """The cross-pair table judges each searched row on the issue's goal: mean over seeds >= standard + 1.0 with
+    p < 0.05, and above the random mean; a pair with no summary is listed as not run."""
+    _load_protocol_module()
+    import search_quality_report as report
+
+    cases = {"en-de": _pair_summary("en-de", [34.0, 34.4], [31.0, 31.6], [33.0, 33.6], 0.001),  # wins both
+             "en-fr": _pair_summary("en-fr", [40.9], [40.0], [41.0, 41.4], 0.001),  # +0.9 only: no, and below random
+             "xx-yy": _pair_summary("xx-yy", [30.0], [28.0], [], 0.2)}  # +2.0 but not significant; no random yet
+    for pair, summary in cases.items():
+        (tmp_path / pair).mkdir()
+        (tmp_path / pair / "summary.json").write_text(json.dumps(summary))
+    rows = report.write_overview(tmp_path, {"en-de": {"seeds": 2, "random": 4}, "en-cs": {"seeds": 1, "random": 2}})
+    by_pair = {r["pair"]: r for r in rows}
+    assert (by_pair["en-de"]["minus_standard"], by_pair["en-de"]["beats_standard"], by_pair["en-de"]["beats_random_mean"]) \
+        == (2.9, True, True)
+    assert by_pair["en-de"]["random_planned"] == 4  # the plan, not what a partial run asked for
+    assert (by_pair["en-fr"]["minus_standard"], by_pair["en-fr"]["beats_standard"], by_pair["en-fr"]["beats_random_mean"]) \
+        == (0.9, False, False)
+    assert (by_pair["xx-yy"]["beats_standard"], by_pair["xx-yy"]["beats_random_mean"]) == (False, None)
+    text = (tmp_path / "overview.md").read_text()
+    assert "| en-de | searched | 34.20 ± 0.28 (2) | 31.30 (2 of 2) | 33.30 (2 of 4) | +2.90 (0.001) |" in text
+    assert "No finished run yet: en-cs." in text
+    assert json.loads((tmp_path / "overview.json").read_text())["not_run"] == ["en-cs"]
