@@ -118,6 +118,25 @@ def significance_random(runs: list[dict[str, Any]], repo: Path, references: list
     return _bootstrap(pairs, repo, references, ("searched", "random"))
 
 
+def significance_same_machine(results: Path, runs: list[dict[str, Any]], repo: Path,
+                              references: list[str]) -> dict[str, Any]:
+    """Paired bootstrap, on one machine: every searched and random run trained on the device of a standard run's
+    ``--replicate`` copy, against that copy. When the table's kinds ran on different machines, this is the
+    comparison with the machine held fixed."""
+    out: dict[str, Any] = {}
+    for path in sorted((results / "replicas").glob("*.json")):
+        replica = json.loads(path.read_text())
+        if replica.get("replica_of_kind") != "standard":
+            continue
+        same = [r for r in runs if r["kind"] in ("searched", "random") and r.get("device") == replica.get("device")]
+        if not same:
+            continue
+        out[replica["run"]] = {"device": replica["device"], "rows": {
+            kind: _bootstrap([(r, replica) for r in same if row(r) == kind], repo, references, ("run", "standard"))
+            for kind in training_rows({row(r): None for r in same})}}
+    return out
+
+
 def table(runs: list[dict[str, Any]], searches: list[dict[str, Any]]) -> dict[str, Any]:
     kinds: dict[str, Any] = {}
     for kind in {row(r) for r in runs}:
@@ -196,6 +215,11 @@ def markdown(summary: dict[str, Any]) -> str:
             loss = [f"{v:.3f}" if v is not None else "" for v in (r["val_loss"], r["replica_val_loss"])]
             lines.append(f"| {r['run']} | {r['device']} | {r['bleu']:.2f} | {loss[0]} | {r['replica_device']} | "
                          f"{r['replica_bleu']:.2f} | {loss[1]} | {r['delta_bleu']:+.2f} |")
+    for replica, same in summary.get("significance_same_machine", {}).items():
+        lines += ["", f"Paired bootstrap on one machine ({same['device']}): each run trained there against "
+                  f"`{replica}`, the standard run trained again there:"]
+        lines += [f"- {s['run']} ({kind}) vs {replica}: Δ = {s['delta']:+.2f}, p = {s['p_value']:.4f}"
+                  for kind, sig in same["rows"].items() for s in sig["per_seed"]]
     if summary.get("minus_random_mean"):
         se = summary.get("minus_random_mean_se", {})
         lines += [""] + [f"{kind.capitalize()} mean − random mean: {delta:+.2f} BLEU"
@@ -267,6 +291,7 @@ def write_summary(protocol: Any) -> dict[str, Any]:
         "significance_random": {kind: significance_random(runs, REPO, refs, kind)
                                 for kind in sorted({row(r) for r in runs}) if kind.startswith("searched")},
         "replicas": replicas(protocol.results, runs),
+        "significance_same_machine": significance_same_machine(protocol.results, runs, REPO, refs),
         "flags_not_supported": sorted({f for x in runs + searches for f in x.get("flags_not_supported", [])}),
         "devices": {x["run"]: x.get("device", "unrecorded") for x in searches + runs},
         "total_cpu_hours": round(sum(x["cpu_seconds"] for x in runs + searches) / 3600, 3),

@@ -74,8 +74,15 @@ def test_smoke_protocol_runs_every_kind_and_resumes(tmp_path):
     again = json.loads((results / "replicas" / "standard-t0-on-cpu.json").read_text())
     assert again["kind"] == "replica" and again["replica_of"] == "standard-t0"
     assert (results / "replicas" / "standard-t0-on-cpu.test.txt").read_text() == (results / "standard-t0.test.txt").read_text()
-    row = json.loads((results / "summary.json").read_text())["replicas"][0]
+    again_summary = json.loads((results / "summary.json").read_text())
+    row = again_summary["replicas"][0]
     assert row["run"] == "standard-t0" and row["delta_bleu"] == 0 and row["replica_val_loss"] == row["val_loss"]
+    # With the machine held fixed, each searched and random run is tested against the copy: the same delta
+    # as against the run it copies, since the copy translates identically.
+    same = again_summary["significance_same_machine"]["standard-t0-on-cpu"]["rows"]
+    assert {kind: [s["run"] for s in sig["per_seed"]] for kind, sig in same.items()} == {
+        "searched": ["searched-s0-t0"], "random": ["random-r0"]}
+    assert same["searched"]["per_seed"][0]["delta"] == summary["significance"]["per_seed"][0]["delta"]
     assert "Same command again" in (results / "summary.md").read_text()
     assert set(summary["kinds"]) == set(json.loads((results / "summary.json").read_text())["kinds"])  # not a kind
     assert {run: (results / f"{run}.json").read_text() for run in RUNS} == first  # nothing else ran
