@@ -44,8 +44,9 @@ the run's commands) into ``published/revdarts-multi30k-<pair>/`` (not in git), a
 checkpoint to N updates with the same recipe (``zoo/zoo-<run>.json``), and the longer-trained model is published.
 
 Resumable: a run whose ``<run>.json`` exists is skipped; an interrupted training run continues from its
-latest checkpoint (``--resume_from_checkpoint latest``), an interrupted search likewise. Run the same
-command again until the summary is written; the pairs can run in separate sittings or in parallel.
+latest checkpoint (``--resume_from_checkpoint latest``), an interrupted search likewise. The summary is rebuilt
+after every finished run, so it always holds what has finished; run the same command again until every run has.
+The pairs can run in separate sittings or in parallel.
 """
 
 from __future__ import annotations
@@ -200,6 +201,7 @@ class Protocol:
         self.variant = args.search_variant
         self.variant_flags = (SMOKE["search_variants"] if smoke else SEARCH_VARIANTS).get(self.variant, {})
         self._help: dict[str, str] = {}
+        self._summary_lock = threading.Lock()  # runs finish on --jobs threads
         self.timing_note = "wall/CPU seconds of finished stages; a stage killed midway is not counted"
 
     # ---- recipe ------------------------------------------------------------------------------------------
@@ -382,6 +384,15 @@ class Protocol:
         if self.args.dry_run:
             return
         self._write_train_record(name, kind, seed, out, final, test_json, timing, meta, results)
+        self.summarize()
+
+    def summarize(self) -> dict[str, Any]:
+        """Rebuild the pair's summary (and the cross-pair overview) from the finished runs. Called after each
+        run as well as at the end, so a sitting that stops midway leaves the table of what it finished."""
+        from search_quality_report import write_summary
+
+        with self._summary_lock:
+            return write_summary(self)
 
     def genotype_of(self, record: dict[str, Any]) -> str:
         """The --genotype a training run of this protocol was given: its search's folder, standard, or its draw."""
@@ -529,9 +540,7 @@ class Protocol:
         jobs.join()
         if self.args.dry_run:
             return None
-        from search_quality_report import write_summary
-
-        summary = write_summary(self)
+        summary = self.summarize()
         if self.args.publish:
             self.publish(tokenizer)
         return summary

@@ -50,9 +50,11 @@ def test_smoke_protocol_runs_every_kind_and_resumes(tmp_path):
     assert len(commands) == 7  # 1 search; train + evaluate for searched, standard, random
     assert not list(results.glob("*.json"))
 
-    _protocol(tmp_path)
+    log = _protocol(tmp_path)
     for run in RUNS:
         assert (results / f"{run}.json").is_file(), run
+    # Rebuilt after each of the 3 trainings and at the end: a sitting that stops midway leaves its table.
+    assert log.count("INFO search_quality: summary: ") == 4, log[-3000:]
     summary = json.loads((results / "summary.json").read_text())
     assert set(summary["kinds"]) == {"searched", "standard", "random", "search"}
     assert summary["kinds"]["standard"]["updates"] == [4]
