@@ -1,7 +1,8 @@
 """The summary of one pair of ``benchmarks/search_quality.py``: table, significance, plot (from the run JSONs).
 
 Reads every ``<run>.json`` in the pair's results folder, so the summary can be rebuilt at any time from
-committed files alone (``python benchmarks/search_quality_report.py benchmarks/results/en-de``).
+committed files alone (``python benchmarks/search_quality_report.py benchmarks/results/en-de``). Each summary
+also rebuilds ``overview.md`` beside the pairs' folders: every pair's searched rows against the issue's goal.
 """
 
 from __future__ import annotations
