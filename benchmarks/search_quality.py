@@ -7,6 +7,7 @@ One command per language pair (Multi30k, ``../shared/data/multi30k`` relative to
     python benchmarks/search_quality.py --pair en-fr                     # S=1, T=1, K=2
     python benchmarks/search_quality.py --pair en-de --jobs 2 --num_threads 1   # 2 CPU cores: two runs at once
     python benchmarks/search_quality.py --pair en-de --dry_run           # print the commands only
+    python benchmarks/search_quality.py --pair en-de --status            # where each run stands, updates left
     python benchmarks/search_quality.py --smoke                          # bundled sample, tiny, minutes
     python benchmarks/search_quality.py --pair en-de --search_variant long     # a variant of the search
     python benchmarks/search_quality.py --pair en-de --replicate random-r0    # a finished run again, here
@@ -59,6 +60,7 @@ import os
 import re
 import shlex
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -548,14 +550,21 @@ class Protocol:
     def submit_protocol(self, jobs: Jobs, tokenizer: Path) -> None:
         """The searches (waited for: their genotypes are trained), then every training run of the protocol; with
         ``--search_variant``, the variant's searches and the trainings of their genotypes only."""
-        S, T, K = self.sizes["searches"], self.sizes["seeds"], self.sizes["random"]
         records: dict[int, dict[str, Any] | None] = {}
-        for s in range(S):
+        for s in range(self.sizes["searches"]):
             jobs.submit(lambda s: records.__setitem__(s, self.search(s, tokenizer)), s)
         jobs.join()
+        for name, kind, genotype, seed, meta in self.trainings(records):
+            jobs.submit(self.train, name, kind, genotype, seed, tokenizer, meta)
+
+    def trainings(self, records: dict[int, dict[str, Any] | None]) -> list[tuple[str, str, str, int, dict[str, Any]]]:
+        """Every training run of the protocol in order, as (name, kind, --genotype, seed, record metadata), given
+        the search records by seed (None: not finished)."""
+        T, K = self.sizes["seeds"], self.sizes["random"]
+        out = []
         first_with: dict[str, int] = {}  # seeds that derive the same genotype share its trainings
-        for s in range(S):
-            genotype = records[s] and records[s]["genotype"]
+        for s in range(self.sizes["searches"]):
+            genotype = records.get(s) and records[s]["genotype"]
             key = json.dumps(genotype, sort_keys=True) if genotype else f"unknown-{s}"
             if key in first_with:
                 first = self.search_name(first_with[key])
@@ -563,17 +572,38 @@ class Protocol:
                 continue
             first_with[key] = s
             search = self.search_name(s)
-            for t in range(T):
-                jobs.submit(self.train, f"searched{search[len('search'):]}-t{t}", "searched", rel(self.work / search), t,
-                            tokenizer, {"search": search, "search_genotype": genotype, "search_variant": self.variant})
+            out += [(f"searched{search[len('search'):]}-t{t}", "searched", rel(self.work / search), t,
+                     {"search": search, "search_genotype": genotype, "search_variant": self.variant}) for t in range(T)]
         if self.variant:
-            return
-        for t in range(T):
-            jobs.submit(self.train, f"standard-t{t}", "standard", "standard", t, tokenizer, {})
+            return out
+        out += [(f"standard-t{t}", "standard", "standard", t, {}) for t in range(T)]
         for k in range(K):
             path = self.random_genotype_file(k)
-            jobs.submit(self.train, f"random-r{k}", "random", rel(path), 0, tokenizer,
-                        {"random_seed": k, "drawn_genotype": json.loads(path.read_text()) if path.is_file() else None})
+            out.append((f"random-r{k}", "random", rel(path), 0,
+                        {"random_seed": k, "drawn_genotype": json.loads(path.read_text()) if path.is_file() else None}))
+        return out
+
+    def status(self) -> list[dict[str, Any]]:
+        """Where each run of the protocol stands (nothing is run or written): done with its BLEU, stopped at a
+        checkpoint, or not started, and the updates left."""
+        names = [self.search_name(s) for s in range(self.sizes["searches"])]
+        records = {s: json.loads(p.read_text()) if (p := self.results / f"{name}.json").is_file() else None
+                   for s, name in enumerate(names)}
+        budget = {name: int({**self.recipe["search"], **self.variant_flags}["--max_steps"]) for name in names}
+        budget.update({t[0]: int(self.recipe["train"]["--max_steps"]) for t in self.trainings(records)})
+        rows = []
+        for name, steps in budget.items():
+            result = self.results / f"{name}.json"
+            done = [int(c.parent.name.split("-")[-1]) for c in (self.work / name).glob("checkpoint-*/train_state.json")]
+            if result.is_file():
+                record = json.loads(result.read_text())
+                state, step = (f"done, BLEU {record['test']['bleu']:.2f}" if "test" in record else "done"), steps
+            else:
+                step = max(done, default=0)
+                state = f"stopped at {step} of {steps} updates" if step else "not started"
+            rows.append({"run": name, "kind": "search" if name in names else "training", "state": state,
+                         "updates_left": steps - step})
+        return rows
 
     def random_genotype_file(self, k: int) -> Path:
         """genotype.json of random genotype k: same node layout and op lists as the search, ``zero`` excluded."""
@@ -643,6 +673,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="runs at once (a GPU machine: several; 2 CPU cores: 2 with --num_threads 1, about 1.4-1.5x the "
                         "updates per hour of one run on 2 threads)")
     p.add_argument("--dry_run", action="store_true", help="print the commands, run nothing")
+    p.add_argument("--status", action="store_true", help="print where each run stands, run nothing")
     p.add_argument("--replicate", action="append", default=[], metavar="RUN",
                    help="train the finished run RUN (e.g. standard-t0) again on this machine and report both; "
                         "repeatable; runs nothing else")
@@ -675,7 +706,20 @@ def main(argv: list[str] | None = None) -> int:
     sys.path.insert(0, str(REPO))
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     args = parse_args(argv)
+    args.dry_run = args.dry_run or args.status  # --status writes nothing either
     protocol = Protocol(args)
+    if args.status:
+        rows = protocol.status()
+        print("\n".join(f"{r['run']:<24} {r['state']}" for r in rows))
+        from search_quality_report import load_runs
+
+        per_update = [r["cpu_seconds"] / r["updates"] for r in load_runs(protocol.results)[0]
+                      if r.get("device", "").startswith("CPU")]
+        left = sum(r["updates_left"] for r in rows if r["kind"] == "training")
+        if per_update and left:
+            print(f"{left} training updates left: about {left * statistics.median(per_update) / 3600:.1f} CPU-hours at "
+                  f"the {statistics.median(per_update):.2f} CPU-seconds per update of this pair's finished CPU trainings")
+        return 0
     if not (protocol.data / f"{protocol.splits['train']}.{protocol.src}.gz").is_file() and not any(
         protocol.data.glob(f"{protocol.splits['train']}.{protocol.src}*")
     ):

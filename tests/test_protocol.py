@@ -329,3 +329,23 @@ def test_overview_puts_every_pair_against_the_goal(tmp_path):
     assert "| en-de | searched | 34.20 ± 0.28 (2) | 31.30 (2 of 2) | 33.30 (2 of 4) | +2.90 (0.001) |" in text
     assert "No finished run yet: en-cs." in text
     assert json.loads((tmp_path / "overview.json").read_text())["not_run"] == ["en-cs"]
+
+
+def test_status_says_where_each_run_stands_and_writes_nothing(tmp_path, capsys):
+    sq = _load_protocol_module()
+    results, work = tmp_path / "results" / "en-de-smoke", tmp_path / "work" / "en-de-smoke"
+    results.mkdir(parents=True)
+    (results / "search-s0.json").write_text(json.dumps({"run": "search-s0", "kind": "search", "genotype": {"encoder": []}}))
+    (results / "standard-t0.json").write_text(json.dumps({"run": "standard-t0", "kind": "standard", "updates": 4,
+                                                          "cpu_seconds": 7.2, "device": "CPU: 2 cores",
+                                                          "test": {"bleu": 12.345}}))
+    (work / "searched-s0-t0" / "checkpoint-000002").mkdir(parents=True)
+    (work / "searched-s0-t0" / "checkpoint-000002" / "train_state.json").write_text("{}")
+    before = sorted(p for p in tmp_path.rglob("*"))
+    assert sq.main(["--smoke", "--status", "--work_dir", str(tmp_path / "work"),
+                    "--results_dir", str(tmp_path / "results")]) == 0
+    lines = [line.split(None, 1) for line in capsys.readouterr().out.splitlines()]
+    assert lines[:4] == [["search-s0", "done"], ["searched-s0-t0", "stopped at 2 of 4 updates"],
+                         ["standard-t0", "done, BLEU 12.35"], ["random-r0", "not started"]]
+    assert lines[4][0] == "6" and "0.0 CPU-hours at the 1.80 CPU-seconds per update" in lines[4][1]  # 2 + 4 left
+    assert sorted(p for p in tmp_path.rglob("*")) == before  # no genotype drawn, no folder made
