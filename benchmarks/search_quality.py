@@ -176,6 +176,11 @@ def write_json(path: Path, data: Any) -> None:
     atomic_write(path, json.dumps(data, indent=1, ensure_ascii=False) + "\n")
 
 
+def complete_checkpoints(folder: Path) -> list[Path]:
+    """A run's checkpoint-* folders that were written to the end (train_state.json comes last), oldest first."""
+    return sorted(c.parent for c in folder.glob("checkpoint-*/train_state.json"))
+
+
 def flag_list(flags: dict[str, Any]) -> list[str]:
     out: list[str] = []
     for key, value in flags.items():
@@ -288,7 +293,7 @@ class Protocol:
     def restart_flags(out: Path) -> list[str]:
         """Resume from the latest checkpoint; a run that died before its first one left a non-empty folder,
         which the scripts refuse without --overwrite_output_dir (it clears the folder)."""
-        if any(out.glob("checkpoint-*/train_state.json")):
+        if complete_checkpoints(out):
             return ["--resume_from_checkpoint", "latest"]
         return ["--overwrite_output_dir"] if out.is_dir() and any(out.iterdir()) else []
 
@@ -365,7 +370,7 @@ class Protocol:
                      rel(out), "--seed", str(seed), "--train_split", self.splits["train"],
                      "--eval_split", self.splits["val"], *flag_list(self.recipe["model"]),
                      *flag_list({**self.recipe["train"], "--max_steps": max_steps}), *self.common_flags()]
-            if start_from is not None and not any(out.glob("checkpoint-*/train_state.json")):
+            if start_from is not None and not complete_checkpoints(out):
                 # The inverse-sqrt schedule does not depend on --max_steps: continuing a run is training it longer.
                 flags += ["--resume_from_checkpoint", rel(start_from)]
             else:
@@ -421,7 +426,7 @@ class Protocol:
         same recipe and seed, then averaged and tested like every run (results in ``zoo/``, outside the table)."""
         if steps <= run["updates"]:
             raise ValueError(f"--zoo_steps {steps} must exceed the {run['updates']} updates of {run['run']}")
-        checkpoints = sorted((REPO / run["work_dir"]).glob("checkpoint-*/train_state.json"))
+        checkpoints = complete_checkpoints(REPO / run["work_dir"])
         name = f"zoo-{run['run']}"
         result = self.results / "zoo" / f"{name}.json"
         if not checkpoints and not result.is_file():
@@ -429,7 +434,7 @@ class Protocol:
         meta = {k: run[k] for k in ("search", "search_genotype", "search_variant", "random_seed") if k in run}
         self.train(name, run["kind"], self.genotype_of(run), run["train_seed"], tokenizer,
                    {**meta, "continues": run["run"], "protocol_summary": rel(self.results / "summary.json")},
-                   results=self.results / "zoo", max_steps=steps, start_from=checkpoints[-1].parent if checkpoints else None)
+                   results=self.results / "zoo", max_steps=steps, start_from=checkpoints[-1] if checkpoints else None)
         return json.loads(result.read_text())
 
     def publish(self, tokenizer: Path) -> Path:
@@ -594,12 +599,12 @@ class Protocol:
         rows = []
         for name, steps in budget.items():
             result = self.results / f"{name}.json"
-            done = [int(c.parent.name.split("-")[-1]) for c in (self.work / name).glob("checkpoint-*/train_state.json")]
             if result.is_file():
                 record = json.loads(result.read_text())
                 state, step = (f"done, BLEU {record['test']['bleu']:.2f}" if "test" in record else "done"), steps
             else:
-                step = max(done, default=0)
+                checkpoints = complete_checkpoints(self.work / name)
+                step = int(checkpoints[-1].name.split("-")[-1]) if checkpoints else 0
                 state = f"stopped at {step} of {steps} updates" if step else "not started"
             rows.append({"run": name, "kind": "search" if name in names else "training", "state": state,
                          "updates_left": steps - step})
@@ -717,8 +722,9 @@ def main(argv: list[str] | None = None) -> int:
                       if r.get("device", "").startswith("CPU")]
         left = sum(r["updates_left"] for r in rows if r["kind"] == "training")
         if per_update and left:
-            print(f"{left} training updates left: about {left * statistics.median(per_update) / 3600:.1f} CPU-hours at "
-                  f"the {statistics.median(per_update):.2f} CPU-seconds per update of this pair's finished CPU trainings")
+            rate = statistics.median(per_update)
+            print(f"{left} training updates left: about {left * rate / 3600:.1f} CPU-hours at the {rate:.2f} "
+                  "CPU-seconds per update of this pair's finished CPU trainings")
         return 0
     if not (protocol.data / f"{protocol.splits['train']}.{protocol.src}.gz").is_file() and not any(
         protocol.data.glob(f"{protocol.splits['train']}.{protocol.src}*")
