@@ -118,6 +118,9 @@ def test_smoke_protocol_runs_every_kind_and_resumes(tmp_path):
     text = (card / "README.md").read_text()
     assert f"run `{chosen['run']}` of the hf_revdarts protocol trained longer, to 8 updates" in text
     assert chosen["commands"][0] in text and best["commands"][0] in text
+    # Its training line names both sittings (they may be on different machines), not only the summed time.
+    assert f"8 steps, {best['train_seconds'] / 60:.1f} min on 1 process(es): the first 4 on {chosen['device']}" in text
+    assert f"the 4 more on {best['device']}" in text
     assert json.loads((card / "eval_results.json").read_text())["bleu"] == best["test"]["bleu"]
     from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 

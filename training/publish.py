@@ -283,6 +283,21 @@ def comparison_section(protocol: dict[str, Any]) -> tuple[str, str]:
     return "\n".join(lines), "\n".join(dict.fromkeys(fresh))
 
 
+def training_cost(train: dict[str, Any] | None, protocol: dict[str, Any] | None = None) -> str:
+    """The card's training line. A zoo run continues a protocol run that may have trained on another machine:
+    its summary's time is the sum of both sittings and its device the last one, so each part is named."""
+    if not train:
+        return "not recorded"
+    total = f"{train['steps']} steps, {train['train_seconds'] / 60:.1f} min on {train.get('processes', 1)} process(es)"
+    first, run = (protocol or {}).get("continued"), (protocol or {}).get("run", {})
+    if not first or "train_seconds" not in first or "train_seconds" not in run:
+        return total
+    more = run["updates"] - first["updates"]
+    return (f"{total}: the first {first['updates']} on {first.get('device', 'an unrecorded device')} "
+            f"({first['train_seconds'] / 60:.1f} min), the {more} more on {run.get('device', 'an unrecorded device')} "
+            f"({(run['train_seconds'] - first['train_seconds']) / 60:.1f} min)")
+
+
 def card_extras(model: Any, tokenizer: Any, results: dict[str, Any], args: PublishArguments,
                 train: dict[str, Any], search: dict[str, Any], protocol: dict[str, Any] | None = None) -> dict[str, Any]:
     """The card's example translation, its search/training cost lines and, for a protocol run, its comparison."""
@@ -298,10 +313,7 @@ def card_extras(model: Any, tokenizer: Any, results: dict[str, Any], args: Publi
             f"validation loss {search['val_loss_first']:.3f} → {search['val_loss_last']:.3f}"
             if search else "not recorded (genotype given directly)"
         ),
-        "train_cost": (
-            f"{train['steps']} steps, {train['train_seconds'] / 60:.1f} min on {train.get('processes', 1)} process(es)"
-            if train else "not recorded"
-        ),
+        "train_cost": training_cost(train, protocol),
         "limitations": (
             "Trained on a small dataset at a small size to demonstrate the pipeline; expect translations only "
             "in the domain and vocabulary of that data."
