@@ -177,7 +177,9 @@ def write_json(path: Path, data: Any) -> None:
 
 
 def complete_checkpoints(folder: Path) -> list[Path]:
-    """A run's checkpoint-* folders that were written to the end (train_state.json comes last), oldest first."""
+    """A run's checkpoint-* folders that were written to the end, oldest first: the rule of
+    ``hf_revdarts.integrity.complete_checkpoints``, restated here because importing the package pulls in
+    transformers (5 s), which the driver and ``--status`` never need otherwise."""
     return sorted(c.parent for c in folder.glob("checkpoint-*/train_state.json"))
 
 

@@ -23,6 +23,8 @@ from pathlib import Path
 
 import torch
 
+from .integrity import complete_checkpoints
+
 logger = logging.getLogger(__name__)
 
 # The names accelerate (``save_state``) and transformers (``save_pretrained``) give the first model's weights.
@@ -155,7 +157,7 @@ def latest_checkpoints(output_dir: PathLike, n: int) -> list[Path]:
     """The ``n`` newest complete ``checkpoint-*`` folders of a training run, oldest first."""
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
-    found = [c for c in sorted(Path(output_dir).glob("checkpoint-*")) if (c / "train_state.json").is_file()]
+    found = complete_checkpoints(output_dir)
     if len(found) < n:
         raise FileNotFoundError(
             f"{output_dir} has {len(found)} complete checkpoint-* folder(s), {n} asked for averaging; keep more "

@@ -126,16 +126,18 @@ def check_fingerprint(folder: str | os.PathLike, recorded: Mapping[str, Any] | N
 # ---------------------------------------------------------------- checkpoints
 
 
+def complete_checkpoints(output_dir: str | os.PathLike) -> list[Path]:
+    """A run's ``checkpoint-*`` folders that were written to the end, oldest first: ``train_state.json`` is
+    written last, so a folder without it is a save that was cut off."""
+    return [c for c in sorted(Path(output_dir).glob("checkpoint-*")) if (c / "train_state.json").is_file()]
+
+
 def previous_checkpoint(checkpoint: str | os.PathLike) -> Path | None:
-    """The complete ``checkpoint-*`` sibling (it has ``train_state.json``) saved before ``checkpoint``."""
+    """The complete ``checkpoint-*`` sibling saved before ``checkpoint``."""
     checkpoint = Path(checkpoint)
     if checkpoint.is_file():
         checkpoint = checkpoint.parent
-    older = [
-        c
-        for c in sorted(checkpoint.parent.glob("checkpoint-*"))
-        if c.name < checkpoint.name and (c / "train_state.json").is_file()
-    ]
+    older = [c for c in complete_checkpoints(checkpoint.parent) if c.name < checkpoint.name]
     return older[-1] if older else None
 
 

@@ -28,6 +28,7 @@ from .atomic import (
     remove_stale_temporaries,
 )
 from .guards import NonFiniteError, NonFiniteGuard, finite_json_dumps, non_finite_tensors
+from .integrity import CheckpointError, complete_checkpoints, load_state_checked, verify_checkpoint
 from .memory import StepMemoryMeter
 
 # transformers.get_inverse_sqrt_schedule starts at lr 0 (the first step would not train) and decays over a
@@ -166,14 +167,12 @@ def check_output_dir(output_dir: str | os.PathLike, overwrite: bool, resume: str
 def find_checkpoint(output_dir: str | os.PathLike, spec: str, max_steps: int | None = None) -> Path:
     """``latest`` (the newest complete ``checkpoint-*`` in output_dir) or an explicit checkpoint folder, with
     every file of it checked (``verify_checkpoint``) before any work, and its step not past ``max_steps``."""
-    from .integrity import verify_checkpoint
-
     if spec != "latest":
         path = Path(spec)
         if not (path / "train_state.json").is_file():
             raise FileNotFoundError(f"{spec} is not a complete checkpoint folder (no train_state.json)")
     else:
-        found = [c for c in sorted(Path(output_dir).glob("checkpoint-*")) if (c / "train_state.json").is_file()]
+        found = complete_checkpoints(output_dir)
         if not found:
             raise FileNotFoundError(f"--resume_from_checkpoint latest: no checkpoint-* folder in {output_dir}")
         path = found[-1]
@@ -225,8 +224,6 @@ def save_checkpoint(accelerator: Any, output_dir: str | os.PathLike, state: Trai
 def load_checkpoint(accelerator: Any, state: TrainState, path: Path, logger: Any) -> None:
     """Restore model, optimisers, registered scheduler, RNG (``load_state``) and the loop state; a damaged or
     foreign checkpoint is a ``CheckpointError`` naming the file and the previous checkpoint."""
-    from .integrity import CheckpointError, load_state_checked
-
     load_state_checked(accelerator, path)
     state_file = path / "train_state.json"
     try:

@@ -56,6 +56,7 @@ from hf_revdarts.arguments import (
 from hf_revdarts.averaging import latest_checkpoints, load_averaged_weights
 from hf_revdarts.evaluation import bleu_and_chrf, translate
 from hf_revdarts.guards import NonFiniteError, assert_finite_state
+from hf_revdarts.integrity import complete_checkpoints
 from hf_revdarts.memory import apply_memory_mode
 from hf_revdarts.tokenization import load_tokenizer, save_tokenizer
 from hf_revdarts.training_utils import (
@@ -312,8 +313,7 @@ def average_last_checkpoints(t: Training) -> None:
     if not n:
         return
     t.accelerator.wait_for_everyone()
-    found = sorted(t.output_dir.glob("checkpoint-*/train_state.json"))
-    paths = latest_checkpoints(t.output_dir, max(1, min(n, len(found))))
+    paths = latest_checkpoints(t.output_dir, max(1, min(n, len(complete_checkpoints(t.output_dir)))))
     if paths[-1].name != f"checkpoint-{t.state.step:06d}":
         raise RuntimeError(f"the newest checkpoint in {t.output_dir} is {paths[-1].name}, not this run's last "
                            f"step {t.state.step}: refusing to average checkpoints of another run")
