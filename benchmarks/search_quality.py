@@ -43,6 +43,8 @@ loss goes through ``training/publish.py`` (weights, tokenizer, code, card with t
 the run's commands) into ``published/revdarts-multi30k-<pair>/`` (not in git), and its card into
 ``model_cards/revdarts-multi30k-<pair>/``. With ``--zoo_steps N`` that run is first trained longer, from its last
 checkpoint to N updates with the same recipe (``zoo/zoo-<run>.json``), and the longer-trained model is published.
+Only a run whose model is on this machine can be published: when the best one trained elsewhere (a lent GPU) and
+its weights stayed there, ``--replicate`` it here first; its replica is then a candidate like the run it repeats.
 
 Resumable: a run whose ``<run>.json`` exists is skipped; an interrupted training run continues from its
 latest checkpoint (``--resume_from_checkpoint latest``), an interrupted search likewise. The summary is rebuilt
@@ -404,10 +406,12 @@ class Protocol:
             return write_summary(self)
 
     def genotype_of(self, record: dict[str, Any]) -> str:
-        """The --genotype a training run of this protocol was given: its search's folder, standard, or its draw."""
-        if record["kind"] == "searched":
+        """The --genotype a training run of this protocol was given: its search's folder, standard, or its draw
+        (a replica: those of the run it repeats)."""
+        kind = record.get("replica_of_kind", record["kind"])
+        if kind == "searched":
             return rel(self.work / record["search"])
-        if record["kind"] == "random":
+        if kind == "random":
             return rel(self.random_genotype_file(record["random_seed"]))
         return "standard"
 
@@ -419,9 +423,11 @@ class Protocol:
         record = json.loads(source.read_text())
         if record["kind"] not in ("searched", "standard", "random"):
             raise ValueError(f"--replicate {run}: a {record['kind']} run, not a training run")
+        meta = {k: record[k] for k in ("search", "search_genotype", "search_variant", "random_seed") if k in record}
         self.train(f"{run}-on-{machine_kind()}", "replica", self.genotype_of(record), record["train_seed"], tokenizer,
-                   {"replica_of": run, "replica_of_kind": record["kind"],
-                    "replica_of_device": record.get("device", "unrecorded")}, results=self.results / "replicas")
+                   {**meta, "replica_of": run, "replica_of_kind": record["kind"],
+                    "replica_of_device": record.get("device", "unrecorded"),
+                    "protocol_summary": rel(self.results / "summary.json")}, results=self.results / "replicas")
 
     def train_longer(self, run: dict[str, Any], steps: int, tokenizer: Path) -> dict[str, Any]:
         """``zoo-<run>``: the protocol run ``run`` continued from its last checkpoint to ``steps`` updates with the
@@ -433,30 +439,65 @@ class Protocol:
         result = self.results / "zoo" / f"{name}.json"
         if not checkpoints and not result.is_file():
             raise FileNotFoundError(f"--zoo_steps: {run['work_dir']} has no checkpoint of {run['run']} to continue")
-        meta = {k: run[k] for k in ("search", "search_genotype", "search_variant", "random_seed") if k in run}
+        meta = {k: run[k] for k in ("search", "search_genotype", "search_variant", "random_seed", "replica_of",
+                                    "replica_of_kind") if k in run}
         self.train(name, run["kind"], self.genotype_of(run), run["train_seed"], tokenizer,
                    {**meta, "continues": run["run"], "protocol_summary": rel(self.results / "summary.json")},
                    results=self.results / "zoo", max_steps=steps, start_from=checkpoints[-1] if checkpoints else None)
         return json.loads(result.read_text())
 
+    def zoo_candidate(self) -> tuple[dict[str, Any], Path]:
+        """(run, its record) that ``--publish`` takes: of the finished searched runs and their replicas whose model
+        is on this machine, the lowest validation loss of the averaged model. A run trained on a lent GPU may have
+        left its weights there; a ``--replicate`` of it here (same command) can then be published in its place."""
+        from search_quality_report import load_runs
+
+        runs, _ = load_runs(self.results)
+        by_name = {r["run"]: r for r in runs}
+        records = {r["run"]: self.results / f"{r['run']}.json" for r in runs if r["kind"] == "searched"}
+        candidates = [r for r in runs if r["kind"] == "searched"]
+        for path in sorted((self.results / "replicas").glob("*.json")):
+            again = json.loads(path.read_text())
+            source = by_name.get(again.get("replica_of", ""))
+            if source is not None and source["kind"] == "searched":  # a replica written before it kept the search
+                meta = {k: source[k] for k in ("search", "search_genotype", "search_variant") if k in source}
+                candidates.append({**meta, **again})
+                records[again["run"]] = path
+        candidates = [r for r in candidates if (r.get("val_averaged") or {}).get("val_loss") is not None]
+        if not candidates:
+            raise RuntimeError(f"--publish: no finished searched run in {rel(self.results)} to publish")
+
+        def here(run: dict[str, Any]) -> bool:
+            folder = REPO / run["work_dir"]
+            if self.args.zoo_steps:  # continued from its checkpoints, or already continued
+                return bool(complete_checkpoints(folder)) or (self.results / "zoo" / f"zoo-{run['run']}.json").is_file()
+            return (folder / "averaged" / "config.json").is_file()
+
+        ranked = sorted(candidates, key=lambda r: r["val_averaged"]["val_loss"])
+        logger.info("publish: searched runs by validation loss: %s", ", ".join(
+            f"{r['run']} {r['val_averaged']['val_loss']:.3f}{'' if here(r) else ' (model not on this machine)'}"
+            for r in ranked))
+        available = [r for r in ranked if here(r)]
+        if not available:
+            raise RuntimeError(
+                f"--publish: no searched run of {rel(self.results)} has its model on this machine "
+                f"({', '.join(r['work_dir'] for r in ranked)}); train one again here with --replicate "
+                f"{ranked[0].get('replica_of', ranked[0]['run'])}")
+        best = available[0]
+        if best is not ranked[0]:
+            logger.warning("publish: %s has the lowest validation loss but its model is not on this machine; "
+                           "publishing %s", ranked[0]["run"], best["run"])
+        return best, records[best["run"]]
+
     def publish(self, tokenizer: Path) -> Path:
         """The pair's zoo entry: of the finished searched runs (every search variant), the one whose averaged model
         has the lowest validation loss (val, never test, picks it) goes through training/publish.py into
         ``--published_dir/revdarts-multi30k-<pair>``; its card (README.md, eval_results.json, genotype.png; no
-        weights) replaces ``--model_cards_dir/revdarts-multi30k-<pair>``."""
-        from search_quality_report import load_runs
-
+        weights) replaces ``--model_cards_dir/revdarts-multi30k-<pair>``. Which run: ``zoo_candidate``."""
         from hf_revdarts.data import load_parallel_text
         from hf_revdarts.training_utils import atomic_folder
 
-        runs, _ = load_runs(self.results)
-        searched = [r for r in runs if r["kind"] == "searched" and (r.get("val_averaged") or {}).get("val_loss") is not None]
-        if not searched:
-            raise RuntimeError(f"--publish: no finished searched run in {rel(self.results)} to publish")
-        best = min(searched, key=lambda r: r["val_averaged"]["val_loss"])
-        logger.info("publish: %s, validation loss %.3f (searched runs: %s)", best["run"], best["val_averaged"]["val_loss"],
-                    ", ".join(f"{r['run']} {r['val_averaged']['val_loss']:.3f}" for r in searched))
-        record = self.results / f"{best['run']}.json"
+        best, record = self.zoo_candidate()
         if self.args.zoo_steps:
             best = self.train_longer(best, self.args.zoo_steps, tokenizer)
             record = self.results / "zoo" / f"{best['run']}.json"

@@ -5,11 +5,13 @@ training run resumes from its latest checkpoint."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -286,10 +288,52 @@ def test_publish_refuses_what_it_cannot_do_before_training_anything(tmp_path, ca
     run = {"run": "searched-s0-t0", "kind": "searched", "search": "search-s0", "train_seed": 0, "updates": 4000,
            "val_averaged": {"val_loss": 3.4}, "work_dir": str(tmp_path / "gone")}
     (protocol.results / "searched-s0-t0.json").write_text(json.dumps(run))
+    with pytest.raises(RuntimeError, match=r"no searched run .* has its model on this machine .* --replicate searched-s0-t0"):
+        protocol.publish(tmp_path / "tok")
+    (tmp_path / "gone" / "checkpoint-004000").mkdir(parents=True)
+    (tmp_path / "gone" / "checkpoint-004000" / "train_state.json").write_text("{}")
     with pytest.raises(ValueError, match="--zoo_steps 4000 must exceed the 4000 updates of searched-s0-t0"):
         protocol.publish(tmp_path / "tok")
+    shutil.rmtree(tmp_path / "gone")
     with pytest.raises(FileNotFoundError, match="no checkpoint of searched-s0-t0 to continue"):
         protocol.train_longer(run, 8000, tmp_path / "tok")
+
+
+def test_publish_takes_the_best_run_whose_model_is_here_a_replica_included(tmp_path, caplog):
+    """A run trained on a lent GPU may have left its weights there: the zoo then takes the best searched run by
+    validation loss among those whose model is on this machine, a --replicate of the GPU run among them, and
+    says which it passed over. The replica keeps the search of the run it repeats (older replicas lack it)."""
+    sq = _load_protocol_module()
+    args = sq.parse_args(["--publish", "--work_dir", str(tmp_path / "work"), "--results_dir", str(tmp_path / "results")])
+    protocol = sq.Protocol(args)
+    (protocol.results / "replicas").mkdir(parents=True)
+
+    def run(name: str, val_loss: float, here: bool, **extra: Any) -> dict[str, Any]:
+        work = tmp_path / "work" / name
+        if here:
+            (work / "averaged").mkdir(parents=True)
+            (work / "averaged" / "config.json").write_text("{}")
+        return {"run": name, "kind": "searched", "search": "search-long-s0", "search_variant": "long", "train_seed": 0,
+                "updates": 4000, "val_averaged": {"val_loss": val_loss}, "work_dir": str(work), **extra}
+
+    records = {"searched-s0-t0": run("searched-s0-t0", 2.90, True),
+               "searched-long-s0-t0": run("searched-long-s0-t0", 2.63, False, device="GPU: NVIDIA H200"),
+               "standard-t0": {**run("standard-t0", 2.50, True), "kind": "standard"}}  # not searched: never published
+    for name, record in records.items():
+        (protocol.results / f"{name}.json").write_text(json.dumps(record))
+    with caplog.at_level(logging.INFO, logger="search_quality"):
+        best, path = protocol.zoo_candidate()
+    assert best["run"] == "searched-s0-t0" and path == protocol.results / "searched-s0-t0.json"
+    assert "searched-long-s0-t0 2.630 (model not on this machine)" in caplog.text
+    assert "searched-long-s0-t0 has the lowest validation loss but its model is not on this machine" in caplog.text
+
+    replica = {k: v for k, v in run("searched-long-s0-t0-on-cpu", 2.65, True).items() if not k.startswith("search")}
+    replica.update(kind="replica", replica_of="searched-long-s0-t0", replica_of_kind="searched")
+    (protocol.results / "replicas" / "searched-long-s0-t0-on-cpu.json").write_text(json.dumps(replica))
+    best, path = protocol.zoo_candidate()
+    assert best["run"] == "searched-long-s0-t0-on-cpu" and path == protocol.results / "replicas" / f"{best['run']}.json"
+    assert best["search"] == "search-long-s0" and best["search_variant"] == "long"  # from the run it repeats
+    assert protocol.genotype_of(best) == sq.rel(protocol.work / "search-long-s0")  # its zoo run trains that genotype
 
 
 def _pair_summary(pair: str, searched: list[float], standard: list[float], random: list[float], p_value: float):

@@ -226,6 +226,27 @@ def test_publish_shows_the_protocol_comparison_of_its_own_run_only(script_traine
     without = publish_script.main(_publish_args(script_trained / "best", script_evaluated, out, "--overwrite"))
     assert without == 0 and "How it compares" not in (out / "README.md").read_text()
 
+    # The table's run trained on a lent GPU that kept its weights, and the same command trained again here
+    # (--replicate; one written before replicas named their search and summary): the card sits in the row of
+    # the run it repeats, names both, and gives the search and the replica's own command.
+    (protocol / "searched-long-s0-t0.json").write_text(json.dumps({**run, "pair": "en-de", "device": "GPU: NVIDIA H200",
+                                                                    "test": {"split": "test", "bleu": 35.0}}))
+    replica_cmd = train_cmd.replace("--seed 0", "--output_dir runs/protocol/en-de/searched-long-s0-t0-on-cpu --seed 0")
+    (protocol / "replicas").mkdir()
+    (protocol / "replicas" / "searched-long-s0-t0-on-cpu.json").write_text(json.dumps({
+        "run": "searched-long-s0-t0-on-cpu", "kind": "replica", "replica_of": "searched-long-s0-t0",
+        "replica_of_kind": "searched", "pair": "en-de", "device": "CPU: 2 cores", "commands": [replica_cmd],
+        "test": {"split": "test", "bleu": results["bleu"]}}))
+    assert publish_script.main(_publish_args(script_trained / "best", script_evaluated, out, "--overwrite", "--protocol_run",
+                                             str(protocol / "replicas" / "searched-long-s0-t0-on-cpu.json"))) == 0
+    card = (out / "README.md").read_text()
+    assert (f"run `searched-long-s0-t0` of the hf_revdarts protocol trained again with the same command on CPU: 2 cores "
+            f"(as `searched-long-s0-t0-on-cpu`: {results['bleu']:.2f} BLEU; the table's run, trained on GPU: NVIDIA H200, "
+            "scored 35.00)") in card
+    assert "`python benchmarks/search_quality.py --pair en-de --search_variant long`" in card
+    assert "| **searched-long** (this model's kind) |" in card
+    assert "python training/search.py --seed 0\n" + replica_cmd + "\n```" in card
+
 
 def test_publish_refuses_a_nan_model_even_with_matching_results(script_trained, script_evaluated, tmp_path):
     from hf_revdarts.integrity import fingerprint_model_folder

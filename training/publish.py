@@ -224,27 +224,49 @@ def read_protocol(args: PublishArguments, results: dict[str, Any]) -> dict[str, 
     if abs(run["test"]["bleu"] - results["bleu"]) > 0.005:
         raise ValueError(f"--protocol_run {run_path} reports test BLEU {run['test']['bleu']}, --eval_results "
                          f"{args.eval_results} {results['bleu']}: they describe different models")
-    # A run trained longer for the zoo (zoo/) names its protocol's summary (relative to the repository).
-    summary_path = REPO / run["protocol_summary"] if run.get("protocol_summary") else run_path.parent / "summary.json"
+    # A run trained longer for the zoo (zoo/) or again (replicas/) names its protocol's summary (relative to the
+    # repository); a replica written before it did sits one folder below the summary.
+    if run.get("protocol_summary"):
+        summary_path = REPO / run["protocol_summary"]
+    else:
+        summary_path = run_path.parent.parent / "summary.json" if run.get("replica_of") else run_path.parent / "summary.json"
     summary = _read_json(summary_path, "the protocol summary")
-    search_path = summary_path.parent / f"{run['search']}.json" if run.get("search") else None
+    first = _protocol_record(summary_path.parent, run["continues"], "the continued run") if run.get("continues") else None
+    # A replica (the same command trained again, e.g. here after a lent GPU kept the weights) shows the row of
+    # the table's run it repeats.
+    copied = (run.get("replica_of") or (first or {}).get("replica_of"))
+    original = _protocol_record(summary_path.parent, copied, "the replicated run") if copied else None
+    search_name = run.get("search") or (original or {}).get("search")
+    search_path = summary_path.parent / f"{search_name}.json" if search_name else None
     search = _read_json(search_path, "the protocol's search record") if search_path and search_path.is_file() else None
-    first = _read_json(summary_path.parent / f"{run['continues']}.json", "the continued run") if run.get("continues") else None
-    return {"run": run, "summary": summary, "search": search, "continued": first}
+    return {"run": run, "summary": summary, "search": search, "continued": first, "replica_of": original}
+
+
+def _protocol_record(results: Path, name: str, what: str) -> dict[str, Any]:
+    """A protocol run by name: a run of the table (``<name>.json``) or a replica (``replicas/<name>.json``)."""
+    path = results / f"{name}.json"
+    return _read_json(path if path.is_file() else results / "replicas" / f"{name}.json", what)
 
 
 def comparison_section(protocol: dict[str, Any]) -> tuple[str, str]:
     """(comparison, commands): the protocol's table with this model's row marked, its paired bootstrap against
     the standard Transformer and the random genotypes, where each kind was trained; the run's commands."""
-    run, summary = protocol["run"], protocol["summary"]
+    run, summary, original = protocol["run"], protocol["summary"], protocol.get("replica_of")
     continues = run.get("continues")
-    # The row whose runs hold this one (a zoo run: the run it continues), as the protocol's summary put it.
-    this = next((k for k, v in summary["kinds"].items() if (continues or run["run"]) in v.get("bleu", {})), None)
+    # The row whose runs hold this one (a zoo run: the run it continues; a replica: the run it repeats).
+    row_run = original["run"] if original else (continues or run["run"])
+    this = next((k for k, v in summary["kinds"].items() if row_run in v.get("bleu", {})), None)
     devices = summary.get("devices", {})
-    variant = f" --search_variant {run['search_variant']}" if run.get("search_variant") else ""
+    search_variant = run.get("search_variant") or (original or {}).get("search_variant")
+    variant = f" --search_variant {search_variant}" if search_variant else ""
     which = (f"run `{continues}` of the hf_revdarts protocol trained longer, to {run['updates']} updates from its "
              f"last checkpoint with the same recipe (as `{run['run']}`)" if continues
              else f"run `{run['run']}` of the hf_revdarts protocol")
+    if original and not continues:
+        which = (f"run `{original['run']}` of the hf_revdarts protocol trained again with the same command on "
+                 f"{run.get('device', 'an unrecorded device')} (as `{run['run']}`: {run['test']['bleu']:.2f} BLEU; the "
+                 f"table's run, trained on {original.get('device', 'an unrecorded device')}, scored "
+                 f"{original['test']['bleu']:.2f})")
     lines = [
         f"This model is {which} (`python benchmarks/search_quality.py "
         f"--pair {run['pair']}{variant}`), which trains every kind with the same size, recipe and number of updates "
