@@ -12,6 +12,7 @@ One command per language pair (Multi30k, ``../shared/data/multi30k`` relative to
     python benchmarks/search_quality.py --pair en-de --search_variant long     # a variant of the search
     python benchmarks/search_quality.py --pair en-de --replicate random-r0    # a finished run again, here
     python benchmarks/search_quality.py --pair en-de --publish           # then the zoo: model folder + card
+    python benchmarks/search_quality.py --pair en-de --scale wide --jobs 9   # d=512, 6+6, on a GPU: <pair>-wide/
 
 For a pair it (1) trains one joint tokenizer shared by every run, (2) runs S searches (seeds 0..S-1,
 ``training/search.py``), (3) trains the derived genotype of each search with T training seeds, the standard
@@ -127,6 +128,17 @@ SEARCH_VARIANTS: dict[str, dict[str, Any]] = {
     },
 }
 
+# The same protocol at another model size (``--scale``): runs and results of its own (``<pair>-<scale>/``), the
+# recipe otherwise unchanged. ``wide`` is the GPU setting (d=512, 6+6); on the 2 cores one training of it
+# would take about 20 CPU-hours, so it is meant for a lent GPU (``--jobs`` trainings side by side there).
+SCALES: dict[str, dict[str, Any]] = {
+    "wide": {
+        "model": {"--d_model": 512, "--encoder_layers": 6, "--decoder_layers": 6, "--num_heads": 8},
+        # the long variant's proxy supernet at half the trained width, as at d=192 (d=96)
+        "search_variants": {"long": {"--d_model": 256}},
+    },
+}
+
 SMOKE: dict[str, Any] = {  # tiny sizes on the bundled sample: every kind, a few steps, about a minute
     "data": REPO / "samples" / "en-de", "splits": {"train": "train", "val": "val", "test": "test"},
     "pair": {"searches": 1, "seeds": 1, "random": 1},
@@ -205,12 +217,17 @@ class Protocol:
             if getattr(args, key) is not None:
                 sizes[key] = getattr(args, key)
         self.sizes = sizes
+        self.scale = args.scale
         name = f"{self.pair}-smoke" if smoke else self.pair
+        if self.scale:
+            name += f"-{self.scale}"
         self.results = Path(args.results_dir) / name
         self.work = Path(args.work_dir) / name
         self.recipe = self._recipe(smoke)
         self.variant = args.search_variant
-        self.variant_flags = (SMOKE["search_variants"] if smoke else SEARCH_VARIANTS).get(self.variant, {})
+        self.variant_flags = dict((SMOKE["search_variants"] if smoke else SEARCH_VARIANTS).get(self.variant, {}))
+        if self.scale and self.variant:
+            self.variant_flags.update(SCALES[self.scale]["search_variants"].get(self.variant, {}))
         self._help: dict[str, str] = {}
         self._summary_lock = threading.Lock()  # runs finish on --jobs threads
         self.timing_note = "wall/CPU seconds of finished stages; a stage killed midway is not counted"
@@ -224,6 +241,8 @@ class Protocol:
             r["train"].update(SMOKE["train"])
             r["evaluate"].update(SMOKE["evaluate"])
             r["search"] = SMOKE["search"]
+        if self.args.scale:
+            r["model"].update(SCALES[self.args.scale]["model"])
         r["train"]["--average_checkpoints"] = r["average_last"]
         if self.args.max_steps is not None:
             r["train"]["--max_steps"] = self.args.max_steps
@@ -502,6 +521,8 @@ class Protocol:
             best = self.train_longer(best, self.args.zoo_steps, tokenizer)
             record = self.results / "zoo" / f"{best['run']}.json"
         name = f"revdarts-multi30k-{self.pair}" if not self.args.smoke else f"revdarts-smoke-{self.pair}"
+        if self.scale:
+            name += f"-{self.scale}"
         run_dir, out = REPO / best["work_dir"], Path(self.args.published_dir) / name
         pairs = len(load_parallel_text(self.data, self.src, self.tgt, self.splits["train"])[0])
         flags = ["--model", rel(run_dir / "averaged"), "--eval_results", rel(run_dir / "eval_test.json"),
@@ -737,6 +758,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--published_dir", default=str(REPO / "published"), help="where --publish writes the model folder")
     p.add_argument("--model_cards_dir", default=str(REPO / "model_cards"), help="where --publish puts the card")
     p.add_argument("--smoke", action="store_true", help="bundled sample, tiny sizes, a few steps, every kind")
+    p.add_argument("--scale", choices=sorted(SCALES), default=None,
+                   help="the protocol at another model size (SCALES; wide: d=512, 6+6 layers, for a GPU), with runs and "
+                        "results of its own in <pair>-<scale>/")
     args = p.parse_args(argv)
     if args.zoo_steps is not None and not args.publish:
         p.error("--zoo_steps trains the model --publish publishes: give --publish too")

@@ -277,7 +277,7 @@ def write_summary(protocol: Any) -> dict[str, Any]:
                                  protocol.recipe["evaluate"].get("--max_examples"))
     r = protocol.recipe
     summary: dict[str, Any] = {
-        "pair": protocol.pair, "dataset": rel(protocol.data), "test_split": protocol.splits["test"],
+        "pair": protocol.pair, "scale": protocol.scale, "dataset": rel(protocol.data), "test_split": protocol.splits["test"],
         "tuning_split": protocol.splits["val"], "sizes": protocol.sizes, "recipe": r,
         "recipe_short": ", ".join(f"{k.strip('-')}={v}" for k, v in {**r["model"], **r["train"]}.items()
                                   if k in ("--d_model", "--encoder_layers", "--decoder_layers", "--max_steps",
@@ -327,7 +327,8 @@ def overview_rows(summary: dict[str, Any], plan: dict[str, int] | None = None) -
         minus_random = summary.get("minus_random_mean", {}).get(kind)
         minus_standard = round(k[kind]["bleu_mean"] - k["standard"]["bleu_mean"], 2) if "standard" in k else None
         rows.append({
-            "pair": summary["pair"], "row": kind, "runs": k[kind]["runs"],
+            "pair": summary["pair"] + (f" ({summary['scale']})" if summary.get("scale") else ""), "row": kind,
+            "runs": k[kind]["runs"],
             "bleu_mean": k[kind]["bleu_mean"], "bleu_std": k[kind]["bleu_std"],
             "standard_mean": k.get("standard", {}).get("bleu_mean"), "standard_runs": k.get("standard", {}).get("runs", 0),
             "standard_planned": sizes.get("seeds"),
