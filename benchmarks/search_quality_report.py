@@ -121,19 +121,25 @@ def significance_random(runs: list[dict[str, Any]], repo: Path, references: list
 
 def significance_same_machine(results: Path, runs: list[dict[str, Any]], repo: Path,
                               references: list[str]) -> dict[str, Any]:
-    """Paired bootstrap, on one machine: every searched and random run trained on the device of a standard run's
-    ``--replicate`` copy, against that copy. When the table's kinds ran on different machines, this is the
-    comparison with the machine held fixed."""
-    out: dict[str, Any] = {}
+    """Paired bootstrap with the machine held fixed: for each standard run, of the table or a ``--replicate`` copy,
+    every searched and random run (or copy) trained on its device against it, wherever a copy takes part (the
+    table's own runs on one machine are the table's significance). When the table's kinds ran on different
+    machines, this is the comparison that does not mix them."""
+    by_name = {r["run"]: r for r in runs}
+    copies = []
     for path in sorted((results / "replicas").glob("*.json")):
-        replica = json.loads(path.read_text())
-        if replica.get("replica_of_kind") != "standard":
+        again = json.loads(path.read_text())
+        first = by_name.get(again.get("replica_of", ""))
+        if first is not None:  # in the row of the run it repeats (an older copy did not keep its search variant)
+            copies.append({**again, "kind": first["kind"], "search_variant": first.get("search_variant"), "copy": True})
+    everyone = runs + copies
+    out: dict[str, Any] = {}
+    for standard in [r for r in everyone if r["kind"] == "standard"]:
+        same = [r for r in everyone if r["kind"] in ("searched", "random") and r.get("device") == standard.get("device")]
+        if not same or not (standard.get("copy") or any(r.get("copy") for r in same)):
             continue
-        same = [r for r in runs if r["kind"] in ("searched", "random") and r.get("device") == replica.get("device")]
-        if not same:
-            continue
-        out[replica["run"]] = {"device": replica["device"], "rows": {
-            kind: _bootstrap([(r, replica) for r in same if row(r) == kind], repo, references, ("run", "standard"))
+        out[standard["run"]] = {"device": standard["device"], "rows": {
+            kind: _bootstrap([(r, standard) for r in same if row(r) == kind], repo, references, ("run", "standard"))
             for kind in training_rows({row(r): None for r in same})}}
     return out
 
@@ -217,8 +223,8 @@ def markdown(summary: dict[str, Any]) -> str:
             lines.append(f"| {r['run']} | {r['device']} | {r['bleu']:.2f} | {loss[0]} | {r['replica_device']} | "
                          f"{r['replica_bleu']:.2f} | {loss[1]} | {r['delta_bleu']:+.2f} |")
     for replica, same in summary.get("significance_same_machine", {}).items():
-        lines += ["", f"Paired bootstrap on one machine ({same['device']}): each run trained there against "
-                  f"`{replica}`, the standard run trained again there:"]
+        lines += ["", f"Paired bootstrap on one machine ({same['device']}): each run trained there (`-on-…`: trained "
+                  f"again with `--replicate`) against `{replica}`, the standard run trained there:"]
         lines += [f"- {s['run']} ({kind}) vs {replica}: Δ = {s['delta']:+.2f}, p = {s['p_value']:.4f}"
                   for kind, sig in same["rows"].items() for s in sig["per_seed"]]
     if summary.get("minus_random_mean"):

@@ -395,6 +395,34 @@ def test_overview_puts_every_pair_against_the_goal(tmp_path):
     assert json.loads((tmp_path / "overview.json").read_text())["not_run"] == ["en-cs"]
 
 
+def test_same_machine_significance_sets_a_replica_of_a_searched_run_against_the_standard_run_there(tmp_path):
+    """The searched run trained on a GPU, the standard one on the CPU: the searched run trained again on the CPU
+    is tested against the CPU's standard run (and only there); table runs alone on one machine add nothing."""
+    _load_protocol_module()
+    import search_quality_report as report
+
+    refs = ["a small dog runs on the grass .", "two men play football in the park .", "a woman reads a book ."] * 4
+    good, bad = refs, ["a dog .", "men play .", "a book ."] * 4
+
+    def run(name: str, kind: str, device: str, hyps: list[str], **extra: Any) -> dict[str, Any]:
+        (tmp_path / f"{name}.txt").write_text("\n".join(hyps))
+        return {"run": name, "kind": kind, "device": device, "train_seed": 0, "test": {"hypotheses": f"{name}.txt"}, **extra}
+
+    runs = [run("searched-long-s0-t0", "searched", "GPU: H200", good, search_variant="long"),
+            run("standard-t0", "standard", "CPU: 2 cores", bad), run("random-r0", "random", "CPU: 2 cores", bad)]
+    assert report.significance_same_machine(tmp_path, runs, tmp_path, refs) == {}
+    (tmp_path / "replicas").mkdir()
+    copy = run("searched-long-s0-t0-on-cpu", "replica", "CPU: 2 cores", good, replica_of="searched-long-s0-t0",
+               replica_of_kind="searched")
+    (tmp_path / "replicas" / "searched-long-s0-t0-on-cpu.json").write_text(json.dumps(copy))
+    same = report.significance_same_machine(tmp_path, runs, tmp_path, refs)
+    assert list(same) == ["standard-t0"] and same["standard-t0"]["device"] == "CPU: 2 cores"
+    rows = same["standard-t0"]["rows"]
+    assert {kind: [s["run"] for s in sig["per_seed"]] for kind, sig in rows.items()} == {
+        "searched-long": ["searched-long-s0-t0-on-cpu"], "random": ["random-r0"]}
+    assert rows["searched-long"]["per_seed"][0]["delta"] > 0 and rows["random"]["per_seed"][0]["delta"] == 0
+
+
 def test_status_says_where_each_run_stands_and_writes_nothing(tmp_path, capsys):
     sq = _load_protocol_module()
     results, work = tmp_path / "results" / "en-de-smoke", tmp_path / "work" / "en-de-smoke"
