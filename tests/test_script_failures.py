@@ -231,6 +231,7 @@ def test_publish_shows_the_protocol_comparison_of_its_own_run_only(script_traine
     # the run it repeats, names both, and gives the search and the replica's own command.
     (protocol / "searched-long-s0-t0.json").write_text(json.dumps({**run, "pair": "en-de", "device": "GPU: NVIDIA H200",
                                                                     "test": {"split": "test", "bleu": 35.0}}))
+    (protocol / "summary.json").write_text(json.dumps({**summary, "scale": "wide"}))  # a protocol at --scale wide
     replica_cmd = train_cmd.replace("--seed 0", "--output_dir runs/protocol/en-de/searched-long-s0-t0-on-cpu --seed 0")
     (protocol / "replicas").mkdir()
     (protocol / "replicas" / "searched-long-s0-t0-on-cpu.json").write_text(json.dumps({
@@ -243,7 +244,7 @@ def test_publish_shows_the_protocol_comparison_of_its_own_run_only(script_traine
     assert (f"run `searched-long-s0-t0` of the hf_revdarts protocol trained again with the same command on CPU: 2 cores "
             f"(as `searched-long-s0-t0-on-cpu`: {results['bleu']:.2f} BLEU; the table's run, trained on GPU: NVIDIA H200, "
             "scored 35.00)") in card
-    assert "`python benchmarks/search_quality.py --pair en-de --search_variant long`" in card
+    assert "`python benchmarks/search_quality.py --pair en-de --search_variant long --scale wide`" in card
     assert "| **searched-long** (this model's kind) |" in card
     assert "python training/search.py --seed 0\n" + replica_cmd + "\n```" in card
 

@@ -234,7 +234,7 @@ def read_protocol(args: PublishArguments, results: dict[str, Any]) -> dict[str, 
     first = _protocol_record(summary_path.parent, run["continues"], "the continued run") if run.get("continues") else None
     # A replica (the same command trained again, e.g. here after a lent GPU kept the weights) shows the row of
     # the table's run it repeats.
-    copied = (run.get("replica_of") or (first or {}).get("replica_of"))
+    copied = run.get("replica_of") or (first or {}).get("replica_of")
     original = _protocol_record(summary_path.parent, copied, "the replicated run") if copied else None
     search_name = run.get("search") or (original or {}).get("search")
     search_path = summary_path.parent / f"{search_name}.json" if search_name else None
@@ -259,6 +259,7 @@ def comparison_section(protocol: dict[str, Any]) -> tuple[str, str]:
     devices = summary.get("devices", {})
     search_variant = run.get("search_variant") or (original or {}).get("search_variant")
     variant = f" --search_variant {search_variant}" if search_variant else ""
+    variant += f" --scale {summary['scale']}" if summary.get("scale") else ""
     which = (f"run `{continues}` of the hf_revdarts protocol trained longer, to {run['updates']} updates from its "
              f"last checkpoint with the same recipe (as `{run['run']}`)" if continues
              else f"run `{run['run']}` of the hf_revdarts protocol")
