@@ -12,7 +12,7 @@ One command per language pair (Multi30k, ``../shared/data/multi30k`` relative to
     python benchmarks/search_quality.py --pair en-de --search_variant long     # a variant of the search
     python benchmarks/search_quality.py --pair en-de --replicate random-r0    # a finished run again, here
     python benchmarks/search_quality.py --pair en-de --publish           # then the zoo: model folder + card
-    python benchmarks/search_quality.py --pair en-de --scale wide --jobs 9   # d=512, 6+6, on a GPU: <pair>-wide/
+    python benchmarks/search_quality.py --pair en-de --scale wide --jobs 9   # d=576, 6+6, on a GPU: <pair>-wide/
 
 For a pair it (1) trains one joint tokenizer shared by every run, (2) runs S searches (seeds 0..S-1,
 ``training/search.py``), (3) trains the derived genotype of each search with T training seeds, the standard
@@ -129,13 +129,14 @@ SEARCH_VARIANTS: dict[str, dict[str, Any]] = {
 }
 
 # The same protocol at another model size (``--scale``): runs and results of its own (``<pair>-<scale>/``), the
-# recipe otherwise unchanged. ``wide`` is the GPU setting (d=512, 6+6); on the 2 cores one training of it
-# would take about 20 CPU-hours, so it is meant for a lent GPU (``--jobs`` trainings side by side there).
+# recipe otherwise unchanged. ``wide`` is the GPU setting (about d=512, 6+6): d must split evenly into the
+# encoder's 2 and the decoder's 3 parts, so 576, not 512. It is meant for a lent GPU (``--jobs`` trainings side
+# by side there): on the 2 cores one training of it would take the better part of a day.
 SCALES: dict[str, dict[str, Any]] = {
     "wide": {
-        "model": {"--d_model": 512, "--encoder_layers": 6, "--decoder_layers": 6, "--num_heads": 8},
+        "model": {"--d_model": 576, "--encoder_layers": 6, "--decoder_layers": 6, "--num_heads": 8},
         # the long variant's proxy supernet at half the trained width, as at d=192 (d=96)
-        "search_variants": {"long": {"--d_model": 256}},
+        "search_variants": {"long": {"--d_model": 288}},
     },
 }
 
@@ -759,7 +760,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--model_cards_dir", default=str(REPO / "model_cards"), help="where --publish puts the card")
     p.add_argument("--smoke", action="store_true", help="bundled sample, tiny sizes, a few steps, every kind")
     p.add_argument("--scale", choices=sorted(SCALES), default=None,
-                   help="the protocol at another model size (SCALES; wide: d=512, 6+6 layers, for a GPU), with runs and "
+                   help="the protocol at another model size (SCALES; wide: d=576, 6+6 layers, for a GPU), with runs and "
                         "results of its own in <pair>-<scale>/")
     args = p.parse_args(argv)
     if args.zoo_steps is not None and not args.publish:

@@ -265,7 +265,7 @@ def test_search_variant_changes_the_search_only(tmp_path):
     assert all("--d_model 192 " in c and "--max_steps 4000 " in c and "search-long-s" in c for c in trains)
 
 
-def test_scale_wide_is_the_same_protocol_at_d512_in_folders_of_its_own(tmp_path):
+def test_scale_wide_is_the_same_protocol_at_d576_in_folders_of_its_own(tmp_path):
     if not (REPO.parent / "shared" / "data" / "multi30k").is_dir():
         pytest.skip("needs ../shared/data/multi30k")
     dry = _protocol_real(tmp_path, "--pair", "en-de", "--scale", "wide", "--search_variant", "long", "--dry_run")
@@ -273,13 +273,23 @@ def test_scale_wide_is_the_same_protocol_at_d512_in_folders_of_its_own(tmp_path)
     searches = [c for c in commands if c.startswith("python training/search.py")]
     trains = [c for c in commands if c.startswith("python training/train.py")]
     assert len(searches) == 2 and len(trains) == 4
-    assert all("/en-de-wide/search-long-s" in c and "--d_model 256 " in c and "--max_steps 1300 " in c for c in searches)
-    wide = "--d_model 512 --encoder_layers 6 --decoder_layers 6 --num_heads 8 "
+    assert all("/en-de-wide/search-long-s" in c and "--d_model 288 " in c and "--max_steps 1300 " in c for c in searches)
+    wide = "--d_model 576 --encoder_layers 6 --decoder_layers 6 --num_heads 8 "
     assert all("/en-de-wide/searched-long-s" in c and wide in c and "--max_steps 4000 " in c for c in trains)
     base = _protocol_real(tmp_path, "--pair", "en-de", "--scale", "wide", "--dry_run")
     trains = [c for c in base.splitlines() if c.startswith("python training/train.py")]
     assert len(trains) == 2 * 2 + 2 + 4 and all(wide in c and "/en-de-wide/" in c for c in trains)
     assert not (tmp_path / "results" / "en-de").exists()  # the d=192 protocol's folders are not touched
+
+    # The model each scale names can be built (the command line alone would not show it: d=512 cannot split in 3).
+    from hf_revdarts import RevDartsConfig
+
+    sq = _load_protocol_module()
+    for scale in sq.SCALES.values():
+        model = {k.strip("-"): v for k, v in scale["model"].items()}
+        RevDartsConfig(**model)
+        for proxy in scale["search_variants"].values():
+            RevDartsConfig(**{**model, **{k.strip("-"): v for k, v in proxy.items()}})
 
 
 def _protocol_real(tmp_path: Path, *extra: str) -> str:
