@@ -231,7 +231,12 @@ def test_publish_shows_the_protocol_comparison_of_its_own_run_only(script_traine
     # the run it repeats, names both, and gives the search and the replica's own command.
     (protocol / "searched-long-s0-t0.json").write_text(json.dumps({**run, "pair": "en-de", "device": "GPU: NVIDIA H200",
                                                                     "test": {"split": "test", "bleu": 35.0}}))
-    (protocol / "summary.json").write_text(json.dumps({**summary, "scale": "wide"}))  # a protocol at --scale wide
+    same = {"standard-t0-on-cpu": {"device": "CPU: 2 cores", "rows": {
+        "searched-long": {"per_seed": [{"run": "searched-long-s0-t0-on-cpu", "standard": "standard-t0-on-cpu",
+                                        "delta": 2.5, "p_value": 0.001}]},
+        "random": {"per_seed": [{"run": "random-r0", "standard": "standard-t0-on-cpu", "delta": 1.9, "p_value": 0.002}]}}}}
+    (protocol / "summary.json").write_text(json.dumps({**summary, "scale": "wide",  # a protocol at --scale wide
+                                                       "significance_same_machine": same}))
     replica_cmd = train_cmd.replace("--seed 0", "--output_dir runs/protocol/en-de/searched-long-s0-t0-on-cpu --seed 0")
     (protocol / "replicas").mkdir()
     (protocol / "replicas" / "searched-long-s0-t0-on-cpu.json").write_text(json.dumps({
@@ -246,6 +251,9 @@ def test_publish_shows_the_protocol_comparison_of_its_own_run_only(script_traine
             "scored 35.00)") in card
     assert "`python benchmarks/search_quality.py --pair en-de --search_variant long --scale wide`" in card
     assert "| **searched-long** (this model's kind) |" in card
+    assert ("On one machine (CPU: 2 cores), `searched-long-s0-t0-on-cpu` against the standard Transformer "
+            "`standard-t0-on-cpu` trained there: Δ = +2.50 BLEU, p = 0.0010.") in card
+    assert "`random-r0` against" not in card  # this model's rows only
     assert "python training/search.py --seed 0\n" + replica_cmd + "\n```" in card
 
 

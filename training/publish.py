@@ -298,6 +298,11 @@ def comparison_section(protocol: dict[str, Any]) -> tuple[str, str]:
                      + (f" ({summary['minus_random_mean'][this] / se:+.1f} standard errors between runs)." if se else "."))
     if len(set(devices.values())) > 1:
         lines.append("The kinds were trained on different machines (last column): compare within one machine.")
+    # ... which the protocol did wherever a run was trained again (--replicate): this run's rows of it.
+    for standard, same in summary.get("significance_same_machine", {}).items():
+        lines += [f"On one machine ({same['device']}), `{s['run']}` against the standard Transformer `{standard}` "
+                  f"trained there: Δ = {s['delta']:+.2f} BLEU, p = {s['p_value']:.4f}."
+                  for sig in same["rows"].values() for s in sig["per_seed"] if s["run"] in (run["run"], continues)]
     commands = [*(protocol["search"] or {}).get("commands", []), *(protocol["continued"] or {}).get("commands", []),
                 *run["commands"]]
     # A run spread over sittings recorded its command once per sitting, the later ones resuming: the card gives
