@@ -470,16 +470,13 @@ class Protocol:
         """(run, its record) that ``--publish`` takes: of the finished searched runs and their replicas whose model
         is on this machine, the lowest validation loss of the averaged model. A run trained on a lent GPU may have
         left its weights there; a ``--replicate`` of it here (same command) can then be published in its place."""
-        from search_quality_report import load_runs
+        from search_quality_report import load_runs, replica_pairs
 
         runs, _ = load_runs(self.results)
-        by_name = {r["run"]: r for r in runs}
         records = {r["run"]: self.results / f"{r['run']}.json" for r in runs if r["kind"] == "searched"}
         candidates = [r for r in runs if r["kind"] == "searched"]
-        for path in sorted((self.results / "replicas").glob("*.json")):
-            again = json.loads(path.read_text())
-            source = by_name.get(again.get("replica_of", ""))
-            if source is not None and source["kind"] == "searched":  # a replica written before it kept the search
+        for again, source, path in replica_pairs(self.results, runs):
+            if source["kind"] == "searched":  # a replica written before it kept the search
                 meta = {k: source[k] for k in ("search", "search_genotype", "search_variant") if k in source}
                 candidates.append({**meta, **again})
                 records[again["run"]] = path

@@ -54,15 +54,21 @@ def load_runs(results: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]
     return runs, searches
 
 
-def replicas(results: Path, runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Each ``--replicate`` run beside the run it repeats: same command, another (or the same) machine."""
+def replica_pairs(results: Path, runs: list[dict[str, Any]]) -> list[tuple[dict[str, Any], dict[str, Any], Path]]:
+    """(copy, the run of ``runs`` it repeats, the copy's record) for each ``--replicate`` run in ``results/replicas``."""
     by_name = {r["run"]: r for r in runs}
     out = []
     for path in sorted((results / "replicas").glob("*.json")):
         again = json.loads(path.read_text())
-        first = by_name.get(again["replica_of"])
-        if first is None:
-            continue
+        if again.get("replica_of") in by_name:
+            out.append((again, by_name[again["replica_of"]], path))
+    return out
+
+
+def replicas(results: Path, runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each ``--replicate`` run beside the run it repeats: same command, another (or the same) machine."""
+    out = []
+    for again, first, _ in replica_pairs(results, runs):
         out.append({
             "run": first["run"], "device": first.get("device", "unrecorded"), "bleu": first["test"]["bleu"],
             "val_loss": (first.get("val_best") or {}).get("val_loss"),
@@ -125,13 +131,9 @@ def significance_same_machine(results: Path, runs: list[dict[str, Any]], repo: P
     every searched and random run (or copy) trained on its device against it, wherever a copy takes part (the
     table's own runs on one machine are the table's significance). When the table's kinds ran on different
     machines, this is the comparison that does not mix them."""
-    by_name = {r["run"]: r for r in runs}
-    copies = []
-    for path in sorted((results / "replicas").glob("*.json")):
-        again = json.loads(path.read_text())
-        first = by_name.get(again.get("replica_of", ""))
-        if first is not None:  # in the row of the run it repeats (an older copy did not keep its search variant)
-            copies.append({**again, "kind": first["kind"], "search_variant": first.get("search_variant"), "copy": True})
+    # a copy sits in the row of the run it repeats (an older copy did not keep its search variant)
+    copies = [{**again, "kind": first["kind"], "search_variant": first.get("search_variant"), "copy": True}
+              for again, first, _ in replica_pairs(results, runs)]
     everyone = runs + copies
     out: dict[str, Any] = {}
     for standard in [r for r in everyone if r["kind"] == "standard"]:
