@@ -30,7 +30,7 @@ import transformers
 from transformers import MarianConfig, MarianMTModel
 
 from hf_revdarts import RevDartsConfig, RevDartsForConditionalGeneration
-from hf_revdarts.configuration_revdarts import DECODER_OPS
+from hf_revdarts.model.genotype import DECODER_OPS
 
 
 def revdarts(args, genotype: str, d_model: int | None = None) -> RevDartsForConditionalGeneration:

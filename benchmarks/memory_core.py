@@ -141,7 +141,7 @@ def build_model(args: argparse.Namespace, L: int, mode: str) -> tuple[Any, list[
     import torch
 
     from hf_revdarts import RevDartsConfig, RevDartsForConditionalGeneration
-    from hf_revdarts.reversible import ReversibleStack
+    from hf_revdarts.model.reversible import ReversibleStack
 
     torch.manual_seed(args.seed)
     enc, dec = genotype(args.genotype, L)
@@ -203,7 +203,7 @@ def timing_worker(args: argparse.Namespace) -> dict[str, Any]:
 def worker(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
-    from hf_revdarts.reversible import ReversibleStack
+    from hf_revdarts.model.reversible import ReversibleStack
 
     torch.set_num_threads(args.threads)
     meter = PeakMeter()

@@ -42,8 +42,8 @@ from typing import Any
 import torch
 
 from hf_revdarts import RevDartsConfig, RevDartsForConditionalGeneration
-from hf_revdarts.configuration_revdarts import DECODER_OPS, ENCODER_OPS
-from hf_revdarts.reversible import ReversibleStack
+from hf_revdarts.model.genotype import DECODER_OPS, ENCODER_OPS
+from hf_revdarts.model.reversible import ReversibleStack
 
 
 def cycling_genotype(layers: int) -> tuple[list[list[str]], list[list[str]]]:

@@ -20,10 +20,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from hf_revdarts.data import BatchStream, load_parallel_text, tokenize_pairs  # noqa: E402
 from hf_revdarts.search import RevDartsSupernet  # noqa: E402
 from hf_revdarts.search.selection import METHODS, select_genotype  # noqa: E402
-from hf_revdarts.tokenization import load_tokenizer  # noqa: E402
+from hf_revdarts.training.data import BatchStream, load_parallel_text, tokenize_pairs  # noqa: E402
+from hf_revdarts.training.tokenization import load_tokenizer  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

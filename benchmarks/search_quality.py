@@ -17,7 +17,7 @@ One command per language pair (Multi30k, ``../shared/data/multi30k`` relative to
 For a pair it (1) trains one joint tokenizer shared by every run, (2) runs S searches (seeds 0..S-1,
 ``training/search.py``), (3) trains the derived genotype of each search with T training seeds, the standard
 self_attn/ffn genotype with T seeds, and K genotypes drawn uniformly from the search space
-(``hf_revdarts.search.random_genotype``, ``zero`` excluded as in the derivation), all with the same
+(``hf_revdarts.model.genotype``, ``zero`` excluded as in the derivation), all with the same
 d_model, depth, recipe and update budget (``training/train.py``), (4) averages the last N checkpoints of
 each run (``train.py --average_checkpoints``) and translates ``test_2016_flickr`` with beam search and a
 length penalty (``training/evaluate.py``). Model selection
@@ -326,8 +326,8 @@ class Protocol:
         folder = self.work / "tokenizer"
         if (folder / "tokenizer.json").is_file() or self.args.dry_run:
             return folder
-        from hf_revdarts.data import get_tokenizer, load_parallel_text
-        from hf_revdarts.tokenization import save_tokenizer
+        from hf_revdarts.training.data import get_tokenizer, load_parallel_text
+        from hf_revdarts.training.tokenization import save_tokenizer
 
         src, tgt = load_parallel_text(self.data, self.src, self.tgt, self.splits["train"])
         tmp = Path(tempfile.mkdtemp(dir=self.work, prefix=".tmp-tokenizer-"))
@@ -511,8 +511,8 @@ class Protocol:
         has the lowest validation loss (val, never test, picks it) goes through training/publish.py into
         ``--published_dir/revdarts-multi30k-<pair>``; its card (README.md, eval_results.json, genotype.png; no
         weights) replaces ``--model_cards_dir/revdarts-multi30k-<pair>``. Which run: ``zoo_candidate``."""
-        from hf_revdarts.data import load_parallel_text
-        from hf_revdarts.training_utils import atomic_folder
+        from hf_revdarts.training.data import load_parallel_text
+        from hf_revdarts.training.training_utils import atomic_folder
 
         best, record = self.zoo_candidate()
         if self.args.zoo_steps:
@@ -674,7 +674,7 @@ class Protocol:
 
     def random_genotype_file(self, k: int) -> Path:
         """genotype.json of random genotype k: same node layout and op lists as the search, ``zero`` excluded."""
-        from hf_revdarts.search.random_genotype import random_genotype
+        from hf_revdarts.model.genotype import Genotype
 
         path = self.work / f"random-r{k}.genotype.json"  # beside the run folder, which train.py wants empty
         if not path.is_file():
@@ -684,7 +684,8 @@ class Protocol:
                      "decoder_layers": self.recipe["model"]["--decoder_layers"]}
             ops = {side: s[f"--{side}_ops"].split(",") if s.get(f"--{side}_ops") else None
                    for side in ("encoder", "decoder")}
-            geno = random_genotype(sizes, ops["encoder"], ops["decoder"], seed=k, tie_blocks=int(s.get("--tie_blocks", 0)))
+            geno = Genotype.random(sizes, ops["encoder"], ops["decoder"], seed=k,
+                                   tie_blocks=int(s.get("--tie_blocks", 0))).to_dict()
             if not self.args.dry_run:
                 write_json(path, geno)
         return path

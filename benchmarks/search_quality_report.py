@@ -83,7 +83,7 @@ def _bootstrap(pairs: list[tuple[dict[str, Any], dict[str, Any]]], repo: Path, r
                names: tuple[str, str]) -> dict[str, Any]:
     """Paired bootstrap of each (a, b) pair of runs, and pooled (those pairs' test sets concatenated, so every
     pair counts once)."""
-    from hf_revdarts.significance import paired_bootstrap
+    from hf_revdarts.evaluation.significance import paired_bootstrap
 
     def hyps(run: dict[str, Any]) -> list[str]:
         return (repo / run["test"]["hypotheses"]).read_text(encoding="utf-8").split("\n")[: len(references)]
@@ -276,7 +276,7 @@ def write_summary(protocol: Any) -> dict[str, Any]:
     """Build summary.json, summary.md and bleu_per_kind.png for ``protocol`` (a search_quality.Protocol)."""
     from search_quality import PAIRS, REPO, atomic_write, rel, write_json
 
-    from hf_revdarts.data import load_parallel_text
+    from hf_revdarts.training.data import load_parallel_text
 
     runs, searches = load_runs(protocol.results)
     if not runs:

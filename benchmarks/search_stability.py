@@ -29,7 +29,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from hf_revdarts.configuration_revdarts import DECODER_OPS, ENCODER_OPS  # noqa: E402
+from hf_revdarts.model.genotype import DECODER_OPS, ENCODER_OPS  # noqa: E402
 
 
 def _ops(folder: Path, side: str) -> list[str]:

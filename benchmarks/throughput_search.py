@@ -177,8 +177,8 @@ def per_op(a: argparse.Namespace) -> None:
     import torch
 
     from hf_revdarts import RevDartsConfig
-    from hf_revdarts.configuration_revdarts import DECODER_OPS, ENCODER_OPS
-    from hf_revdarts.ops import OpContext, WrappedOp
+    from hf_revdarts.model.genotype import DECODER_OPS, ENCODER_OPS
+    from hf_revdarts.model.ops import OpContext, WrappedOp
 
     torch.set_num_threads(a.threads)
     config = RevDartsConfig(vocab_size=a.vocab, d_model=a.d_model, num_heads=a.heads, dropout=a.dropout,

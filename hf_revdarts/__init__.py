@@ -1,29 +1,36 @@
-"""hf_revdarts: memory-efficient DARTS on a multi-split reversible Transformer, as HuggingFace models."""
+"""hf_revdarts: memory-efficient DARTS on a multi-split reversible Transformer, as HuggingFace models.
 
-from transformers import AutoConfig, AutoModel, AutoModelForSeq2SeqLM
+The package is in floors, each importing only the floors below it:
 
-from .configuration_revdarts import DECODER_OPS, ENCODER_OPS, RevDartsConfig, standard_genotype
+- ``model`` (ground): the files a published model folder carries; ``utils`` (ground): atomic files, guards,
+  checkpoint integrity, schedules.
+- ``memory`` and ``search``: the memory planner; the supernet, the architect and the genotype selection.
+- ``training`` and ``evaluation``: the scripts' arguments, data, loop and checkpoints; translation and scores.
+- ``protocol``: the evaluation protocol's run records, comparisons and report.
+
+This module only re-exports the public names (and registers the model type, through ``model``).
+"""
+
 from .memory import estimate_memory, plan_memory
-from .modeling_revdarts import (
+from .model import (
+    DECODER_OPS,
+    ENCODER_OPS,
+    Genotype,
     RevDartsCache,
+    RevDartsConfig,
     RevDartsForConditionalGeneration,
     RevDartsModel,
     RevDartsPreTrainedModel,
 )
-from .tokenization import encode_pairs, save_tokenizer, train_tokenizer
+from .training.tokenization import encode_pairs, save_tokenizer, train_tokenizer
 
 __version__ = "0.1.0"
-
-AutoConfig.register(RevDartsConfig.model_type, RevDartsConfig, exist_ok=True)
-AutoModel.register(RevDartsConfig, RevDartsModel, exist_ok=True)
-AutoModelForSeq2SeqLM.register(RevDartsConfig, RevDartsForConditionalGeneration, exist_ok=True)
-
 
 
 def __getattr__(name: str):
     # Lazy: importing the pipeline pulls in transformers.pipelines (slow); only load it when asked for.
     if name == "TranslationPipeline":
-        from .pipeline_translation import TranslationPipeline
+        from .model.pipeline_translation import TranslationPipeline
 
         return TranslationPipeline
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
@@ -32,6 +39,7 @@ def __getattr__(name: str):
 __all__ = [
     "DECODER_OPS",
     "ENCODER_OPS",
+    "Genotype",
     "RevDartsCache",
     "RevDartsConfig",
     "RevDartsForConditionalGeneration",
@@ -43,5 +51,4 @@ __all__ = [
     "plan_memory",
     "save_tokenizer",
     "train_tokenizer",
-    "standard_genotype",
 ]

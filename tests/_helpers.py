@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from hf_revdarts import RevDartsConfig
-from hf_revdarts.configuration_revdarts import DECODER_OPS, ENCODER_OPS
+from hf_revdarts.model.genotype import DECODER_OPS, ENCODER_OPS
 
 
 def every_op_genotype(layers: int, offset: int = 0) -> tuple[list[list[str]], list[list[str]]]:

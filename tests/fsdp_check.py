@@ -135,7 +135,7 @@ def per_layer_error(version: int) -> str:
         from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
         from torch.distributed.fsdp.wrap import ModuleWrapPolicy
 
-        from hf_revdarts.reversible import ReversibleLayer
+        from hf_revdarts.model.reversible import ReversibleLayer
 
         model = FSDP(model, device_id=torch.device("cpu"), use_orig_params=True,
                      auto_wrap_policy=ModuleWrapPolicy({ReversibleLayer}))

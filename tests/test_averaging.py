@@ -9,7 +9,7 @@ import torch
 
 from _helpers import tiny_config
 from hf_revdarts import RevDartsForConditionalGeneration
-from hf_revdarts.averaging import average_checkpoints, latest_checkpoints, load_averaged_weights, load_weights
+from hf_revdarts.training.averaging import average_checkpoints, latest_checkpoints, load_averaged_weights, load_weights
 
 
 def _model(seed: int, **kw) -> RevDartsForConditionalGeneration:

@@ -14,9 +14,9 @@ import torch
 
 from _helpers import grad_errors, padded_batch, param_grads, saved_tensor_bytes, set_reversible, tiny_config
 from hf_revdarts import RevDartsConfig, RevDartsForConditionalGeneration, RevDartsModel
-from hf_revdarts.configuration_revdarts import DECODER_OPS, ENCODER_OPS
-from hf_revdarts.ops import OPS, OpContext, SplitFunction
-from hf_revdarts.reversible import ReversibleLayer
+from hf_revdarts.model.genotype import DECODER_OPS, ENCODER_OPS
+from hf_revdarts.model.ops import OPS, OpContext, SplitFunction
+from hf_revdarts.model.reversible import ReversibleLayer
 
 HERE = Path(__file__).resolve().parent
 

@@ -15,8 +15,8 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(__file__))
 from _helpers import grad_errors, padded_batch, supernet_grads_reversible_vs_ordinary, tiny_search_config  # noqa: E402
-from hf_revdarts.configuration_revdarts import ENCODER_OPS  # noqa: E402
-from hf_revdarts.ops import DynamicConv, OpContext, _left_context, _zero_pads  # noqa: E402
+from hf_revdarts.model.genotype import ENCODER_OPS  # noqa: E402
+from hf_revdarts.model.ops import DynamicConv, OpContext, _left_context, _zero_pads  # noqa: E402
 from hf_revdarts.search import RevDartsSupernet  # noqa: E402
 from hf_revdarts.search.supernet import MixedSplit  # noqa: E402
 

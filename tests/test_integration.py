@@ -21,9 +21,10 @@ from transformers import AutoConfig, AutoModel, AutoModelForSeq2SeqLM, AutoToken
 
 import hf_revdarts
 from hf_revdarts import RevDartsConfig, RevDartsForConditionalGeneration, RevDartsModel
-from hf_revdarts.configuration_revdarts import DECODER_OPS
-from hf_revdarts.modeling_revdarts import CACHE_FIELD, RevDartsCache
-from hf_revdarts.tokenization import encode_pairs, save_tokenizer, train_tokenizer
+from hf_revdarts.model import REMOTE_CODE_FILES
+from hf_revdarts.model.genotype import DECODER_OPS
+from hf_revdarts.model.modeling_revdarts import CACHE_FIELD, RevDartsCache
+from hf_revdarts.training.tokenization import encode_pairs, save_tokenizer, train_tokenizer
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("HF_REVDARTS_DATA", REPO.parent / "shared" / "data" / "multi30k"))
@@ -359,7 +360,7 @@ def saved(tmp_path_factory, model, tokenizer, batch):
 def test_saved_folder_is_self_contained(saved):
     folder, _, _ = saved
     names = {p.name for p in folder.iterdir()}
-    for f in ("configuration_revdarts.py", "modeling_revdarts.py", "ops.py", "reversible.py", "pipeline_translation.py"):
+    for f in REMOTE_CODE_FILES:
         assert f in names, f"{f} missing from the saved folder: {sorted(names)}"
     cfg = json.loads((folder / "config.json").read_text())
     assert cfg["auto_map"] == {
@@ -385,7 +386,7 @@ def test_fresh_process_loads_without_hf_revdarts(saved, tmp_path):
     assert got["importable"] is False
     assert got["module"].startswith("transformers_modules."), got["module"]
     assert got["tok"] == "PreTrainedTokenizerFast" or MAJOR >= 5
-    for f in ("configuration_revdarts.py", "modeling_revdarts.py", "ops.py", "reversible.py", "pipeline_translation.py"):
+    for f in REMOTE_CODE_FILES:
         assert f in got["resaved"], got["resaved"]
     assert set(got["auto_map"]) == {"AutoConfig", "AutoModel", "AutoModelForSeq2SeqLM"}
     torch.testing.assert_close(torch.load(folder / "_fresh_logits.pt"), logits, rtol=0, atol=1e-6)
@@ -490,7 +491,7 @@ def test_builtin_translation_pipeline_on_v4(model, tokenizer, corpus):
     """On 4.57 the built-in TranslationPipeline works with the model too, and agrees with ours."""
     from transformers import TranslationPipeline as Builtin
 
-    from hf_revdarts.pipeline_translation import TranslationPipeline
+    from hf_revdarts.model.pipeline_translation import TranslationPipeline
 
     en, _ = corpus
     builtin = Builtin(model=model, tokenizer=tokenizer)

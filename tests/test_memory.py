@@ -14,7 +14,6 @@ import torch
 
 from _helpers import grad_errors, padded_batch, param_grads, saved_tensor_bytes, tiny_config
 from hf_revdarts import RevDartsConfig, RevDartsForConditionalGeneration, estimate_memory
-from hf_revdarts.configuration_revdarts import DECODER_OPS, ENCODER_OPS
 from hf_revdarts.memory import (
     MEMORY_MODES,
     LiveTensorBytes,
@@ -28,8 +27,9 @@ from hf_revdarts.memory import (
     widest_d_model,
 )
 from hf_revdarts.memory.estimate import _Side
-from hf_revdarts.ops import OpContext, SplitFunction
-from hf_revdarts.reversible import ReversibleStack
+from hf_revdarts.model.genotype import DECODER_OPS, ENCODER_OPS
+from hf_revdarts.model.ops import OpContext, SplitFunction
+from hf_revdarts.model.reversible import ReversibleStack
 from hf_revdarts.search import RevDartsSupernet
 
 HERE = Path(__file__).resolve().parent
@@ -429,7 +429,7 @@ def test_accelerate_fsdp_matches_ddp_on_gpus(tmp_path, version):
 def test_reconstruction_sums_the_gradient_of_a_parameter_shared_by_two_splits():
     """Gradients are keyed by the parameter's first name in the layer, each alias mapped to it (robust to wrappers
     that swap parameter objects between forward and backward): a module shared by two splits gets both parts."""
-    from hf_revdarts.reversible import ReversibleLayer
+    from hf_revdarts.model.reversible import ReversibleLayer
 
     config = tiny_config(d_model=48)  # with dropout: replayed in reconstruction
     torch.manual_seed(0)

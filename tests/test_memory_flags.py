@@ -11,13 +11,14 @@ from pathlib import Path
 import pytest
 from _script_helpers import TINY_SEARCH, run_train, search_script, snapshot
 
-from hf_revdarts.arguments import DataArguments, ModelArguments, build_config, plan_run_memory
-from hf_revdarts.configuration_revdarts import standard_genotype
 from hf_revdarts.memory import estimate_memory
+from hf_revdarts.model.genotype import Genotype
+from hf_revdarts.training.arguments import DataArguments, ModelArguments
+from hf_revdarts.training.run_config import build_config, plan_run_memory
 
 
 def _config(model_args: ModelArguments, data_args: DataArguments):
-    return build_config(model_args, None, data_args.max_length, standard_genotype(4, 4))
+    return build_config(model_args, None, data_args.max_length, Genotype.standard(4, 4))
 
 
 def _ratio(messages: list[str]) -> float:

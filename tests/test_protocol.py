@@ -126,8 +126,8 @@ def test_smoke_protocol_runs_every_kind_and_resumes(tmp_path):
     assert json.loads((card / "eval_results.json").read_text())["bleu"] == best["test"]["bleu"]
     from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
-    from hf_revdarts.data import load_parallel_text
-    from hf_revdarts.evaluation import translate
+    from hf_revdarts.evaluation.translation import translate
+    from hf_revdarts.training.data import load_parallel_text
 
     folder = published / "revdarts-smoke-en-de"  # loads with the Auto classes and translates as the protocol did
     model = AutoModelForSeq2SeqLM.from_pretrained(folder, trust_remote_code=True)

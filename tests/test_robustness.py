@@ -17,15 +17,16 @@ import torch
 import transformers
 
 from hf_revdarts import RevDartsForConditionalGeneration
-from hf_revdarts.data import load_parallel_text, tokenize_pairs
-from hf_revdarts.guards import (
+from hf_revdarts.training.data import load_parallel_text, tokenize_pairs
+from hf_revdarts.training.tokenization import encode_pairs, load_tokenizer, save_tokenizer, train_tokenizer
+from hf_revdarts.utils.guards import (
     NonFiniteError,
     NonFiniteGuard,
     assert_finite_state,
     finite_json_dumps,
     is_finite_model,
 )
-from hf_revdarts.integrity import (
+from hf_revdarts.utils.integrity import (
     CheckpointError,
     FingerprintMismatchError,
     check_fingerprint,
@@ -34,7 +35,6 @@ from hf_revdarts.integrity import (
     load_state_checked,
     verify_checkpoint,
 )
-from hf_revdarts.tokenization import encode_pairs, load_tokenizer, save_tokenizer, train_tokenizer
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _helpers import padded_batch, tiny_config  # noqa: E402

@@ -30,8 +30,8 @@ from _script_helpers import run_train as _train
 from safetensors.torch import load_file, save_file
 
 from _helpers import load_script
-from hf_revdarts.guards import NonFiniteError
-from hf_revdarts.integrity import FingerprintMismatchError, check_fingerprint
+from hf_revdarts.utils.guards import NonFiniteError
+from hf_revdarts.utils.integrity import FingerprintMismatchError, check_fingerprint
 
 # ---------------------------------------------------------------- 1. non-finite training
 
@@ -71,8 +71,8 @@ def test_diverging_search_stops_for_theta_and_alpha_and_writes_valid_json(script
 
 
 def test_nan_weights_are_never_checkpointed_over_good_ones(tmp_path):
-    from hf_revdarts.guards import NonFiniteGuard
-    from hf_revdarts.training_utils import TrainState, check_finite_weights
+    from hf_revdarts.training.training_utils import TrainState, check_finite_weights
+    from hf_revdarts.utils.guards import NonFiniteGuard
 
     model = torch.nn.Linear(3, 3)
     state = TrainState({}, {"weights": NonFiniteGuard(3)})
@@ -258,7 +258,7 @@ def test_publish_shows_the_protocol_comparison_of_its_own_run_only(script_traine
 
 
 def test_publish_refuses_a_nan_model_even_with_matching_results(script_trained, script_evaluated, tmp_path):
-    from hf_revdarts.integrity import fingerprint_model_folder
+    from hf_revdarts.utils.integrity import fingerprint_model_folder
 
     broken = tmp_path / "broken"
     shutil.copytree(script_trained / "best", broken)
@@ -282,7 +282,7 @@ def test_atomic_outputs_get_the_umask_modes(tmp_path, umask, dirs, files):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from hf_revdarts.training_utils import atomic_folder, atomic_savefig, atomic_write_json
+    from hf_revdarts.training.training_utils import atomic_folder, atomic_savefig, atomic_write_json
 
     previous = os.umask(umask)
     try:
@@ -340,7 +340,7 @@ def test_a_killed_publish_leaves_nothing_the_next_one_keeps(script_trained, scri
 
 
 def test_a_folder_killed_between_its_two_renames_is_put_back(tmp_path):
-    from hf_revdarts.training_utils import remove_stale_temporaries
+    from hf_revdarts.training.training_utils import remove_stale_temporaries
 
     (tmp_path / ".old-best-4242").mkdir()
     (tmp_path / ".old-best-4242" / "model.safetensors").write_text("previous best")

@@ -23,7 +23,7 @@ from _script_helpers import publish_args as _publish_args
 from _script_helpers import run_train as _train
 from safetensors.torch import load_file
 
-from hf_revdarts.integrity import CheckpointError
+from hf_revdarts.utils.integrity import CheckpointError
 
 # ---------------------------------------------------------------- 5. messages
 
@@ -84,10 +84,10 @@ def test_resume_refuses_other_data_and_a_checkpoint_past_max_steps(script_traine
 
 
 def test_genotype_files_name_themselves(script_data, tmp_path):
-    from hf_revdarts.arguments import stack_genotype
+    from hf_revdarts.model.genotype import Genotype
 
-    with pytest.raises(ValueError, match="encoder list is empty"):
-        stack_genotype([], 4, "encoder")
+    with pytest.raises(ValueError, match="encoder_genotype is empty"):
+        Genotype(encoder=[], decoder=[["ffn", "ffn"]]).stack(4, 4)
     cases = {
         "empty.json": ({"encoder": [], "decoder": [["ffn", "ffn"]]}, "encoder_genotype is empty"),
         "unknown.json": ({"encoder": [["ffn", "conv_4"]], "decoder": [["ffn", "ffn"]]}, "unknown op 'conv_4'"),
@@ -178,10 +178,10 @@ def test_genotype_of_an_unfinished_or_failed_search_is_not_trained_silently(scri
     with pytest.raises(ValueError, match="stopped with an error"):
         train_script.main(["--output_dir", str(tmp_path / "out"), "--genotype", str(search)])
     (search / "search_summary.json").write_text(json.dumps({"steps": 4}))
-    from hf_revdarts.arguments import load_genotype
+    from hf_revdarts.training.run_config import load_genotype
 
-    assert load_genotype(str(search))[0]["encoder"] == [["ffn", "glu"]]
-    assert load_genotype(str(search / "genotype.json"))[0]["encoder"] == [["ffn", "glu"]]
+    assert load_genotype(str(search))[0].encoder == (("ffn", "glu"),)
+    assert load_genotype(str(search / "genotype.json"))[0].encoder == (("ffn", "glu"),)
     assert not (tmp_path / "out").exists()
 
 

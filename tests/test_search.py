@@ -23,18 +23,18 @@ from _helpers import (  # noqa: E402
     supernet_grads_reversible_vs_ordinary,
     tiny_search_config,
 )
-from hf_revdarts import RevDartsConfig, RevDartsForConditionalGeneration  # noqa: E402
-from hf_revdarts.configuration_revdarts import DECODER_OPS, ENCODER_OPS  # noqa: E402
-from hf_revdarts.data import (  # noqa: E402
+from hf_revdarts import Genotype, RevDartsConfig, RevDartsForConditionalGeneration  # noqa: E402
+from hf_revdarts.model.genotype import DECODER_OPS, ENCODER_OPS  # noqa: E402
+from hf_revdarts.model.reversible import _unique_params  # noqa: E402
+from hf_revdarts.search import Architect, CollapseGuard, RevDartsSupernet  # noqa: E402
+from hf_revdarts.search.architect import make_arch_optimizer  # noqa: E402
+from hf_revdarts.training.data import (  # noqa: E402
     BatchStream,
     load_parallel_text,
     pairs_from_dataset,
     shard,
     token_batches,
 )
-from hf_revdarts.reversible import _unique_params  # noqa: E402
-from hf_revdarts.search import Architect, CollapseGuard, RevDartsSupernet  # noqa: E402
-from hf_revdarts.search.architect import make_arch_optimizer  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 MULTI30K = Path(__file__).resolve().parents[2] / "shared" / "data" / "multi30k"
@@ -89,9 +89,9 @@ def test_contract_parameters_genotype_derive_config(tmp_path: Path) -> None:
         model.alpha_for("encoder", 1, 0)[ENCODER_OPS.index("glu")] = 5.0
         model.alpha_for("decoder", 0, 1)[DECODER_OPS.index("cross_attn")] = 5.0
     geno = model.genotype()
-    assert len(geno["encoder"]) == 2 and all(len(r) == 2 for r in geno["encoder"])
-    assert len(geno["decoder"]) == 2 and all(len(r) == 2 for r in geno["decoder"])
-    assert geno["encoder"][1][0] == "glu" and geno["decoder"][0][1] == "cross_attn"
+    assert len(geno.encoder) == 2 and all(len(r) == 2 for r in geno.encoder)
+    assert len(geno.decoder) == 2 and all(len(r) == 2 for r in geno.decoder)
+    assert geno.encoder[1][0] == "glu" and geno.decoder[0][1] == "cross_attn"
     out = model(**padded_batch(VOCAB))
     assert out.loss.isfinite() and out.logits.shape[-1] == VOCAB
     cfg = model.derive_config()
@@ -115,7 +115,7 @@ def test_return_dict_false_gives_the_same_values_as_a_tuple() -> None:
 def test_custom_search_space_and_errors() -> None:
     model = RevDartsSupernet(tiny(layers=1), encoder_ops=["ffn", "identity"], decoder_ops=["self_attn", "zero"])
     assert [tuple(a.shape) for a in model.arch_parameters()] == [(2,), (2,), (2,), (2,)]
-    assert model.genotype()["encoder"][0][0] in ("ffn", "identity")
+    assert model.genotype().encoder[0][0] in ("ffn", "identity")
     with pytest.raises(ValueError, match="conv_4"):
         RevDartsSupernet(tiny(layers=1), encoder_ops=["ffn", "conv_4"])
     with pytest.raises(ValueError, match="cross_attn"):
@@ -373,7 +373,7 @@ def test_sigkill_and_resume_reaches_same_alpha_and_genotype(tmp_path: Path) -> N
     assert [h["step"] for h in hist] == [0, 3, 6]
     assert hist[-1]["entropy"] < hist[0]["entropy"], "α must move away from uniform"
     cfg = RevDartsConfig.from_pretrained(tmp_path / "full" / "derived_config")
-    assert cfg.get_genotype() == json.loads((tmp_path / "full" / "genotype.json").read_text())
+    assert cfg.get_genotype() == Genotype.load(tmp_path / "full" / "genotype.json")
     supernet = RevDartsSupernet.from_pretrained(tmp_path / "resumed" / "supernet")
     assert {n: a.tolist() for n, a in supernet.named_arch_parameters()} == b, "the supernet folder holds the final α"
     assert not list((tmp_path / "resumed").glob(".tmp-*"))

@@ -15,8 +15,8 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(__file__))
 from _helpers import grad_errors, padded_batch, set_reversible, tiny_search_config  # noqa: E402
-from hf_revdarts import RevDartsConfig, RevDartsForConditionalGeneration  # noqa: E402
-from hf_revdarts.modeling_revdarts import shift_tokens_right  # noqa: E402
+from hf_revdarts import Genotype, RevDartsConfig, RevDartsForConditionalGeneration  # noqa: E402
+from hf_revdarts.model.modeling_revdarts import shift_tokens_right  # noqa: E402
 from hf_revdarts.search import (  # noqa: E402
     Architect,
     CollapseGuard,
@@ -116,18 +116,18 @@ def test_genotype_never_derives_zero_unless_it_is_alone() -> None:
     set_alpha(model, "decoder.p1.s1", "zero", 5.0)
     set_alpha(model, "decoder.p1.s1", "conv_7", 0.5)
     geno = model.genotype()
-    assert geno["encoder"][0][0] == "glu" and geno["decoder"][1][1] == "conv_7"
-    assert all(op != "zero" for side in geno.values() for row in side for op in row)
+    assert geno.encoder[0][0] == "glu" and geno.decoder[1][1] == "conv_7"
+    assert all(op != "zero" for *_, op in geno.nodes())
     raw = model.genotype(exclude=())
-    assert raw["encoder"][0][0] == "zero" and raw["decoder"][1][1] == "zero"
+    assert raw.encoder[0][0] == "zero" and raw.decoder[1][1] == "zero"
     assert model.derive_config().get_genotype() == geno
     assert model.derive_config(genotype=raw).get_genotype() == raw
     assert select_genotype(model).genotype == geno
     set_alpha(model, "encoder.p1.s1", "identity", 4.0)
-    assert model.genotype(exclude=("zero", "identity"))["encoder"][1][1] != "identity"
+    assert model.genotype(exclude=("zero", "identity")).encoder[1][1] != "identity"
     # a space with nothing but zero can only derive zero
     only = RevDartsSupernet(tiny(layers=1), encoder_ops=["zero"], decoder_ops=["zero"])
-    assert only.genotype() == {"encoder": [["zero", "zero"]], "decoder": [["zero", "zero"]]}
+    assert only.genotype() == Genotype.from_dict({"encoder": [["zero", "zero"]], "decoder": [["zero", "zero"]]})
 
 
 def test_perturbation_selection_picks_the_op_whose_removal_hurts() -> None:
@@ -305,7 +305,7 @@ def ka_search(freeze_alpha: bool, steps: int = 150, seed: int = 0) -> RevDartsSu
 def search_decided(net: RevDartsSupernet) -> bool:
     """The derived op of the node that matters can solve the task, and α clearly prefers it: at least
     0.5 of the softmax mass (uniform over the 3 ops is 0.33), so a lucky argmax of untrained α fails."""
-    op = net.genotype()["decoder"][0][0]
+    op = net.genotype().decoder[0][0]
     weight = net.arch_weights()["decoder.p0.s0"][KA_OPS.index(op)]
     return op in SOLVES and weight >= 0.5
 

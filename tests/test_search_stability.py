@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from hf_revdarts.configuration_revdarts import DECODER_OPS, ENCODER_OPS
+from hf_revdarts.model.genotype import DECODER_OPS, ENCODER_OPS
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -7,7 +7,7 @@ import random
 import pytest
 import sacrebleu
 
-from hf_revdarts.significance import bleu_two_ways, paired_bootstrap
+from hf_revdarts.evaluation.significance import bleu_two_ways, paired_bootstrap
 
 REFS = [f"The {w} dog runs across the green field number {i}." for i, w in
         enumerate(["black", "brown", "small", "large", "happy", "old", "young", "white"] * 25)]

@@ -13,8 +13,9 @@ import pytest
 import torch
 
 from _helpers import load_script
-from hf_revdarts.arguments import ModelArguments, build_config, load_genotype
-from hf_revdarts.evaluation import load_model_folder
+from hf_revdarts.evaluation.translation import load_model_folder
+from hf_revdarts.training.arguments import ModelArguments
+from hf_revdarts.training.run_config import build_config, load_genotype
 
 REPO = Path(__file__).resolve().parents[1]
 evaluate_script = load_script("evaluate")
@@ -114,7 +115,7 @@ def test_evaluate_reports_sacrebleu_with_signature(evaluated):
 
 
 def test_translate_passes_length_penalty_to_beam_search(trained):
-    from hf_revdarts.evaluation import translate
+    from hf_revdarts.evaluation.translation import translate
 
     model, tok = load_model_folder(trained / "best")
     seen = []
@@ -160,7 +161,7 @@ def test_averaging_flags_are_refused_before_any_work(data, tmp_path):
 
 
 def test_time_budget_alone_is_not_capped_by_the_default_steps(monkeypatch):
-    from hf_revdarts import training_utils
+    from hf_revdarts.training import training_utils
 
     parse = train_script.parse_train_args
     assert parse(["--output_dir", "o"]).run.max_steps == train_script.DEFAULT_MAX_STEPS == 1000
@@ -294,7 +295,7 @@ def test_bad_model_folders_are_clear_errors(trained, tmp_path):
         load_model_folder(corrupt)
     mismatch = tmp_path / "mismatch"
     shutil.copytree(best, mismatch)
-    from hf_revdarts.tokenization import save_tokenizer, train_tokenizer
+    from hf_revdarts.training.tokenization import save_tokenizer, train_tokenizer
 
     other = train_tokenizer((REPO / "samples" / "en-de" / "train.en").read_text().splitlines(), vocab_size=120)
     save_tokenizer(other, mismatch)

@@ -21,10 +21,10 @@ from typing import Any
 
 import torch
 
-from hf_revdarts.arguments import DatasetArguments, parse_args
-from hf_revdarts.evaluation import evaluate_translation, load_model_folder
-from hf_revdarts.integrity import fingerprint_model_folder
-from hf_revdarts.training_utils import atomic_write_json, load_split, remove_stale_temporaries
+from hf_revdarts.evaluation.translation import evaluate_translation, load_model_folder
+from hf_revdarts.training.arguments import DatasetArguments, parse_args
+from hf_revdarts.training.training_utils import atomic_write_json, load_split, remove_stale_temporaries
+from hf_revdarts.utils.integrity import fingerprint_model_folder
 
 
 @dataclass

@@ -22,7 +22,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from hf_revdarts.arguments import SAMPLE_DATA, parse_args
+from hf_revdarts.training.arguments import SAMPLE_DATA, parse_args
 
 HERE = Path(__file__).resolve().parent
 CONFIGS = HERE.parent / "configs"

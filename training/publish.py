@@ -25,14 +25,14 @@ from typing import Any
 
 from huggingface_hub import HfApi
 
-from hf_revdarts.arguments import parse_args
-from hf_revdarts.data import load_parallel_text
-from hf_revdarts.evaluation import load_model_folder, translate
-from hf_revdarts.guards import assert_finite_state
-from hf_revdarts.integrity import check_fingerprint, fingerprint_model_folder
+from hf_revdarts.evaluation.translation import load_model_folder, translate
 from hf_revdarts.search.visualize import plot_genotype
-from hf_revdarts.tokenization import save_tokenizer
-from hf_revdarts.training_utils import atomic_folder, atomic_write_json, remove_stale_temporaries
+from hf_revdarts.training.arguments import parse_args
+from hf_revdarts.training.data import load_parallel_text
+from hf_revdarts.training.tokenization import save_tokenizer
+from hf_revdarts.training.training_utils import atomic_folder, atomic_write_json, remove_stale_temporaries
+from hf_revdarts.utils.guards import assert_finite_state
+from hf_revdarts.utils.integrity import check_fingerprint, fingerprint_model_folder
 
 logger = logging.getLogger("revdarts.publish")
 REPO = Path(__file__).resolve().parents[1]

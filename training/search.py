@@ -30,29 +30,31 @@ from typing import Any
 import torch
 from accelerate.logging import get_logger
 
-from hf_revdarts.arguments import (
-    SHARED_ARGUMENTS,
-    DataArguments,
-    DatasetArguments,
-    MemorySetup,
-    ModelArguments,
-    RunArguments,
-    SearchArguments,
-    build_config,
-    check_memory_budget,
-    loggable_arguments,
-    memory_report,
-    parse_args,
-    plan_run_memory,
-)
-from hf_revdarts.guards import NonFiniteError
 from hf_revdarts.memory import apply_memory_mode
-from hf_revdarts.search import Architect, CollapseGuard, RevDartsSupernet, validate_search_space
+from hf_revdarts.model.genotype import Genotype, validate_search_space
+from hf_revdarts.search import Architect, CollapseGuard, RevDartsSupernet
 from hf_revdarts.search.architect import arch_lr_for_steps, make_arch_optimizer, make_weight_optimizer
 from hf_revdarts.search.selection import select_genotype
 from hf_revdarts.search.visualize import plot_decisiveness, plot_genotype, plot_heatmap
-from hf_revdarts.tokenization import load_tokenizer
-from hf_revdarts.training_utils import (
+from hf_revdarts.training.arguments import (
+    SHARED_ARGUMENTS,
+    DataArguments,
+    DatasetArguments,
+    ModelArguments,
+    RunArguments,
+    SearchArguments,
+    loggable_arguments,
+    parse_args,
+)
+from hf_revdarts.training.run_config import (
+    MemorySetup,
+    build_config,
+    check_memory_budget,
+    memory_report,
+    plan_run_memory,
+)
+from hf_revdarts.training.tokenization import load_tokenizer
+from hf_revdarts.training.training_utils import (
     TrainState,
     atomic_folder,
     atomic_write_json,
@@ -76,6 +78,7 @@ from hf_revdarts.training_utils import (
     start_run,
     unscaled_backward,
 )
+from hf_revdarts.utils.guards import NonFiniteError
 
 logger = get_logger("revdarts.search")
 
@@ -302,7 +305,7 @@ def evaluate(s: Search) -> bool:
         "step": s.state.step,
         "val_loss": val_loss,
         "softmax": s.supernet.arch_weights(),
-        "genotype": s.supernet.genotype(),
+        "genotype": s.supernet.genotype().to_dict(),
         "op_counts": stats["op_counts"],
         "param_free_share": stats["param_free_share"],
         "mean_top_weight": stats["mean_top_weight"],
@@ -317,11 +320,11 @@ def evaluate(s: Search) -> bool:
 
 
 # ---------------------------------------------------------------- outputs -----------------------------------
-def write_outputs(s: Search, final: bool, genotype: dict[str, list[list[str]]] | None = None) -> None:
+def write_outputs(s: Search, final: bool, genotype: Genotype | None = None) -> None:
     """genotype.json (argmax while running, the --selection's at the end) and alpha_history.json; at the end
     also the derived config, the supernet and figures."""
     out, genotype = s.output_dir, genotype or s.supernet.genotype()
-    atomic_write_json(out / "genotype.json", genotype)
+    atomic_write_json(out / "genotype.json", genotype.to_dict())
     atomic_write_json(out / "alpha_history.json", s.state.history, indent=None)
     if not final:
         return
@@ -350,7 +353,7 @@ def write_final_outputs(s: Search) -> None:
     atomic_write_json(s.output_dir / "arch_parameters.json", alphas, indent=None)
     s.supernet.prune_ops(0.0)  # the derivations see every op (DARTS-PT removes each in turn)
     selections = select(s)
-    genotype = selections[s.args.search.selection]["genotype"]
+    genotype = Genotype.from_dict(selections[s.args.search.selection]["genotype"])
     atomic_write_json(s.output_dir / "selection.json", selections)
     write_outputs(s, final=True, genotype=genotype)
     first, last = s.state.history[0], s.state.history[-1]
@@ -367,7 +370,7 @@ def write_final_outputs(s: Search) -> None:
         "arch_lr": arch_lr(s.args),
         "mean_top_weight": last["mean_top_weight"],
         "selection": s.args.search.selection,
-        "genotype": genotype,
+        "genotype": genotype.to_dict(),
         "genotypes": {method: sel["genotype"] for method, sel in selections.items()},
         "non_finite_steps_skipped": s.state.skipped_steps(),
         "prune_below": s.args.search.prune_below,

@@ -37,29 +37,30 @@ import torch
 from accelerate.logging import get_logger
 
 from hf_revdarts import RevDartsForConditionalGeneration
-from hf_revdarts.arguments import (
+from hf_revdarts.evaluation.translation import bleu_and_chrf, translate
+from hf_revdarts.memory import apply_memory_mode
+from hf_revdarts.model.genotype import Genotype
+from hf_revdarts.training.arguments import (
     SHARED_ARGUMENTS,
     DataArguments,
     DatasetArguments,
-    MemorySetup,
     ModelArguments,
     RunArguments,
     TrainArguments,
+    loggable_arguments,
+    parse_args,
+)
+from hf_revdarts.training.averaging import latest_checkpoints, load_averaged_weights
+from hf_revdarts.training.run_config import (
+    MemorySetup,
     build_config,
     check_memory_budget,
     load_genotype,
-    loggable_arguments,
     memory_report,
-    parse_args,
     plan_run_memory,
 )
-from hf_revdarts.averaging import latest_checkpoints, load_averaged_weights
-from hf_revdarts.evaluation import bleu_and_chrf, translate
-from hf_revdarts.guards import NonFiniteError, assert_finite_state
-from hf_revdarts.integrity import complete_checkpoints
-from hf_revdarts.memory import apply_memory_mode
-from hf_revdarts.tokenization import load_tokenizer, save_tokenizer
-from hf_revdarts.training_utils import (
+from hf_revdarts.training.tokenization import load_tokenizer, save_tokenizer
+from hf_revdarts.training.training_utils import (
     TrainState,
     atomic_folder,
     atomic_write_json,
@@ -82,6 +83,8 @@ from hf_revdarts.training_utils import (
     shutdown,
     start_run,
 )
+from hf_revdarts.utils.guards import NonFiniteError, assert_finite_state
+from hf_revdarts.utils.integrity import complete_checkpoints
 
 logger = get_logger("revdarts.train")
 DEFAULT_MAX_STEPS = 1000  # the update budget when neither --max_steps nor --time_budget_minutes is given
@@ -100,7 +103,7 @@ class TrainArgs:
 class Inputs:
     """What the checks found: the genotype, the texts, where the tokenizer comes from, the checkpoint."""
 
-    genotype: dict[str, list[list[str]]] | None
+    genotype: Genotype | None
     train: tuple[list[str], list[str]]
     eval: tuple[list[str], list[str]]
     tokenizer_source: Path | None
@@ -218,7 +221,7 @@ def setup(args: TrainArgs, inputs: Inputs) -> Training:
     logger.info(f"budget: {budget_text(args)}", main_process_only=True)
     logger.info(
         f"model: {sum(p.numel() for p in unwrapped.parameters()) / 1e6:.2f}M parameters, genotype "
-        f"{config.get_genotype()}, {len(streams['train'])} batches per "
+        f"{config.get_genotype().to_dict()}, {len(streams['train'])} batches per "
         f"epoch and process; {run_environment(accelerator)}",
         main_process_only=True,
     )
@@ -341,7 +344,7 @@ def write_summary(t: Training, error: str | None = None) -> None:
         "stopped_by_time_budget": t.state.stopped_early,
         "budget": {"max_steps": t.args.run.max_steps, "time_budget_minutes": t.args.train.time_budget_minutes},
         "parameters": sum(p.numel() for p in t.unwrapped.parameters()),
-        "genotype": t.unwrapped.config.get_genotype(),
+        "genotype": t.unwrapped.config.get_genotype().to_dict(),
         "best": t.state.best,
         "averaged": t.averaged,
         "history": t.state.history,

@@ -40,7 +40,7 @@ from typing import Any
 
 import torch
 
-from ..configuration_revdarts import DECODER_OPS, ENCODER_OPS, RevDartsConfig
+from ..model.configuration_revdarts import DECODER_OPS, ENCODER_OPS, RevDartsConfig
 
 # Fastest first: the planner takes the first mode that fits.
 MEMORY_MODES: tuple[str, ...] = ("ordinary", "hybrid", "checkpoint", "reversible")
@@ -328,7 +328,7 @@ def estimate_memory(
         raise ValueError(f"keep_layers={keep!r} must be an integer >= 0")
     keep = keep if mode == "hybrid" else 0
     if supernet:
-        from ..search.supernet import validate_search_space
+        from ..model.genotype import validate_search_space
 
         encoder_ops = validate_search_space(encoder_ops, "encoder")
         decoder_ops = validate_search_space(decoder_ops, "decoder")

@@ -16,7 +16,7 @@ from typing import Any
 
 from torch import nn
 
-from ..configuration_revdarts import RevDartsConfig
+from ..model.configuration_revdarts import RevDartsConfig
 from .estimate import MEMORY_MODES, MemoryEstimate, _check_mode, estimate_memory, format_bytes
 
 logger = logging.getLogger(__name__)
@@ -182,7 +182,7 @@ def plan_memory(
 def apply_memory_mode(model: nn.Module, mode: str, keep_layers: int = 0) -> None:
     """Switch a built model or supernet to ``mode`` (its config fields follow, so a saved config says how it
     was trained)."""
-    from ..reversible import ReversibleStack
+    from ..model.reversible import ReversibleStack
 
     _check_mode(mode)
     if not isinstance(keep_layers, int) or keep_layers < 0:

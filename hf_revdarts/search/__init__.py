@@ -8,7 +8,7 @@ from .architect import (
     arch_lr_for_steps,
 )
 from .selection import Selection, perturbation_selection, select_genotype
-from .supernet import MixedSplit, RevDartsSupernet, validate_search_space
+from .supernet import MixedSplit, RevDartsSupernet
 
 __all__ = [
     "Architect",
@@ -21,5 +21,4 @@ __all__ = [
     "arch_lr_for_steps",
     "perturbation_selection",
     "select_genotype",
-    "validate_search_space",
 ]

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -79,17 +78,6 @@ def make_arch_optimizer(
     the encoder α stayed uniform (top weight 0.079 vs 1/13 = 0.077) while the decoder's moved.
     """
     return torch.optim.AdamW(supernet.arch_parameters(), lr=lr, betas=betas, weight_decay=weight_decay)
-
-
-def inverse_sqrt_schedule(optimizer: torch.optim.Optimizer, warmup_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
-    """Linear warm-up to the optimiser's lr over ``warmup_steps``, then decay ∝ 1/sqrt(step)."""
-    warmup = max(1, int(warmup_steps))
-
-    def factor(step: int) -> float:
-        step = step + 1  # LambdaLR calls with 0 first; step 1 must already train
-        return min(step / warmup, math.sqrt(warmup / step))
-
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
 class CollapseStop(RuntimeError):

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from ..model.genotype import Genotype
 from .supernet import RevDartsSupernet
 
 logger = logging.getLogger(__name__)
@@ -42,12 +43,12 @@ class Selection:
     """
 
     method: str
-    genotype: dict[str, list[list[str]]]
+    genotype: Genotype
     base_loss: float | None = None
     loss_increase: dict[str, dict[str, float]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"method": self.method, "genotype": self.genotype, "base_loss": self.base_loss,
+        return {"method": self.method, "genotype": self.genotype.to_dict(), "base_loss": self.base_loss,
                 "loss_increase": self.loss_increase}
 
 
@@ -149,7 +150,7 @@ def perturbation_selection(
 
 def _genotype_from_choices(
     supernet: RevDartsSupernet, choice: dict[tuple[str, int, int], str]
-) -> dict[str, list[list[str]]]:
+) -> Genotype:
     cfg, tie = supernet.config, supernet.tie_blocks
     out: dict[str, list[list[str]]] = {}
     for side, layers, searched in (
@@ -157,7 +158,7 @@ def _genotype_from_choices(
         ("decoder", cfg.decoder_layers, cfg.decoder_splits - 1),
     ):
         out[side] = [[choice[(side, i % tie if tie else i, k)] for k in range(searched)] for i in range(layers)]
-    return out
+    return Genotype.from_dict(out)
 
 
 def select_genotype(

@@ -29,33 +29,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..configuration_revdarts import DECODER_OPS, ENCODER_OPS, RevDartsConfig
-from ..modeling_revdarts import RevDartsForConditionalGeneration
-from ..ops import OpContext, SplitFunction, WrappedOp, pool
+from ..model.configuration_revdarts import RevDartsConfig
+from ..model.genotype import Genotype, validate_search_space
+from ..model.modeling_revdarts import RevDartsForConditionalGeneration
+from ..model.ops import OpContext, SplitFunction, WrappedOp, pool
 
 logger = logging.getLogger(__name__)
 
 # Ops with no parameters that DARTS is known to collapse onto (the "skip-connection" failure mode).
 PARAMETER_FREE_OPS: tuple[str, ...] = ("identity", "zero")
-
-
-def validate_search_space(ops: Sequence[str] | None, side: str) -> tuple[str, ...]:
-    """The candidate list of one side; ``None`` gives the full space. Raises ``ValueError`` naming a bad op."""
-    allowed = ENCODER_OPS if side == "encoder" else DECODER_OPS
-    if ops is None:
-        return tuple(allowed)
-    ops = tuple(ops)
-    if not ops:
-        raise ValueError(f"the {side} search space is empty; give at least one op from: {', '.join(allowed)}")
-    for name in ops:
-        if name not in allowed:
-            hint = " ('cross_attn' exists only in the decoder)" if name == "cross_attn" else ""
-            raise ValueError(
-                f"unknown op {name!r} in the {side} search space{hint}; valid {side} ops: {', '.join(allowed)}"
-            )
-    if len(set(ops)) != len(ops):
-        raise ValueError(f"the {side} search space lists an op twice: {list(ops)}")
-    return ops
 
 
 def _with_search_overrides(
@@ -351,9 +333,8 @@ class RevDartsSupernet(RevDartsForConditionalGeneration):
         return skipped
 
     @torch.no_grad()
-    def genotype(self, exclude: Sequence[str] = ("zero",)) -> dict[str, list[list[str]]]:
-        """argmax of α per node over the ops not in ``exclude``:
-        ``{"encoder": [[op]*encoder_splits]*L, "decoder": [[op]*(splits-1)]*M}``.
+    def genotype(self, exclude: Sequence[str] = ("zero",)) -> Genotype:
+        """argmax of α per node over the ops not in ``exclude``.
 
         As in DARTS (quark0/darts ``genotype()``), ``zero`` is never derived: a split of zero only passes
         its input through, and zero's weight is underdetermined (it just scales the others' sum). When
@@ -370,15 +351,15 @@ class RevDartsSupernet(RevDartsForConditionalGeneration):
                 [names[best_op(self.alpha_for(side, i, k), names, exclude)] for k in range(searched)]
                 for i in range(layers)
             ]
-        return out
+        return Genotype.from_dict(out)
 
-    def derive_config(self, genotype: dict[str, list[list[str]]] | None = None, **overrides: Any) -> RevDartsConfig:
+    def derive_config(self, genotype: Genotype | None = None, **overrides: Any) -> RevDartsConfig:
         """A ``RevDartsConfig`` with this supernet's sizes and ``genotype`` (default: ``self.genotype()``,
         e.g. ``select_genotype(self, "perturbation", batches).genotype``), plus config ``overrides``."""
-        geno = self.genotype() if genotype is None else genotype
+        geno = self.genotype() if genotype is None else Genotype.from_dict(genotype)
         data = self.config.to_dict()
         for key in ("model_type", "transformers_version", "architectures", "auto_map"):
             data.pop(key, None)
-        data.update(encoder_genotype=geno["encoder"], decoder_genotype=geno["decoder"])
+        data.update(encoder_genotype=geno.to_dict()["encoder"], decoder_genotype=geno.to_dict()["decoder"])
         data.update(overrides)
         return RevDartsConfig(**data)

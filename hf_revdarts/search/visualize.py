@@ -11,7 +11,8 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
-from ..training_utils import atomic_savefig
+from ..model.genotype import Genotype
+from ..utils.atomic import atomic_savefig
 
 # α-node names are "<side>.p<position>.s<split>"; the side picks the op list of that node.
 Snapshot = dict[str, Any]
@@ -94,10 +95,11 @@ def plot_decisiveness(history: Sequence[Snapshot], path: str | os.PathLike) -> N
     plt.close(fig)
 
 
-def plot_genotype(genotype: dict[str, list[list[str]]], path: str | os.PathLike) -> None:
+def plot_genotype(genotype: Genotype, path: str | os.PathLike) -> None:
     """The derived layers as boxes: encoder left, decoder right (with its fixed cross-attention split)."""
     plt = _pyplot()
-    enc, dec = genotype["encoder"], [row + ["cross_attn*"] for row in genotype["decoder"]]
+    genotype = Genotype.from_dict(genotype)
+    enc, dec = [list(row) for row in genotype.encoder], [list(row) + ["cross_attn*"] for row in genotype.decoder]
     height = max(len(enc), len(dec))
     fig, ax = plt.subplots(figsize=(8, 1.0 + 0.7 * height))
     for x0, side, rows in ((0.0, "encoder", enc), (4.5, "decoder", dec)):

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from .integrity import complete_checkpoints
+from ..utils.integrity import complete_checkpoints
 
 logger = logging.getLogger(__name__)
 

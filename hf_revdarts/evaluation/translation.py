@@ -25,7 +25,7 @@ def load_model_folder(folder: str | os.PathLike) -> tuple[torch.nn.Module, Any]:
     from safetensors import safe_open
     from transformers import AutoConfig, AutoModelForSeq2SeqLM, AutoTokenizer
 
-    import hf_revdarts  # noqa: F401  (registers the revdarts model type)
+    import hf_revdarts.model  # noqa: F401  (registers the revdarts model type)
 
     folder = Path(folder)
     if not (folder / "config.json").is_file():

@@ -19,7 +19,8 @@ from typing import Any
 
 import torch
 
-from .atomic import (
+from ..memory import StepMemoryMeter
+from ..utils.atomic import (
     atomic_folder,
     atomic_savefig,
     atomic_write_json,
@@ -27,14 +28,9 @@ from .atomic import (
     give_umask_modes,
     remove_stale_temporaries,
 )
-from .guards import NonFiniteError, NonFiniteGuard, finite_json_dumps, non_finite_tensors
-from .integrity import CheckpointError, complete_checkpoints, load_state_checked, verify_checkpoint
-from .memory import StepMemoryMeter
-
-# transformers.get_inverse_sqrt_schedule starts at lr 0 (the first step would not train) and decays over a
-# separate timescale; ours reaches peak/warmup at step 1 and decays as sqrt(warmup/step). One definition,
-# beside the DARTS optimisers; re-exported here for the training loop.
-from .search.architect import inverse_sqrt_schedule
+from ..utils.guards import NonFiniteError, NonFiniteGuard, finite_json_dumps, non_finite_tensors
+from ..utils.integrity import CheckpointError, complete_checkpoints, load_state_checked, verify_checkpoint
+from ..utils.schedules import inverse_sqrt_schedule
 
 logger = logging.getLogger(__name__)
 

@@ -1,6 +1,7 @@
 """RevDarts configuration: model sizes, the reversible split layout and the genotype.
 
-This file is copied next to saved models (``trust_remote_code``), so it imports nothing from hf_revdarts.
+This file is copied next to saved models (``trust_remote_code``), so it imports only its neighbours in
+``hf_revdarts/model`` (which travel with it).
 """
 
 from __future__ import annotations
@@ -9,84 +10,9 @@ from typing import Any
 
 from transformers import PretrainedConfig
 
-# Canonical candidate-op names. The order is the order of the α vector in the supernet.
-ENCODER_OPS: tuple[str, ...] = (
-    "conv_3",
-    "conv_5",
-    "conv_7",
-    "conv_11",
-    "dynconv_3",
-    "dynconv_7",
-    "dynconv_11",
-    "dynconv_15",
-    "self_attn",
-    "glu",
-    "ffn",
-    "identity",
-    "zero",
-)
-DECODER_OPS: tuple[str, ...] = ENCODER_OPS + ("cross_attn",)
+from .genotype import DECODER_OPS, ENCODER_OPS, Genotype, validate_genotype, validate_search_ops
+
 POOLINGS: tuple[str, ...] = ("max", "avg")
-
-# The vanilla Transformer expressed as a genotype: one split attends, the other is a feed-forward.
-STANDARD_ENCODER_LAYER: list[str] = ["self_attn", "ffn"]
-STANDARD_DECODER_LAYER: list[str] = ["self_attn", "ffn"]
-
-
-def standard_genotype(encoder_layers: int, decoder_layers: int, decoder_splits: int = 3) -> dict[str, list]:
-    """The self_attn/ffn genotype (the Transformer baseline) for the given depths."""
-    dec = (STANDARD_DECODER_LAYER * decoder_splits)[: decoder_splits - 1]
-    return {
-        "encoder": [list(STANDARD_ENCODER_LAYER) for _ in range(encoder_layers)],
-        "decoder": [list(dec) for _ in range(decoder_layers)],
-    }
-
-
-def validate_genotype(genotype: Any, num_layers: int, names_per_layer: int, allowed: tuple[str, ...], side: str) -> None:
-    """Raise ``ValueError`` naming the problem when ``genotype`` is not ``num_layers`` lists of op names."""
-    field = f"{side}_genotype"
-    if not isinstance(genotype, (list, tuple)):
-        raise ValueError(f"{field} must be a list with one list of op names per layer, got {type(genotype).__name__}")
-    if num_layers < 1:
-        raise ValueError(f"{side}_layers={num_layers}: the {side} needs at least one layer")
-    if not genotype:
-        raise ValueError(f"{field} is empty: give one list of {names_per_layer} op names per {side} layer")
-    if len(genotype) != num_layers:
-        raise ValueError(
-            f"{field} has {len(genotype)} layers but {side}_layers={num_layers}: give one entry per layer "
-            f"or change {side}_layers"
-        )
-    for i, layer in enumerate(genotype):
-        if not isinstance(layer, (list, tuple)) or len(layer) != names_per_layer:
-            got = len(layer) if isinstance(layer, (list, tuple)) else type(layer).__name__
-            raise ValueError(
-                f"{field}[{i}] must list {names_per_layer} op names (one per searchable split of the {side}), got {got}"
-            )
-        for name in layer:
-            if name not in allowed:
-                if side == "encoder" and name == "cross_attn":
-                    raise ValueError(
-                        f"{field}[{i}] uses 'cross_attn', which only exists in the decoder (the encoder has no "
-                        "encoder output to attend to); pick another op"
-                    )
-                raise ValueError(f"{field}[{i}] has unknown op {name!r}; valid {side} ops: {', '.join(allowed)}")
-
-
-def validate_search_ops(ops: Any, allowed: tuple[str, ...], side: str) -> None:
-    """Raise ``ValueError`` naming ``search_{side}_ops`` when it is not ``None`` or distinct op names of ``allowed``."""
-    field = f"search_{side}_ops"
-    if ops is None:
-        return
-    if not isinstance(ops, (list, tuple)) or not all(isinstance(name, str) for name in ops):
-        raise ValueError(f"{field} must be a list of op names (or None for all {side} ops), got {ops!r}")
-    if not ops:
-        raise ValueError(f"{field} is empty: the {side} search space needs at least one op from: {', '.join(allowed)}")
-    for name in ops:
-        if name not in allowed:
-            hint = " ('cross_attn' exists only in the decoder)" if name == "cross_attn" else ""
-            raise ValueError(f"{field} has unknown op {name!r}{hint}; valid {side} ops: {', '.join(allowed)}")
-    if len(set(ops)) != len(ops):
-        raise ValueError(f"{field} lists an op twice: {list(ops)}")
 
 
 def validate_sizes(config: Any) -> None:
@@ -262,7 +188,7 @@ class RevDartsConfig(PretrainedConfig):
         self.reversible_exact_every = reversible_exact_every
         self.reversible_keep_layers = reversible_keep_layers
         self.label_smoothing = label_smoothing
-        std = standard_genotype(encoder_layers, decoder_layers, decoder_splits)
+        std = Genotype.standard(max(1, encoder_layers), max(1, decoder_layers), max(2, decoder_splits)).to_dict()
         self.encoder_genotype = [list(x) for x in encoder_genotype] if encoder_genotype is not None else std["encoder"]
         self.decoder_genotype = [list(x) for x in decoder_genotype] if decoder_genotype is not None else std["decoder"]
         self.search_encoder_ops = list(search_encoder_ops) if search_encoder_ops is not None else None
@@ -282,9 +208,9 @@ class RevDartsConfig(PretrainedConfig):
         )
         self.validate_revdarts()
 
-    def get_genotype(self) -> dict[str, list[list[str]]]:
-        """The genotype in the form ``RevDartsSupernet.genotype()`` returns."""
-        return {"encoder": [list(x) for x in self.encoder_genotype], "decoder": [list(x) for x in self.decoder_genotype]}
+    def get_genotype(self) -> Genotype:
+        """The genotype of the layers (what ``RevDartsSupernet.genotype()`` derives)."""
+        return Genotype(encoder=self.encoder_genotype, decoder=self.decoder_genotype)
 
     def validate_revdarts(self) -> None:
         """Check sizes and genotype; every message says which field to change."""
