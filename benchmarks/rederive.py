@@ -11,7 +11,6 @@ Writes ``<search>/selection_<method>.json`` (the genotype and, for perturbation,
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 from pathlib import Path
@@ -24,6 +23,7 @@ from hf_revdarts.search import RevDartsSupernet  # noqa: E402
 from hf_revdarts.search.selection import METHODS, select_genotype  # noqa: E402
 from hf_revdarts.training.data import BatchStream, load_parallel_text, tokenize_pairs  # noqa: E402
 from hf_revdarts.training.tokenization import load_tokenizer  # noqa: E402
+from hf_revdarts.utils.atomic import atomic_write_json  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -53,8 +53,8 @@ def main(argv: list[str] | None = None) -> int:
     batches = [stream.next() for _ in range(min(a.eval_batches, len(stream)))]
     selection = select_genotype(supernet, a.selection, batches=batches, progress=True)
     out = a.search / f"selection_{a.selection}.json"
-    out.write_text(json.dumps(selection.to_dict(), indent=1) + "\n")
-    print(json.dumps(selection.genotype))
+    atomic_write_json(out, selection.to_dict())
+    print(selection.genotype.to_json())
     return 0
 
 

@@ -37,7 +37,8 @@ import torch
 from accelerate.logging import get_logger
 
 from hf_revdarts import RevDartsForConditionalGeneration
-from hf_revdarts.evaluation.translation import bleu_and_chrf, translate
+from hf_revdarts.evaluation.metric import bleu_and_chrf
+from hf_revdarts.evaluation.translation import translate
 from hf_revdarts.memory import apply_memory_mode
 from hf_revdarts.model.genotype import Genotype
 from hf_revdarts.training.arguments import (

@@ -29,20 +29,6 @@ def _check(hypotheses: Sequence[str], references: Sequence[str], what: str = "hy
         raise ValueError("no references: BLEU of an empty test set is undefined")
 
 
-def bleu_two_ways(hypotheses: Sequence[str], references: Sequence[str]) -> dict[str, Any]:
-    """Cased detokenised sacreBLEU (primary) and lowercased 13a BLEU, each with its sacreBLEU signature."""
-    from sacrebleu.metrics import BLEU
-
-    _check(hypotheses, references)
-    out: dict[str, Any] = {}
-    for key, metric in (("bleu", BLEU()), ("bleu_lowercase", BLEU(lowercase=True))):
-        score = metric.corpus_score(list(hypotheses), [list(references)])
-        out[key] = round(score.score, 2)
-        out[f"{key}_signature"] = str(metric.get_signature())
-        out[f"{key}_detail"] = str(score)
-    return out
-
-
 @dataclass
 class PairedBootstrap:
     """Result of a paired bootstrap test of system A against system B (B is the baseline)."""

@@ -1,8 +1,9 @@
 """Load a saved model folder, translate with ``generate`` and score with sacreBLEU (BLEU and chrF).
 
 Scores come from the ``sacrebleu`` library itself, with their signatures, so that they are comparable
-with published figures and need no download. BLEU is computed in one place, ``significance.bleu_two_ways``:
-cased detokenised (primary) and lowercased 13a (to compare with papers).
+with published figures and need no download. They are computed in one place, the ``evaluate`` module
+``sacrebleu_chrf.py`` (through ``metric.bleu_and_chrf``): BLEU cased detokenised (primary) and lowercased 13a
+(to compare with papers), and chrF.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from .metric import bleu_and_chrf
 
 logger = logging.getLogger(__name__)
 
@@ -100,24 +103,6 @@ def translate(
             out[i] = text.strip()
     model.train(was_training)
     return out
-
-
-def bleu_and_chrf(hypotheses: list[str], references: list[str]) -> dict[str, Any]:
-    """Corpus BLEU two ways (``bleu``: cased, 13a, the primary figure; ``bleu_lowercase``) and chrF, each with
-    its sacreBLEU signature."""
-    from sacrebleu.metrics import CHRF
-
-    from .significance import bleu_two_ways
-
-    scores = bleu_two_ways(hypotheses, references)
-    chrf = CHRF()
-    c = chrf.corpus_score(list(hypotheses), [list(references)])
-    return {
-        **scores,
-        "chrf": round(c.score, 2),
-        "chrf_signature": str(chrf.get_signature()),
-        "sentences": len(hypotheses),
-    }
 
 
 def evaluate_translation(

@@ -15,7 +15,6 @@ import json
 import os
 import random
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -145,33 +144,37 @@ def _candidates(ops: Sequence[str] | None, allowed: tuple[str, ...], exclude: Se
     return kept
 
 
-def _layers(value: Any) -> tuple[tuple[str, ...], ...]:
-    return tuple(tuple(layer) if isinstance(layer, (list, tuple)) else layer for layer in value)
+def _layers(value: Any) -> list[Any]:
+    return [list(layer) if isinstance(layer, (list, tuple)) else layer for layer in value]
 
 
-@dataclass(frozen=True)
-class Genotype:
+class Genotype(dict):
     """One op name per searchable split of every encoder and decoder layer.
 
-    Immutable and hashable, so genotypes can be compared, counted and used as keys (node agreement between
-    searches, de-duplicating random draws). ``validate`` checks it against a model's sizes; ``stack`` repeats
-    a searched block to a model's depth.
+    A ``dict`` in its JSON form, ``{"encoder": [[...]], "decoder": [[...]]}``, checked when it is made: it
+    serialises, compares and indexes like the plain dict that ``genotype.json`` files, run records and
+    ``RevDartsSupernet.genotype()`` callers rely on, and adds the operations on genotypes in one place.
+    ``validate`` checks it against a model's sizes; ``stack`` repeats a searched block to a model's depth.
     """
 
-    encoder: tuple[tuple[str, ...], ...]
-    decoder: tuple[tuple[str, ...], ...]
-
-    def __post_init__(self) -> None:
-        for side in SIDES:
-            value = getattr(self, side)
+    def __init__(self, encoder: Any, decoder: Any) -> None:
+        for side, value in (("encoder", encoder), ("decoder", decoder)):
             if not isinstance(value, (list, tuple)):
                 raise ValueError(f"the genotype's {side} must be a list of layers, got {type(value).__name__}")
-            object.__setattr__(self, side, _layers(value))
+        super().__init__(encoder=_layers(encoder), decoder=_layers(decoder))
         for side in SIDES:
-            layers = getattr(self, side)
+            layers = self[side]
             # The first layer sets the width the others must match; the messages name the field and the layer.
-            width = len(layers[0]) if layers and isinstance(layers[0], tuple) else 2
+            width = len(layers[0]) if layers and isinstance(layers[0], list) else 2
             validate_genotype(layers, max(1, len(layers)), width, side_ops(side), side)
+
+    @property
+    def encoder(self) -> list[list[str]]:
+        return self["encoder"]
+
+    @property
+    def decoder(self) -> list[list[str]]:
+        return self["decoder"]
 
     # ------------------------------------------------------------------ construction -------------------------
     @classmethod
@@ -206,8 +209,8 @@ class Genotype:
     @classmethod
     def standard(cls, encoder_layers: int, decoder_layers: int, decoder_splits: int = 3) -> Genotype:
         """The self_attn/ffn genotype (the Transformer baseline) for the given depths."""
-        decoder = (STANDARD_LAYER * decoder_splits)[: decoder_splits - 1]
-        return cls(encoder=(STANDARD_LAYER,) * encoder_layers, decoder=(decoder,) * decoder_layers)
+        decoder = list(STANDARD_LAYER * decoder_splits)[: decoder_splits - 1]
+        return cls(encoder=[list(STANDARD_LAYER)] * encoder_layers, decoder=[decoder] * decoder_layers)
 
     @classmethod
     def random(
@@ -250,20 +253,16 @@ class Genotype:
     # ------------------------------------------------------------------ use ----------------------------------
     def to_dict(self) -> dict[str, list[list[str]]]:
         """The JSON form (lists, as ``RevDartsConfig`` stores it)."""
-        return {side: [list(layer) for layer in getattr(self, side)] for side in SIDES}
+        return {side: [list(layer) for layer in self[side]] for side in SIDES}
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict())
-
-    def side(self, side: str) -> tuple[tuple[str, ...], ...]:
-        side_ops(side)
-        return getattr(self, side)
 
     def stack(self, encoder_layers: int | None = None, decoder_layers: int | None = None) -> Genotype:
         """Repeat each side's layers as a block to reach the given depth (the paper stacks its s=2 block)."""
         out = {}
         for side, depth in (("encoder", encoder_layers), ("decoder", decoder_layers)):
-            layers = getattr(self, side)
+            layers = self[side]
             if depth is None or depth == len(layers):
                 out[side] = layers
             elif depth % len(layers):
@@ -283,8 +282,7 @@ class Genotype:
 
     def nodes(self) -> list[tuple[str, int, int, str]]:
         """(side, layer, split, op) of every searchable node, in a fixed order."""
-        return [(side, i, k, op) for side in SIDES for i, layer in enumerate(getattr(self, side))
-                for k, op in enumerate(layer)]
+        return [(side, i, k, op) for side in SIDES for i, layer in enumerate(self[side]) for k, op in enumerate(layer)]
 
     def agreement(self, other: Genotype) -> float:
         """The share of nodes on which two genotypes of the same shape pick the same op."""
