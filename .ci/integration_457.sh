@@ -22,9 +22,9 @@ if [ -x "$MAIN_VENV/bin/python" ]; then
   OTHER="$(cd "$MAIN_VENV" && pwd)/bin/python"
 fi
 # All integration tests on 4.57 (with the 5.x venv present, one of them loads a 4.57-saved folder under 5.x).
-HF_REVDARTS_OTHER_PYTHON="$OTHER" "$VENV/bin/python" -m pytest -q tests/test_integration.py "$@"
+HF_REVDARTS_OTHER_PYTHON="$OTHER" "$VENV/bin/python" -m pytest -q tests/model/integration "$@"
 # The other direction: a folder saved under 5.x loads under 4.57.
 if [ -n "$OTHER" ]; then
-  HF_REVDARTS_OTHER_PYTHON="$(cd "$VENV" && pwd)/bin/python" "$OTHER" -m pytest -q tests/test_integration.py \
+  HF_REVDARTS_OTHER_PYTHON="$(cd "$VENV" && pwd)/bin/python" "$OTHER" -m pytest -q tests/model/integration \
     -k other_transformers_major "$@"
 fi

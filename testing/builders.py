@@ -1,11 +1,23 @@
-"""Shared builders for the tests: tiny configs whose genotypes exercise every candidate op."""
+"""Builders shared by the tests: tiny configs whose genotypes exercise every candidate op, small models, batches
+with padding, text files, and comparisons of gradients (reversible against ordinary autograd)."""
 
 from __future__ import annotations
 
+import gzip
+from pathlib import Path
+
 import torch
 
-from hf_revdarts import RevDartsConfig
+from hf_revdarts import RevDartsConfig, RevDartsForConditionalGeneration
 from hf_revdarts.model.genotype import DECODER_OPS, ENCODER_OPS
+
+# A few parallel sentences for tokenizers and data sets built inside a test.
+TEXT_EN = ["a man rides a bike", "two dogs play in the snow", "a girl reads a book"] * 4
+TEXT_DE = ["ein mann fährt rad", "zwei hunde spielen im schnee", "ein mädchen liest ein buch"] * 4
+
+# One op of every kind, for supernets that stay quick (the per-op tests cover every op).
+ONE_OP_PER_KIND = {"encoder_ops": ["conv_5", "dynconv_3", "self_attn", "glu", "ffn", "identity", "zero"],
+                   "decoder_ops": ["conv_3", "dynconv_7", "self_attn", "cross_attn", "ffn", "identity", "zero"]}
 
 
 def every_op_genotype(layers: int, offset: int = 0) -> tuple[list[list[str]], list[list[str]]]:
@@ -17,6 +29,7 @@ def every_op_genotype(layers: int, offset: int = 0) -> tuple[list[list[str]], li
 
 
 def tiny_config(layers: int = 2, d_model: int = 48, vocab_size: int = 60, **kw) -> RevDartsConfig:
+    """A small derived-model config with dropout everywhere and the op-cycling genotype of ``every_op_genotype``."""
     enc, dec = every_op_genotype(layers)
     defaults = dict(
         vocab_size=vocab_size,
@@ -35,6 +48,36 @@ def tiny_config(layers: int = 2, d_model: int = 48, vocab_size: int = 60, **kw) 
     return RevDartsConfig(**defaults)
 
 
+def every_op_config(vocab_size: int, **kw) -> RevDartsConfig:
+    """2 encoder layers; 7 decoder layers whose 14 searchable splits use every decoder op once (untied head)."""
+    dec_ops = list(DECODER_OPS)
+    dec = [dec_ops[2 * i : 2 * i + 2] for i in range(len(dec_ops) // 2)]
+    enc = [["self_attn", "dynconv_7"], ["conv_5", "ffn"]]
+    assert sorted(op for layer in dec for op in layer) == sorted(DECODER_OPS)
+    args = dict(
+        vocab_size=vocab_size,
+        d_model=48,
+        num_heads=2,
+        encoder_layers=len(enc),
+        decoder_layers=len(dec),
+        encoder_genotype=enc,
+        decoder_genotype=dec,
+        max_position_embeddings=64,
+        tie_word_embeddings=False,
+        dropout=0.1,
+    )
+    args.update(kw)
+    return RevDartsConfig(**args)
+
+
+def small_model(**kw) -> RevDartsForConditionalGeneration:
+    """A seeded one-layer model of ``tiny_config`` without dropout (``kw`` overrides its settings)."""
+    torch.manual_seed(0)
+    defaults = dict(layers=1, dropout=0.0, attention_dropout=0.0, activation_dropout=0.0)
+    defaults.update(kw)
+    return RevDartsForConditionalGeneration(tiny_config(**defaults))
+
+
 def tiny_search_config(layers: int = 2, dropout: float = 0.1, vocab_size: int = 200, **kw) -> RevDartsConfig:
     """A small config for supernets (no genotype: the supernet ignores it), every dropout at ``dropout``."""
     args = dict(
@@ -43,6 +86,26 @@ def tiny_search_config(layers: int = 2, dropout: float = 0.1, vocab_size: int = 
     )
     args.update(kw)
     return RevDartsConfig(**args)
+
+
+def write_lines(folder: Path, name: str, lines: list[str], gz: bool = False) -> None:
+    """``lines`` as the text file ``folder/name`` (``folder/name.gz`` with ``gz``), one per line."""
+    folder.mkdir(parents=True, exist_ok=True)
+    data = "".join(line + "\n" for line in lines)
+    if gz:
+        with gzip.open(folder / (name + ".gz"), "wt", encoding="utf-8") as f:
+            f.write(data)
+    else:
+        (folder / name).write_text(data, encoding="utf-8")
+
+
+def save_model_folder(model: torch.nn.Module, tokenizer, folder: Path) -> Path:
+    """The model and its tokenizer saved as one folder, as a trained model is published."""
+    from hf_revdarts.training.tokenization import save_tokenizer
+
+    model.save_pretrained(folder)
+    save_tokenizer(tokenizer, folder)
+    return folder
 
 
 def saved_tensor_bytes(stack: torch.nn.Module, x: torch.Tensor, *args) -> int:
@@ -78,6 +141,12 @@ def set_reversible(model: torch.nn.Module, reversible: bool) -> None:
             module.reversible = reversible
 
 
+def set_alpha(model: torch.nn.Module, node: str, op: str, value: float) -> None:
+    """Set one α logit of a supernet: the one of ``op`` at ``node`` (e.g. ``"encoder.p0.s1"``)."""
+    with torch.no_grad():
+        dict(model.named_arch_parameters())[node][model.op_names(node.split(".")[0]).index(op)] = value
+
+
 def param_grads(model: torch.nn.Module, batch: dict, seed: int = 123) -> dict[str, torch.Tensor]:
     """Gradients of every parameter for one training step with the given dropout seed."""
     model.zero_grad(set_to_none=True)
@@ -101,23 +170,6 @@ def grad_errors(got: dict[str, torch.Tensor], ref: dict[str, torch.Tensor]) -> t
         denom = g.norm() if g.norm() > 1e-6 * scale else scale
         worst = max(worst, float((got[name] - g).norm() / denom))
     return float((flat_got - flat_ref).norm() / scale), worst
-
-
-def load_script(name: str):
-    """Import ``training/<name>.py`` as a module (under a name that shadows no library, e.g. ``evaluate``)."""
-    import importlib.util
-    import sys
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[1] / "training" / f"{name}.py"
-    module_name = f"revdarts_script_{name}"
-    if module_name in sys.modules:
-        return sys.modules[module_name]
-    spec = importlib.util.spec_from_file_location(module_name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[module_name] = module  # dataclasses resolve their annotations through sys.modules
-    spec.loader.exec_module(module)
-    return module
 
 
 def supernet_grads_reversible_vs_ordinary(

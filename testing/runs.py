@@ -1,5 +1,8 @@
-"""What the tests of the scripts' failure paths share (test_script_failures.py, test_script_inputs.py): the
-scripts as modules, tiny settings, and checks of what a run left behind. Their fixtures are in conftest.py."""
+"""What the tests of the scripts share: the scripts as modules, tiny settings for their runs, and checks of what a
+run left behind. The runs themselves are fixtures in tests/conftest.py.
+
+Importing this module imports the four scripts and all they import: import it in the tests of the scripts, not in a
+conftest that every test loads."""
 
 from __future__ import annotations
 
@@ -9,9 +12,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from _helpers import load_script
+from testing.scripts import load_script
 
-REPO = Path(__file__).resolve().parents[1]
 train_script = load_script("train")
 search_script = load_script("search")
 evaluate_script = load_script("evaluate")
@@ -24,6 +26,12 @@ TINY_SEARCH = ["--d_model", "48", "--num_heads", "2", "--vocab_size", "300", "--
                "16", "--warmup_steps", "2", "--num_threads", "1", "--encoder_layers", "1", "--decoder_layers", "1",
                "--tie_blocks", "0", "--eval_batches", "2", "--no_figures", "--max_train_examples", "120",
                "--stop_share", "1.0", "--stop_argmax_fraction", "1.0"]
+
+# The small-data recipe's extra flags (dropout in attention and ffn, averaging of the last 2 checkpoints), and the
+# tiny sizes its runs use (each run names its genotype and depth).
+RECIPE = ["--attention_dropout", "0.1", "--activation_dropout", "0.1", "--average_checkpoints", "2"]
+RECIPE_SIZES = ["--d_model", "48", "--num_heads", "2", "--vocab_size", "300", "--max_tokens", "400", "--max_length",
+                "24", "--warmup_steps", "4", "--lr", "3e-3", "--bleu_sentences", "8", "--num_threads", "1"]
 
 
 def strict_json(path: Path):
@@ -46,6 +54,10 @@ def all_finite(path: Path) -> bool:
 
 def run_train(data: Path, out: Path, *extra: str) -> int:
     return train_script.main(["--dataset", str(data), "--output_dir", str(out), *TINY, *extra])
+
+
+def run_recipe_train(data: Path, out: Path, *extra: str) -> int:
+    return train_script.main(["--dataset", str(data), "--output_dir", str(out), *RECIPE_SIZES, *extra])
 
 
 def publish_args(model: Path, results: Path, out: Path, *extra: str) -> list[str]:

@@ -12,7 +12,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 PACKAGE = REPO / "hf_revdarts"
 FLOORS = {"model": 0, "utils": 0, "memory": 1, "search": 1, "training": 2, "evaluation": 2, "protocol": 3}
-SCRIPT_DIRS = ("training", "benchmarks", "samples")
+SCRIPT_DIRS = ("training", "benchmarks", "samples", "testing")
 
 
 def _module_name(path: Path) -> str:
@@ -25,7 +25,7 @@ def _module_name(path: Path) -> str:
 def _sources() -> dict[str, Path]:
     files = list(PACKAGE.rglob("*.py"))
     for folder in SCRIPT_DIRS:
-        files += [p for p in (REPO / folder).glob("*.py")]
+        files += list((REPO / folder).rglob("*.py"))
     return {_module_name(p): p for p in files if "__pycache__" not in p.parts}
 
 

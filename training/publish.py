@@ -26,6 +26,7 @@ from typing import Any
 from huggingface_hub import HfApi
 
 from hf_revdarts.evaluation.translation import load_model_folder, translate
+from hf_revdarts.protocol.card import ProtocolRun, training_cost
 from hf_revdarts.search.visualize import plot_genotype
 from hf_revdarts.training.arguments import parse_args
 from hf_revdarts.training.data import load_parallel_text
@@ -207,127 +208,19 @@ def read_inputs(args: PublishArguments) -> tuple[dict[str, Any], dict[str, Any],
     return results, train, search
 
 
-def read_protocol(args: PublishArguments, results: dict[str, Any]) -> dict[str, Any] | None:
-    """``--protocol_run`` with the protocol's summary.json beside it (and the run's search record), checked to be
-    about the model whose results are published: a card must not show another model's comparison."""
+def read_protocol(args: PublishArguments, results: dict[str, Any]) -> ProtocolRun | None:
+    """``--protocol_run`` with its protocol's summary, checked to be about the model whose results are published:
+    a card must not show another model's comparison."""
     if args.protocol_run is None:
         return None
-    run_path = Path(args.protocol_run)
-    run = _read_json(run_path, "--protocol_run")
-    for key in ("run", "kind", "pair", "test", "commands"):
-        if key not in run:
-            raise ValueError(f"--protocol_run {run_path} lacks {key!r}: not a training run of benchmarks/search_quality.py")
-    pair = f"{results['src_lang']}-{results['tgt_lang']}"
-    if run["pair"] != pair or run["test"].get("split") != results["split"]:
-        raise ValueError(f"--protocol_run {run_path} is a {run['pair']} run tested on {run['test'].get('split')}, "
-                         f"--eval_results {args.eval_results} a {pair} evaluation on {results['split']}")
-    if abs(run["test"]["bleu"] - results["bleu"]) > 0.005:
-        raise ValueError(f"--protocol_run {run_path} reports test BLEU {run['test']['bleu']}, --eval_results "
-                         f"{args.eval_results} {results['bleu']}: they describe different models")
-    # A run trained longer for the zoo (zoo/) or again (replicas/) names its protocol's summary (relative to the
-    # repository); a replica written before it did sits one folder below the summary.
-    if run.get("protocol_summary"):
-        summary_path = REPO / run["protocol_summary"]
-    else:
-        summary_path = run_path.parent.parent / "summary.json" if run.get("replica_of") else run_path.parent / "summary.json"
-    summary = _read_json(summary_path, "the protocol summary")
-    first = _protocol_record(summary_path.parent, run["continues"], "the continued run") if run.get("continues") else None
-    # A replica (the same command trained again, e.g. here after a lent GPU kept the weights) shows the row of
-    # the table's run it repeats.
-    copied = run.get("replica_of") or (first or {}).get("replica_of")
-    original = _protocol_record(summary_path.parent, copied, "the replicated run") if copied else None
-    search_name = run.get("search") or (original or {}).get("search")
-    search_path = summary_path.parent / f"{search_name}.json" if search_name else None
-    search = _read_json(search_path, "the protocol's search record") if search_path and search_path.is_file() else None
-    return {"run": run, "summary": summary, "search": search, "continued": first, "replica_of": original}
-
-
-def _protocol_record(results: Path, name: str, what: str) -> dict[str, Any]:
-    """A protocol run by name: a run of the table (``<name>.json``) or a replica (``replicas/<name>.json``)."""
-    path = results / f"{name}.json"
-    return _read_json(path if path.is_file() else results / "replicas" / f"{name}.json", what)
-
-
-def comparison_section(protocol: dict[str, Any]) -> tuple[str, str]:
-    """(comparison, commands): the protocol's table with this model's row marked, its paired bootstrap against
-    the standard Transformer and the random genotypes, where each kind was trained; the run's commands."""
-    run, summary, original = protocol["run"], protocol["summary"], protocol.get("replica_of")
-    continues = run.get("continues")
-    # The row whose runs hold this one (a zoo run: the run it continues; a replica: the run it repeats).
-    row_run = original["run"] if original else (continues or run["run"])
-    this = next((k for k, v in summary["kinds"].items() if row_run in v.get("bleu", {})), None)
-    devices = summary.get("devices", {})
-    search_variant = run.get("search_variant") or (original or {}).get("search_variant")
-    variant = f" --search_variant {search_variant}" if search_variant else ""
-    variant += f" --scale {summary['scale']}" if summary.get("scale") else ""
-    which = (f"run `{continues}` of the hf_revdarts protocol trained longer, to {run['updates']} updates from its "
-             f"last checkpoint with the same recipe (as `{run['run']}`)" if continues
-             else f"run `{run['run']}` of the hf_revdarts protocol")
-    if original and not continues:
-        which = (f"run `{original['run']}` of the hf_revdarts protocol trained again with the same command on "
-                 f"{run.get('device', 'an unrecorded device')} (as `{run['run']}`: {run['test']['bleu']:.2f} BLEU; the "
-                 f"table's run, trained on {original.get('device', 'an unrecorded device')}, scored "
-                 f"{original['test']['bleu']:.2f})")
-    lines = [
-        f"This model is {which} (`python benchmarks/search_quality.py "
-        f"--pair {run['pair']}{variant}`), which trains every kind with the same size, recipe and number of updates "
-        f"({summary['recipe_short']}) and translates {summary['test_split']} once per run (cased sacreBLEU). "
-        "Searched: the genotype a search derived; standard: the `self_attn`/`ffn` Transformer; random: genotypes "
-        "drawn uniformly from the same search space.",
-        "",
-        "| kind | runs | BLEU mean ± std | runs' BLEU | parameters | trained on |",
-        "|---|---|---|---|---|---|",
-    ]
-    training = [k for k, v in summary["kinds"].items() if "bleu_mean" in v]
-    for kind in training:
-        r = summary["kinds"][kind]
-        on = sorted({devices.get(name, "unrecorded") for name in r["bleu"]})
-        name = f"**{kind}** (this model's kind)" if kind == this else kind
-        lines.append(f"| {name} | {r['runs']} | {r['bleu_mean']:.2f} ± {r['bleu_std']:.2f} | "
-                     f"{', '.join(f'{b:.2f}' for b in r['bleu'].values())} | {r['parameters_mean'] / 1e6:.2f}M | "
-                     f"{'; '.join(on)} |")
-    lines.append("")
-    sig = summary.get("significance", {}) if this == "searched" else summary.get("significance_variants", {}).get(this, {})
-    if "pooled" in sig:
-        p = sig["pooled"]
-        lines += [f"Paired bootstrap against the standard Transformer with the same training seed (pooled over "
-                      f"{p['pairs']} pair(s)): Δ = {p['delta']:+.2f} BLEU, p = {p['p_value']:.4f}."]
-    if this in summary.get("minus_random_mean", {}):
-        se = summary.get("minus_random_mean_se", {}).get(this)
-        lines.append(f"Its kind's mean minus the random genotypes' mean: {summary['minus_random_mean'][this]:+.2f} BLEU"
-                     + (f" ({summary['minus_random_mean'][this] / se:+.1f} standard errors between runs)." if se else "."))
-    if len(set(devices.values())) > 1:
-        lines.append("The kinds were trained on different machines (last column): compare within one machine.")
-    # ... which the protocol did wherever a run was trained again (--replicate): this run's rows of it.
-    for standard, same in summary.get("significance_same_machine", {}).items():
-        lines += [f"On one machine ({same['device']}), `{s['run']}` against the standard Transformer `{standard}` "
-                  f"trained there: Δ = {s['delta']:+.2f} BLEU, p = {s['p_value']:.4f}."
-                  for sig in same["rows"].values() for s in sig["per_seed"] if s["run"] in (run["run"], continues)]
-    commands = [*(protocol["search"] or {}).get("commands", []), *(protocol["continued"] or {}).get("commands", []),
-                *run["commands"]]
-    # A run spread over sittings recorded its command once per sitting, the later ones resuming: the card gives
-    # the command of one uninterrupted run (a zoo run's explicit checkpoint to continue from is kept).
-    fresh = [c.replace(" --resume_from_checkpoint latest", "").replace(" --overwrite_output_dir", "") for c in commands]
-    return "\n".join(lines), "\n".join(dict.fromkeys(fresh))
-
-
-def training_cost(train: dict[str, Any] | None, protocol: dict[str, Any] | None = None) -> str:
-    """The card's training line. A zoo run continues a protocol run that may have trained on another machine:
-    its summary's time is the sum of both sittings and its device the last one, so each part is named."""
-    if not train:
-        return "not recorded"
-    total = f"{train['steps']} steps, {train['train_seconds'] / 60:.1f} min on {train.get('processes', 1)} process(es)"
-    first, run = (protocol or {}).get("continued"), (protocol or {}).get("run", {})
-    if not first or "train_seconds" not in first or "train_seconds" not in run:
-        return total
-    more = run["updates"] - first["updates"]
-    return (f"{total}: the first {first['updates']} on {first.get('device', 'an unrecorded device')} "
-            f"({first['train_seconds'] / 60:.1f} min), the {more} more on {run.get('device', 'an unrecorded device')} "
-            f"({(run['train_seconds'] - first['train_seconds']) / 60:.1f} min)")
+    protocol = ProtocolRun.load(args.protocol_run, REPO)
+    protocol.check_describes(f"{results['src_lang']}-{results['tgt_lang']}", results["split"], results["bleu"],
+                             f"--eval_results {args.eval_results}")
+    return protocol
 
 
 def card_extras(model: Any, tokenizer: Any, results: dict[str, Any], args: PublishArguments,
-                train: dict[str, Any], search: dict[str, Any], protocol: dict[str, Any] | None = None) -> dict[str, Any]:
+                train: dict[str, Any], search: dict[str, Any], protocol: ProtocolRun | None = None) -> dict[str, Any]:
     """The card's example translation, its search/training cost lines and, for a protocol run, its comparison."""
     example = args.example
     if example is None:
@@ -346,7 +239,7 @@ def card_extras(model: Any, tokenizer: Any, results: dict[str, Any], args: Publi
             "Trained on a small dataset at a small size to demonstrate the pipeline; expect translations only "
             "in the domain and vocabulary of that data."
         ),
-        **dict(zip(("comparison", "commands"), comparison_section(protocol) if protocol else ("", ""))),
+        **dict(zip(("comparison", "commands"), protocol.comparison() if protocol else ("", ""))),
     }
 
 

@@ -26,7 +26,7 @@ and the memory modes differ only in what a layer keeps and what its backward nee
 Transient terms (gradients of a split's intermediates, the largest parameter gradient, the head's two
 vocabulary-sized gradients) were calibrated against measurement; ``benchmarks/memory_planner.py`` prints
 predicted vs measured peaks (torch-level: live tensor bytes, which is what ``torch.cuda.max_memory_allocated``
-reports on a GPU) and ``tests/test_memory.py`` checks the per-op saved bytes against ``saved_tensors_hooks``.
+reports on a GPU) and ``tests/memory/test_estimate.py`` checks the per-op saved bytes against ``saved_tensors_hooks``.
 
 Bytes are for float32 training (parameters' dtype). Not modelled: bf16 autocast, the second-order architect's
 virtual step (an extra copy of the weights), the allocator's rounding and fragmentation on a GPU.

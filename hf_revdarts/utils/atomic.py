@@ -81,12 +81,13 @@ def atomic_write_json(path: str | os.PathLike, data: Any, indent: int | None = 1
     atomic_write_text(path, finite_json_dumps(data, where=str(path), indent=indent, ensure_ascii=False) + "\n")
 
 
-def atomic_savefig(fig: Any, path: str | os.PathLike) -> None:
-    """``fig.savefig`` through a temporary file, then rename."""
+def atomic_savefig(fig: Any, path: str | os.PathLike, bbox_inches: str | None = "tight") -> None:
+    """``fig.savefig`` at 110 dpi through a temporary file, then rename; ``bbox_inches=None`` keeps the figure's
+    own size instead of cropping it to what it draws."""
     path = Path(path)
     tmp = path.with_name(_temporary_name(path).name + ".png")  # matplotlib picks the format by the suffix
     try:
-        fig.savefig(tmp, dpi=110, bbox_inches="tight")
+        fig.savefig(tmp, dpi=110, bbox_inches=bbox_inches)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

@@ -1,4 +1,5 @@
-"""Run by test_core.py under ``torch.distributed.run`` with 2 CPU processes (gloo).
+"""Run by tests/model/test_distributed.py under ``torch.distributed.run`` with 2 CPU processes (gloo), with the
+repository root on PYTHONPATH (``testing.launch.env``).
 
 Each rank takes one shard of a padded batch and does a DDP training step through the reversible stacks.
 Rank 0 then recomputes, in one process without DDP, the mean of the two shards' gradients (same weights,
@@ -13,9 +14,8 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
-sys.path.insert(0, os.path.dirname(__file__))
-from _helpers import grad_errors, padded_batch, tiny_config  # noqa: E402
-from hf_revdarts import RevDartsForConditionalGeneration  # noqa: E402
+from hf_revdarts import RevDartsForConditionalGeneration
+from testing.builders import grad_errors, padded_batch, tiny_config
 
 
 def shard(batch: dict, rank: int) -> dict:

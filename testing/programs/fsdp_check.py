@@ -1,9 +1,10 @@
-"""FSDP check, run by test_memory.py with 2 processes: the derived model and the supernet (reversible) under FSDP give
-the gradients and, after Adam steps, the weights and α that DDP gives (the mean of the ranks' shard gradients).
+"""FSDP check, run by tests/model/test_distributed.py with 2 processes: the derived model and the supernet
+(reversible) under FSDP give the gradients and, after Adam steps, the weights and α that DDP gives (the mean of the
+ranks' shard gradients). Run from the repository root with it on PYTHONPATH (``testing.launch.env``):
 
-    python -m torch.distributed.run --nproc_per_node 2 tests/fsdp_check.py OUT.json --fsdp 1|2   # CPU (gloo)
+    python -m torch.distributed.run --nproc_per_node 2 testing/programs/fsdp_check.py OUT.json --fsdp 1|2  # CPU
     accelerate launch --use_fsdp --fsdp_auto_wrap_policy NO_WRAP --fsdp_use_orig_params true \
-        --num_processes 2 tests/fsdp_check.py OUT.json --accelerate                                # 2 GPUs
+        --num_processes 2 testing/programs/fsdp_check.py OUT.json --accelerate                     # 2 GPUs
 
 ``--fsdp 1``: ``FullyShardedDataParallel(use_orig_params=True)``; ``--fsdp 2``: ``fully_shard``; both with the
 whole network as one unit. Per-layer units do not work with reversible layers (the reconstruction runs a layer
@@ -26,10 +27,9 @@ import sys
 import torch
 import torch.distributed as dist
 
-sys.path.insert(0, os.path.dirname(__file__))
-from _helpers import grad_errors, padded_batch, tiny_config  # noqa: E402
-from hf_revdarts import RevDartsForConditionalGeneration  # noqa: E402
-from hf_revdarts.search import RevDartsSupernet  # noqa: E402
+from hf_revdarts import RevDartsForConditionalGeneration
+from hf_revdarts.search import RevDartsSupernet
+from testing.builders import grad_errors, padded_batch, tiny_config
 
 STEPS, LR = 2, 1e-2
 

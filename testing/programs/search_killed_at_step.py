@@ -1,6 +1,6 @@
 """training/search.py, killed with SIGKILL right after optimiser step N: the crash of the resume test.
 
-    python tests/search_killed_at_step.py N <search.py arguments>
+    PYTHONPATH=. python testing/programs/search_killed_at_step.py N <search.py arguments>
 
 The fault is injected from here (the search loop calls the module-level ``search_step``, replaced below),
 so the production loop carries no test hook.
@@ -10,7 +10,7 @@ import os
 import signal
 import sys
 
-from _helpers import load_script
+from testing.scripts import load_script
 
 if __name__ == "__main__":
     kill_at = int(sys.argv.pop(1))

@@ -9,12 +9,12 @@ import re
 from pathlib import Path
 
 import pytest
-from _script_helpers import TINY_SEARCH, run_train, search_script, snapshot
 
 from hf_revdarts.memory import estimate_memory
 from hf_revdarts.model.genotype import Genotype
 from hf_revdarts.training.arguments import DataArguments, ModelArguments
 from hf_revdarts.training.run_config import build_config, plan_run_memory
+from testing.runs import TINY_SEARCH, run_train, search_script, snapshot
 
 
 def _config(model_args: ModelArguments, data_args: DataArguments):

@@ -1,5 +1,5 @@
-"""No silent failures (issue 11, script side), what the scripts write: diverging training and search, reused
-output folders, evaluation results bound to their model, file modes, a killed publish, pushing to the Hub.
+"""What the scripts write when things go wrong: diverging training and search, reused output folders, evaluation
+results bound to their model (and the modes of the files a run publishes), a killed publish, pushing to the Hub.
 Each test asserts the message or the refusal, and that nothing was lost or overwritten."""
 
 from __future__ import annotations
@@ -10,30 +10,21 @@ import os
 import shutil
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import pytest
 import torch
-from _script_helpers import (
-    REPO,
-    TINY_SEARCH,
-    all_finite,
-    publish_script,
-    search_script,
-    snapshot,
-    strict_json,
-    train_script,
-)
-from _script_helpers import publish_args as _publish_args
-from _script_helpers import run_train as _train
 from safetensors.torch import load_file, save_file
 
-from _helpers import load_script
 from hf_revdarts.utils.guards import NonFiniteError
 from hf_revdarts.utils.integrity import FingerprintMismatchError, check_fingerprint
+from testing import launch
+from testing.runs import TINY_SEARCH, all_finite, publish_script, search_script, snapshot, strict_json, train_script
+from testing.runs import publish_args as _publish_args
+from testing.runs import run_train as _train
+from testing.scripts import load_script
 
-# ---------------------------------------------------------------- 1. non-finite training
+# ---------------------------------------------------------------- non-finite training
 
 
 def test_diverging_training_stops_naming_step_loss_and_checkpoint_and_saves_no_nan(script_data, tmp_path):
@@ -70,21 +61,6 @@ def test_diverging_search_stops_for_theta_and_alpha_and_writes_valid_json(script
     assert all(all_finite(c / "model.safetensors") for c in out.glob("checkpoint-*"))
 
 
-def test_nan_weights_are_never_checkpointed_over_good_ones(tmp_path):
-    from hf_revdarts.training.training_utils import TrainState, check_finite_weights
-    from hf_revdarts.utils.guards import NonFiniteGuard
-
-    model = torch.nn.Linear(3, 3)
-    state = TrainState({}, {"weights": NonFiniteGuard(3)})
-    state.step = 12
-    state.guards["weights"].last_good_checkpoint = "runs/x/checkpoint-000010"
-    check_finite_weights(model, state)
-    with torch.no_grad():
-        model.bias[1] = float("inf")
-    with pytest.raises(NonFiniteError, match=r"step 12: 1 weight tensors hold NaN/inf \(bias\).*checkpoint-000010"):
-        check_finite_weights(model, state)
-
-
 def test_search_progress_bar_shows_no_nan_before_alpha_updates(script_data, tmp_path, capsys):
     assert search_script.main(["--dataset", str(script_data), "--output_dir", str(tmp_path / "s"), *TINY_SEARCH,
                                "--max_steps", "4", "--eval_every", "4", "--save_every", "4", "--arch_start_step",
@@ -95,7 +71,7 @@ def test_search_progress_bar_shows_no_nan_before_alpha_updates(script_data, tmp_
     assert strict_json(tmp_path / "s" / "search_summary.json")["non_finite_steps_skipped"]["arch"]["skipped"] == 0
 
 
-# ---------------------------------------------------------------- 2. reused output folders
+# ---------------------------------------------------------------- reused output folders
 
 
 def test_train_refuses_a_used_output_dir_and_overwrite_starts_afresh(script_trained, script_data, tmp_path):
@@ -147,7 +123,7 @@ def test_main_job_starts_each_step_afresh(monkeypatch, tmp_path):
     assert train_script.parse_train_args(list(flags["train.py"])).run.overwrite_output_dir
 
 
-# ---------------------------------------------------------------- 3. results bound to their model
+# ---------------------------------------------------------------- results bound to their model
 
 
 def test_evaluation_records_its_model_and_publish_refuses_another(script_trained, script_evaluated, tmp_path):
@@ -173,7 +149,8 @@ def test_evaluation_records_its_model_and_publish_refuses_another(script_trained
     check_fingerprint(out, published["fingerprint"])  # the published scores are tied to the published folder
     umask = os.umask(0o022)
     os.umask(umask)
-    for folder in (out, script_trained / "best"):  # readable by others as the umask allows (was 0700/0600)
+    # readable by others as the umask allows (temporary files and folders start private: 0600/0700)
+    for folder in (out, script_trained / "best"):
         assert folder.stat().st_mode & 0o777 == 0o777 & ~umask
         assert all(p.stat().st_mode & 0o777 == 0o666 & ~umask for p in folder.iterdir() if p.is_file())
 
@@ -227,8 +204,8 @@ def test_publish_shows_the_protocol_comparison_of_its_own_run_only(script_traine
     assert without == 0 and "How it compares" not in (out / "README.md").read_text()
 
     # The table's run trained on a lent GPU that kept its weights, and the same command trained again here
-    # (--replicate; one written before replicas named their search and summary): the card sits in the row of
-    # the run it repeats, names both, and gives the search and the replica's own command.
+    # (--replicate; a replica record that names neither its search nor its summary, as older records do not): the
+    # card sits in the row of the run it repeats, names both, and gives the search and the replica's own command.
     (protocol / "searched-long-s0-t0.json").write_text(json.dumps({**run, "pair": "en-de", "device": "GPU: NVIDIA H200",
                                                                     "test": {"split": "test", "bleu": 35.0}}))
     same = {"standard-t0-on-cpu": {"device": "CPU: 2 cores", "rows": {
@@ -272,64 +249,14 @@ def test_publish_refuses_a_nan_model_even_with_matching_results(script_trained, 
     assert not (tmp_path / "pub").exists()
 
 
-# ---------------------------------------------------------------- 4. modes
-
-
-@pytest.mark.parametrize("umask, dirs, files", [(0o022, 0o755, 0o644), (0o027, 0o750, 0o640)], ids=["022", "027"])
-def test_atomic_outputs_get_the_umask_modes(tmp_path, umask, dirs, files):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from hf_revdarts.training.training_utils import atomic_folder, atomic_savefig, atomic_write_json
-
-    previous = os.umask(umask)
-    try:
-        with atomic_folder(tmp_path / "best") as tmp:
-            (tmp / "weights.bin").write_bytes(b"x")
-            atomic_write_json(tmp / "config.json", {"a": 1})
-        atomic_write_json(tmp_path / "summary.json", {"a": 1})
-        fig = plt.figure()
-        atomic_savefig(fig, tmp_path / "plot.png")
-        plt.close(fig)
-    finally:
-        os.umask(previous)
-    assert (tmp_path / "best").stat().st_mode & 0o777 == dirs
-    for path in (tmp_path / "best" / "weights.bin", tmp_path / "best" / "config.json", tmp_path / "summary.json",
-                 tmp_path / "plot.png"):
-        assert path.stat().st_mode & 0o777 == files, path
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["best", "plot.png", "summary.json"], "no temporaries"
-
-
 # ---------------------------------------------------------------- temporaries of a killed publish
-
-_KILLED_PUBLISH = textwrap.dedent(
-    """
-    import os, signal, sys
-    sys.path.insert(0, sys.argv.pop(1))
-    from _helpers import load_script
-    publish = load_script("publish")
-    save = publish.save_tokenizer
-
-    def save_then_die(tokenizer, folder):
-        save(tokenizer, folder)
-        os.kill(os.getpid(), signal.SIGKILL)  # killed while the new folder is half written
-
-    publish.save_tokenizer = save_then_die
-    publish.main()
-    """
-)
 
 
 def test_a_killed_publish_leaves_nothing_the_next_one_keeps(script_trained, script_evaluated, tmp_path):
     out = tmp_path / "pub" / "revdarts-tiny"
-    script = tmp_path / "killed_publish.py"
-    script.write_text(_KILLED_PUBLISH)
-    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
-    killed = subprocess.run([sys.executable, str(script), str(REPO / "tests"),
+    killed = subprocess.run([sys.executable, launch.program("publish_killed_mid_write"),
                              *_publish_args(script_trained / "best", script_evaluated, out)],
-                            env=env, capture_output=True, text=True, timeout=300)
+                            env=launch.env(), capture_output=True, text=True, timeout=300)
     assert killed.returncode == -9, killed.stderr[-3000:]
     left = [p.name for p in out.parent.iterdir()]
     assert not out.exists() and len(left) == 1 and left[0].startswith(".tmp-revdarts-tiny-"), left
@@ -339,27 +266,7 @@ def test_a_killed_publish_leaves_nothing_the_next_one_keeps(script_trained, scri
     assert sorted(p.name for p in out.parent.iterdir()) == [".tmp-something-else-1234", "revdarts-tiny"]
 
 
-def test_a_folder_killed_between_its_two_renames_is_put_back(tmp_path):
-    from hf_revdarts.training.training_utils import remove_stale_temporaries
-
-    (tmp_path / ".old-best-4242").mkdir()
-    (tmp_path / ".old-best-4242" / "model.safetensors").write_text("previous best")
-    (tmp_path / ".tmp-best-0a1b2c3d").mkdir()
-    (tmp_path / ".old-published-77").mkdir()
-    (tmp_path / "published").mkdir()
-    (tmp_path / ".tmp-eval_test.json-89abcdef").write_text('{"bleu": 1')  # an evaluation killed mid-write
-    (tmp_path / ".tmp-genotype.png-01234567.png").write_bytes(b"\x89PNG")  # a figure killed mid-write
-    remove_stale_temporaries(tmp_path, "best")
-    assert (tmp_path / "best" / "model.safetensors").read_text() == "previous best"
-    assert (tmp_path / ".tmp-eval_test.json-89abcdef").exists(), "only the named target's leftovers go"
-    remove_stale_temporaries(tmp_path, "eval_test.json")
-    remove_stale_temporaries(tmp_path, "genotype.png")
-    assert sorted(p.name for p in tmp_path.iterdir()) == [".old-published-77", "best", "published"]
-    remove_stale_temporaries(tmp_path)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["best", "published"]
-
-
-# ---------------------------------------------------------------- 7. push_to_hub against a stub
+# ---------------------------------------------------------------- push_to_hub against a stub
 
 
 class RecordingHfApi:

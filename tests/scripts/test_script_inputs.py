@@ -1,6 +1,6 @@
-"""No silent failures (issue 11, script side), what the scripts read: every flag checked before work, and
-every file (config, genotype.json, tokenizer, checkpoint, model folder, summaries) named in its error.
-Each test asserts the message or the refusal, and that nothing was lost or overwritten."""
+"""What the scripts read: every flag checked before work, and every file (config, genotype.json, tokenizer, checkpoint,
+model folder, summaries) named in its error. Each test asserts the message or the refusal, and that nothing was lost
+or overwritten."""
 
 from __future__ import annotations
 
@@ -10,22 +10,14 @@ import shutil
 
 import pytest
 import torch
-from _script_helpers import (
-    TINY,
-    TINY_SEARCH,
-    evaluate_script,
-    publish_script,
-    search_script,
-    snapshot,
-    train_script,
-)
-from _script_helpers import publish_args as _publish_args
-from _script_helpers import run_train as _train
 from safetensors.torch import load_file
 
 from hf_revdarts.utils.integrity import CheckpointError
+from testing.runs import TINY, TINY_SEARCH, evaluate_script, publish_script, search_script, snapshot, train_script
+from testing.runs import publish_args as _publish_args
+from testing.runs import run_train as _train
 
-# ---------------------------------------------------------------- 5. messages
+# ---------------------------------------------------------------- checkpoints, genotypes, flags and config files
 
 
 def test_truncated_checkpoint_on_resume_names_the_file_and_the_previous_one(script_trained, script_data, tmp_path):
@@ -49,8 +41,8 @@ def test_truncated_checkpoint_on_resume_names_the_file_and_the_previous_one(scri
 
 
 def test_resume_into_another_folder_keeps_the_resumed_runs_tokenizer(script_trained, script_data, tmp_path):
-    # Before: a fresh tokenizer was trained in the new folder from this run's flags (here another --vocab_size);
-    # the checkpoint's embedding then failed to load, or, at the same size, the run went on with other token ids.
+    # The run takes the checkpoint's tokenizer, not a fresh one trained from its own flags (here another
+    # --vocab_size): the checkpoint's embedding would not load, or, at the same size, would meet other token ids.
     out = tmp_path / "elsewhere"
     assert _train(script_data, out, "--max_steps", "6", "--eval_every", "3", "--save_every", "3", "--vocab_size", "250",
                   "--resume_from_checkpoint", str(script_trained / "checkpoint-000003")) == 0
@@ -66,7 +58,7 @@ def test_one_op_search_space_gives_a_finite_entropy():
 
     config = RevDartsConfig(vocab_size=50, d_model=48, num_heads=2, encoder_layers=1, decoder_layers=1,
                             search_encoder_ops=["ffn"], max_position_embeddings=32)
-    entropy = search_script.mean_entropy(RevDartsSupernet(config))  # was nan: log(1) = 0 in the denominator
+    entropy = search_script.mean_entropy(RevDartsSupernet(config))  # a one-op node's entropy is normalised by log(1) = 0
     assert math.isfinite(entropy) and 0 < entropy < 1
 
 
@@ -180,8 +172,8 @@ def test_genotype_of_an_unfinished_or_failed_search_is_not_trained_silently(scri
     (search / "search_summary.json").write_text(json.dumps({"steps": 4}))
     from hf_revdarts.training.run_config import load_genotype
 
-    assert load_genotype(str(search))[0].encoder == (("ffn", "glu"),)
-    assert load_genotype(str(search / "genotype.json"))[0].encoder == (("ffn", "glu"),)
+    assert load_genotype(str(search))[0]["encoder"] == [["ffn", "glu"]]
+    assert load_genotype(str(search / "genotype.json"))[0]["encoder"] == [["ffn", "glu"]]
     assert not (tmp_path / "out").exists()
 
 
@@ -221,7 +213,7 @@ def test_config_files_name_themselves(tmp_path):
         train_script.parse_train_args(["--output_dir", "o", str(tmp_path / "ok.yaml")])
 
 
-# ---------------------------------------------------------------- more bad input found in the scripts
+# ---------------------------------------------------------------- publish and evaluate inputs, Hub-format data
 
 
 def test_publish_names_missing_and_wrong_inputs(script_trained, script_evaluated, tmp_path):
@@ -255,7 +247,7 @@ def test_damaged_model_folder_files_name_themselves(script_trained, script_data,
             str(tmp_path / "e.json")]
     (folder / "generation_config.json").write_text('{"bos_token_id": 1, "eos')
     with pytest.raises(ValueError, match=r"model/generation_config\.json is not valid JSON"):
-        evaluate_script.main(args)  # transformers fell back to default generation settings without a word
+        evaluate_script.main(args)  # transformers alone falls back to default generation settings without a word
     shutil.copy(script_trained / "best" / "generation_config.json", folder)
     config = json.loads((folder / "config.json").read_text())
     (folder / "config.json").write_text(json.dumps({**config, "d_model": "wide"}))

@@ -10,8 +10,7 @@ from pathlib import Path
 import pytest
 
 from hf_revdarts.model.genotype import DECODER_OPS, ENCODER_OPS
-
-REPO = Path(__file__).resolve().parents[1]
+from testing import REPO
 
 
 def _search(folder: Path, encoder_best: str, decoder_logits: list[float]) -> Path:

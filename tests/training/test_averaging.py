@@ -7,9 +7,9 @@ import json
 import pytest
 import torch
 
-from _helpers import tiny_config
 from hf_revdarts import RevDartsForConditionalGeneration
 from hf_revdarts.training.averaging import average_checkpoints, latest_checkpoints, load_averaged_weights, load_weights
+from testing.builders import tiny_config
 
 
 def _model(seed: int, **kw) -> RevDartsForConditionalGeneration:

@@ -1,6 +1,6 @@
-"""The search-quality protocol end to end on the bundled sample (--smoke), with the current scripts:
-every kind runs, the summary is written, a second invocation skips finished runs, and an interrupted
-training run resumes from its latest checkpoint."""
+"""The protocol's runner (benchmarks/search_quality.py): end to end on the bundled sample (--smoke) with the
+current scripts (every kind runs, the summary is written, a second invocation skips finished runs, an
+interrupted training run resumes from its latest checkpoint), and its plan, jobs, replicas, zoo and status."""
 
 from __future__ import annotations
 
@@ -15,7 +15,11 @@ from typing import Any
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+from hf_revdarts.model.genotype import Genotype
+from hf_revdarts.protocol.plan import PairPlan
+from hf_revdarts.protocol.record import RunRecord
+
+REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "benchmarks" / "search_quality.py"
 RUNS = ("search-s0", "searched-s0-t0", "standard-t0", "random-r0")
 
@@ -157,7 +161,6 @@ def test_smoke_protocol_runs_every_kind_and_resumes(tmp_path):
 def _load_protocol_module():
     import importlib.util
 
-    sys.path.insert(0, str(SCRIPT.parent))
     spec = importlib.util.spec_from_file_location("search_quality_under_test", SCRIPT)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -174,10 +177,11 @@ def test_seeds_deriving_one_genotype_share_its_trainings_and_jobs_run_concurrent
     args = sq.parse_args(["--pair", "en-de", "--searches", "3", "--seeds", "2", "--random", "1", "--jobs", "4",
                           "--work_dir", str(tmp_path / "work"), "--results_dir", str(tmp_path / "results")])
     protocol = sq.Protocol(args)
-    genotypes = {0: "A", 1: "B", 2: "A"}
+    a, b = Genotype.standard(4, 4), Genotype.random({"encoder_layers": 4, "decoder_layers": 4}, seed=1)
+    genotypes = {0: a, 1: b, 2: a}
     started, running, peak, lock = [], [0], [0], threading.Lock()
 
-    def fake_train(self, name, kind, genotype, seed, tokenizer, meta):
+    def fake_train(self, name, kind, genotype, seed, meta):
         with lock:
             started.append(name)
             running[0] += 1
@@ -187,12 +191,10 @@ def test_seeds_deriving_one_genotype_share_its_trainings_and_jobs_run_concurrent
             running[0] -= 1
 
     monkeypatch.setattr(sq.Protocol, "tokenizer", lambda self: tmp_path / "tok")
-    monkeypatch.setattr(sq.Protocol, "search", lambda self, s, tok: {"genotype": genotypes[s]})
+    monkeypatch.setattr(sq.Protocol, "search", lambda self, s: RunRecord(run=f"search-s{s}", genotype=genotypes[s]))
     monkeypatch.setattr(sq.Protocol, "train", fake_train)
-    monkeypatch.setattr(sq.Protocol, "random_genotype_file", lambda self, k: tmp_path / f"r{k}.json")
-    import search_quality_report
-
-    monkeypatch.setattr(search_quality_report, "write_summary", lambda protocol: None)
+    monkeypatch.setattr(PairPlan, "random_genotype_file", lambda self, k: tmp_path / f"r{k}.json")
+    monkeypatch.setattr(sq.Protocol, "summarize", lambda self: None)
     protocol.execute()
     assert sorted(started) == sorted(["searched-s0-t0", "searched-s0-t1", "searched-s1-t0", "searched-s1-t1",
                                       "standard-t0", "standard-t1", "random-r0"])
@@ -235,15 +237,13 @@ def test_replicate_trains_a_finished_run_with_its_own_genotype_and_seed(tmp_path
     monkeypatch.setattr(sq.Protocol, "tokenizer", lambda self: tmp_path / "tok")
     monkeypatch.setattr(sq.Protocol, "search", lambda *a: pytest.fail("--replicate runs nothing else"))
     monkeypatch.setattr(sq.Protocol, "train", lambda self, *a, **kw: trained.append((a, kw)))
-    monkeypatch.setattr(sq.Protocol, "random_genotype_file", lambda self, k: protocol.work / f"random-r{k}.genotype.json")
-    import search_quality_report
-
-    monkeypatch.setattr(search_quality_report, "write_summary", lambda protocol: None)
+    monkeypatch.setattr(PairPlan, "random_genotype_file", lambda self, k: protocol.work / f"random-r{k}.genotype.json")
+    monkeypatch.setattr(sq.Protocol, "summarize", lambda self: None)
     protocol.execute()
-    (name0, kind0, geno0, seed0, _, meta0), kw0 = trained[0]
+    (name0, kind0, geno0, seed0, meta0), kw0 = trained[0]
     assert (name0, kind0, seed0, meta0["replica_of_device"]) == (f"searched-s1-t1-on-{sq.machine_kind()}", "replica", 1, "unrecorded")
     assert geno0.endswith("search-s1") and kw0["results"] == protocol.results / "replicas"
-    (name1, _, geno1, seed1, _, meta1), _ = trained[1]
+    (name1, _, geno1, seed1, meta1), _ = trained[1]
     assert geno1.endswith("random-r2.genotype.json") and seed1 == 0 and meta1["replica_of_device"] == "GPU: X"
 
     args = sq.parse_args(["--replicate", "standard-t9", "--work_dir", str(tmp_path / "work"),
@@ -285,7 +285,7 @@ def test_scale_wide_is_the_same_protocol_at_d576_in_folders_of_its_own(tmp_path)
     from hf_revdarts import RevDartsConfig
 
     sq = _load_protocol_module()
-    for scale in sq.SCALES.values():
+    for scale in sq.CONFIG.scales.values():
         model = {k.strip("-"): v for k, v in scale["model"].items()}
         RevDartsConfig(**model)
         for proxy in scale["search_variants"].values():
@@ -311,19 +311,19 @@ def test_publish_refuses_what_it_cannot_do_before_training_anything(tmp_path, ca
     protocol = sq.Protocol(args)
     protocol.results.mkdir(parents=True)
     with pytest.raises(RuntimeError, match="no finished searched run"):
-        protocol.publish(tmp_path / "tok")
+        protocol.publish()
     run = {"run": "searched-s0-t0", "kind": "searched", "search": "search-s0", "train_seed": 0, "updates": 4000,
            "val_averaged": {"val_loss": 3.4}, "work_dir": str(tmp_path / "gone")}
     (protocol.results / "searched-s0-t0.json").write_text(json.dumps(run))
     with pytest.raises(RuntimeError, match=r"no searched run .* has its model on this machine .* --replicate searched-s0-t0"):
-        protocol.publish(tmp_path / "tok")
+        protocol.publish()
     (tmp_path / "gone" / "checkpoint-004000").mkdir(parents=True)
     (tmp_path / "gone" / "checkpoint-004000" / "train_state.json").write_text("{}")
     with pytest.raises(ValueError, match="--zoo_steps 4000 must exceed the 4000 updates of searched-s0-t0"):
-        protocol.publish(tmp_path / "tok")
+        protocol.publish()
     shutil.rmtree(tmp_path / "gone")
     with pytest.raises(FileNotFoundError, match="no checkpoint of searched-s0-t0 to continue"):
-        protocol.train_longer(run, 8000, tmp_path / "tok")
+        protocol.train_longer(RunRecord.from_dict(run), 8000)
 
 
 def test_publish_takes_the_best_run_whose_model_is_here_a_replica_included(tmp_path, caplog):
@@ -349,95 +349,26 @@ def test_publish_takes_the_best_run_whose_model_is_here_a_replica_included(tmp_p
     for name, record in records.items():
         (protocol.results / f"{name}.json").write_text(json.dumps(record))
     with caplog.at_level(logging.INFO, logger="search_quality"):
-        best, path = protocol.zoo_candidate()
-    assert best["run"] == "searched-s0-t0" and path == protocol.results / "searched-s0-t0.json"
+        best = protocol.zoo_candidate()
+    assert best.run == "searched-s0-t0" and best.source == protocol.results / "searched-s0-t0.json"
     assert "searched-long-s0-t0 2.630 (model not on this machine)" in caplog.text
     assert "searched-long-s0-t0 has the lowest validation loss but its model is not on this machine" in caplog.text
 
     replica = {k: v for k, v in run("searched-long-s0-t0-on-cpu", 2.65, True).items() if not k.startswith("search")}
     replica.update(kind="replica", replica_of="searched-long-s0-t0", replica_of_kind="searched")
     (protocol.results / "replicas" / "searched-long-s0-t0-on-cpu.json").write_text(json.dumps(replica))
-    best, path = protocol.zoo_candidate()
-    assert best["run"] == "searched-long-s0-t0-on-cpu" and path == protocol.results / "replicas" / f"{best['run']}.json"
-    assert best["search"] == "search-long-s0" and best["search_variant"] == "long"  # from the run it repeats
-    assert protocol.genotype_of(best) == sq.rel(protocol.work / "search-long-s0")  # its zoo run trains that genotype
-
-
-def _pair_summary(pair: str, searched: list[float], standard: list[float], random: list[float], p_value: float):
-    import statistics
-
-    def kind(values):
-        return {"runs": len(values), "bleu_mean": round(statistics.fmean(values), 2),
-                "bleu_std": round(statistics.stdev(values), 2) if len(values) > 1 else 0.0}
-
-    kinds = {"searched": kind(searched), "standard": kind(standard)}
-    summary = {"pair": pair, "sizes": {"searches": 1, "seeds": 1, "random": len(random)}, "kinds": kinds,
-               "significance": {"pooled": {"delta": 0.0, "p_value": p_value}}}
-    if random:
-        kinds["random"] = kind(random)
-        summary["minus_random_mean"] = {"searched": round(kinds["searched"]["bleu_mean"] - kinds["random"]["bleu_mean"], 2)}
-    return summary
-
-
-def test_overview_puts_every_pair_against_the_goal(tmp_path):
-    """The cross-pair table judges each searched row on the issue's goal: mean over seeds >= standard + 1.0 with
-    p < 0.05, and above the random mean; a pair with no summary is listed as not run."""
-    _load_protocol_module()
-    import search_quality_report as report
-
-    cases = {"en-de": _pair_summary("en-de", [34.0, 34.4], [31.0, 31.6], [33.0, 33.6], 0.001),  # wins both
-             "en-fr": _pair_summary("en-fr", [40.9], [40.0], [41.0, 41.4], 0.001),  # +0.9 only: no, and below random
-             "xx-yy": _pair_summary("xx-yy", [30.0], [28.0], [], 0.2)}  # +2.0 but not significant; no random yet
-    for pair, summary in cases.items():
-        (tmp_path / pair).mkdir()
-        (tmp_path / pair / "summary.json").write_text(json.dumps(summary))
-    rows = report.write_overview(tmp_path, {"en-de": {"seeds": 2, "random": 4}, "en-cs": {"seeds": 1, "random": 2}})
-    by_pair = {r["pair"]: r for r in rows}
-    assert (by_pair["en-de"]["minus_standard"], by_pair["en-de"]["beats_standard"], by_pair["en-de"]["beats_random_mean"]) \
-        == (2.9, True, True)
-    assert by_pair["en-de"]["random_planned"] == 4  # the plan, not what a partial run asked for
-    assert (by_pair["en-fr"]["minus_standard"], by_pair["en-fr"]["beats_standard"], by_pair["en-fr"]["beats_random_mean"]) \
-        == (0.9, False, False)
-    assert (by_pair["xx-yy"]["beats_standard"], by_pair["xx-yy"]["beats_random_mean"]) == (False, None)
-    text = (tmp_path / "overview.md").read_text()
-    assert "| en-de | searched | 34.20 ± 0.28 (2) | 31.30 (2 of 2) | 33.30 (2 of 4) | +2.90 (0.001) |" in text
-    assert "No finished run yet: en-cs." in text
-    assert json.loads((tmp_path / "overview.json").read_text())["not_run"] == ["en-cs"]
-
-
-def test_same_machine_significance_sets_a_replica_of_a_searched_run_against_the_standard_run_there(tmp_path):
-    """The searched run trained on a GPU, the standard one on the CPU: the searched run trained again on the CPU
-    is tested against the CPU's standard run (and only there); table runs alone on one machine add nothing."""
-    _load_protocol_module()
-    import search_quality_report as report
-
-    refs = ["a small dog runs on the grass .", "two men play football in the park .", "a woman reads a book ."] * 4
-    good, bad = refs, ["a dog .", "men play .", "a book ."] * 4
-
-    def run(name: str, kind: str, device: str, hyps: list[str], **extra: Any) -> dict[str, Any]:
-        (tmp_path / f"{name}.txt").write_text("\n".join(hyps))
-        return {"run": name, "kind": kind, "device": device, "train_seed": 0, "test": {"hypotheses": f"{name}.txt"}, **extra}
-
-    runs = [run("searched-long-s0-t0", "searched", "GPU: H200", good, search_variant="long"),
-            run("standard-t0", "standard", "CPU: 2 cores", bad), run("random-r0", "random", "CPU: 2 cores", bad)]
-    assert report.significance_same_machine(tmp_path, runs, tmp_path, refs) == {}
-    (tmp_path / "replicas").mkdir()
-    copy = run("searched-long-s0-t0-on-cpu", "replica", "CPU: 2 cores", good, replica_of="searched-long-s0-t0",
-               replica_of_kind="searched")
-    (tmp_path / "replicas" / "searched-long-s0-t0-on-cpu.json").write_text(json.dumps(copy))
-    same = report.significance_same_machine(tmp_path, runs, tmp_path, refs)
-    assert list(same) == ["standard-t0"] and same["standard-t0"]["device"] == "CPU: 2 cores"
-    rows = same["standard-t0"]["rows"]
-    assert {kind: [s["run"] for s in sig["per_seed"]] for kind, sig in rows.items()} == {
-        "searched-long": ["searched-long-s0-t0-on-cpu"], "random": ["random-r0"]}
-    assert rows["searched-long"]["per_seed"][0]["delta"] > 0 and rows["random"]["per_seed"][0]["delta"] == 0
+    best = protocol.zoo_candidate()
+    assert best.run == "searched-long-s0-t0-on-cpu" and best.source == protocol.results / "replicas" / f"{best.run}.json"
+    assert best.search == "search-long-s0" and best.search_variant == "long"  # from the run it repeats
+    assert protocol.plan.genotype_of(best) == sq.rel(protocol.work / "search-long-s0")  # its zoo run trains that genotype
 
 
 def test_status_says_where_each_run_stands_and_writes_nothing(tmp_path, capsys):
     sq = _load_protocol_module()
     results, work = tmp_path / "results" / "en-de-smoke", tmp_path / "work" / "en-de-smoke"
     results.mkdir(parents=True)
-    (results / "search-s0.json").write_text(json.dumps({"run": "search-s0", "kind": "search", "genotype": {"encoder": []}}))
+    (results / "search-s0.json").write_text(json.dumps({"run": "search-s0", "kind": "search",
+                                                        "genotype": Genotype.standard(2, 2).to_dict()}))
     (results / "standard-t0.json").write_text(json.dumps({"run": "standard-t0", "kind": "standard", "updates": 4,
                                                           "cpu_seconds": 7.2, "device": "CPU: 2 cores",
                                                           "test": {"bleu": 12.345}}))

@@ -1,0 +1,276 @@
+"""The protocol's report, rebuilt from the run records alone: for each pair ``summary.json``, ``summary.md``
+(table, significance, replicas, searched genotypes) and ``bleu_per_kind.png``; beside the pairs' folders
+``overview.json``/``overview.md``, every pair's searched rows against the goal.
+
+The goal a searched row is judged on: its mean over training seeds at least the standard Transformer's + 1.0
+BLEU with pooled paired-bootstrap p < 0.05, and above the mean of the random genotypes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..utils.atomic import atomic_savefig, atomic_write_json, atomic_write_text
+from .compare import (
+    minus_random,
+    replica_rows,
+    search_rows,
+    significance,
+    significance_random,
+    significance_same_machine,
+    table,
+    training_rows,
+)
+from .record import RunRecord, load_runs, replica_pairs, repo_path
+
+logger = logging.getLogger("search_quality")
+SHORT_RECIPE = ("--d_model", "--encoder_layers", "--decoder_layers", "--max_steps", "--max_tokens", "--dropout", "--lr",
+                "--warmup_steps")
+
+
+@dataclass(frozen=True)
+class ReportSettings:
+    """What a pair's summary states beside its runs' figures: where its records are (``results``; their paths are
+    relative to the repository ``root``), the pair, its data and test split, the sizes it was run with, its
+    recipe (``ProtocolConfig.recipe_for``) and scale; ``planned``: every pair's planned sizes, for the overview
+    (a run with ``--random 3`` records only what it was asked for)."""
+
+    root: Path
+    results: Path
+    pair: str
+    dataset: Path
+    splits: dict[str, str]
+    sizes: dict[str, int]
+    recipe: dict[str, Any]
+    scale: str | None = None
+    planned: dict[str, dict[str, int]] = field(default_factory=dict)
+
+
+def recipe_short(recipe: dict[str, Any]) -> str:
+    """The recipe in one line, as the tables and cards show it."""
+    return (", ".join(f"{k.strip('-')}={v}" for k, v in {**recipe["model"], **recipe["train"]}.items() if k in SHORT_RECIPE)
+            + f", average of last {recipe['average_last']} checkpoints, beam {recipe['evaluate']['--num_beams']}"
+            + f", length penalty {recipe['evaluate'].get('--length_penalty', 1.0)}")
+
+
+def summarize(settings: ReportSettings, runs: list[RunRecord], searches: list[RunRecord],
+              replicas: list[tuple[RunRecord, RunRecord]], references: list[str]) -> dict[str, Any]:
+    """A pair's summary (``summary.json``) from its records and the test split's references."""
+    root, rows = settings.root, sorted({r.row for r in runs})
+    kinds = table(runs, searches)
+    summary: dict[str, Any] = {
+        "pair": settings.pair, "scale": settings.scale, "dataset": repo_path(settings.dataset, root),
+        "test_split": settings.splits["test"], "tuning_split": settings.splits["val"], "sizes": settings.sizes,
+        "recipe": settings.recipe, "recipe_short": recipe_short(settings.recipe),
+        "bleu_signature": runs[0].test["bleu_signature"],
+        "kinds": kinds,
+        "significance": significance(runs, root, references),
+        "significance_variants": {kind: significance(runs, root, references, kind)
+                                  for kind in rows if kind.startswith("searched-")},
+        "significance_random": {kind: significance_random(runs, root, references, kind)
+                                for kind in rows if kind.startswith("searched")},
+        "replicas": replica_rows(replicas),
+        "significance_same_machine": significance_same_machine(runs, replicas, root, references),
+        "devices": {x.run: x.device or "unrecorded" for x in searches + runs},
+        "total_cpu_hours": round(sum(x.cpu_seconds for x in runs + searches) / 3600, 3),
+        "total_wall_hours": round(sum(x.wall_seconds for x in runs + searches) / 3600, 3),
+    }
+    if "random" in kinds:
+        summary["minus_random_mean"], summary["minus_random_mean_se"] = minus_random(kinds)
+    return summary
+
+
+def markdown(summary: dict[str, Any]) -> str:
+    """``summary.md``: the table, where each run ran, the paired bootstraps, the replicas, the searched genotypes."""
+    k = summary["kinds"]
+    lines = [
+        f"# Search quality — Multi30k {summary['pair']} (test: {summary['test_split']})",
+        "",
+        f"Recipe: {summary['recipe_short']}. BLEU = cased detokenised sacreBLEU "
+        f"(`{summary['bleu_signature']}`); lc = lowercased 13a.",
+        "",
+        "| kind | runs | BLEU mean ± std | lc BLEU mean ± std | parameters | updates | train wall h (mean) | CPU h (total) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for kind in training_rows(k):
+        r = k[kind]
+        lines.append(
+            f"| {kind} | {r['runs']} | {r['bleu_mean']:.2f} ± {r['bleu_std']:.2f} | "
+            f"{r['bleu_lowercase_mean']:.2f} ± {r['bleu_lowercase_std']:.2f} | {r['parameters_mean'] / 1e6:.2f}M | "
+            f"{', '.join(map(str, r['updates']))} | {r['train_wall_hours_mean']:.2f} | {r['cpu_hours_total']:.2f} |"
+        )
+    for kind in search_rows(k):
+        lines.append(f"| {kind} | {k[kind]['runs']} | | | | | {k[kind]['wall_hours_mean']:.2f} | "
+                     f"{k[kind]['cpu_hours_total']:.2f} |")
+    devices: dict[str, list[str]] = {}
+    for name, device in summary.get("devices", {}).items():
+        devices.setdefault(device, []).append(name)
+    if devices:
+        lines += ["", "Ran on: " + "; ".join(f"{d} ({', '.join(sorted(n))})" for d, n in devices.items())
+                  + ". Wall and CPU hours compare only within one machine."]
+    lines += ["", "Runs: " + ", ".join(f"{n} {b:.2f}" for kind in training_rows(k) for n, b in k[kind]["bleu"].items())]
+    for kind, sig in [("searched", summary["significance"]), *summary.get("significance_variants", {}).items()]:
+        if "pooled" not in sig:
+            continue
+        p = sig["pooled"]
+        lines += ["", f"Paired bootstrap, {kind} vs standard (pooled over {p['pairs']} seed pair(s), "
+                  f"{p['n_samples']} resamples): Δ = {p['delta']:+.2f} BLEU, p = {p['p_value']:.4f}; "
+                  f"{kind} {p['mean_a']:.2f} ± {p['ci_a']:.2f}, standard {p['mean_b']:.2f} ± {p['ci_b']:.2f} (95% CI)."]
+        for s in sig["per_seed"]:
+            lines.append(f"- {s['searched']} vs {s['standard']}: Δ = {s['delta']:+.2f}, p = {s['p_value']:.4f}")
+    for kind, sig in summary.get("significance_random", {}).items():
+        if "pooled" not in sig:
+            continue
+        p = sig["pooled"]
+        lines += ["", f"Paired bootstrap, {kind} vs each random genotype (pooled over {p['pairs']} pair(s)): "
+                  f"Δ = {p['delta']:+.2f} BLEU, p = {p['p_value']:.4f} (the pooled test repeats each test sentence "
+                  "once per pair, so its p is optimistic; the pairs:)"]
+        lines += [f"- {s['searched']} vs {s['random']}: Δ = {s['delta']:+.2f}, p = {s['p_value']:.4f}" for s in sig["per_seed"]]
+    if summary.get("replicas"):
+        lines += ["", "Same command again (`--replicate`): a gap between machines is the machine's, not the genotype's.",
+                  "", "| run | ran on | BLEU | val loss | again on | BLEU | val loss | Δ BLEU |", "|---|---|---|---|---|---|---|---|"]
+        for r in summary["replicas"]:
+            loss = [f"{v:.3f}" if v is not None else "" for v in (r["val_loss"], r["replica_val_loss"])]
+            lines.append(f"| {r['run']} | {r['device']} | {r['bleu']:.2f} | {loss[0]} | {r['replica_device']} | "
+                         f"{r['replica_bleu']:.2f} | {loss[1]} | {r['delta_bleu']:+.2f} |")
+    for replica, same in summary.get("significance_same_machine", {}).items():
+        lines += ["", f"Paired bootstrap on one machine ({same['device']}): each run trained there (`-on-…`: trained "
+                  f"again with `--replicate`) against `{replica}`, the standard run trained there:"]
+        lines += [f"- {s['run']} ({kind}) vs {replica}: Δ = {s['delta']:+.2f}, p = {s['p_value']:.4f}"
+                  for kind, sig in same["rows"].items() for s in sig["per_seed"]]
+    if summary.get("minus_random_mean"):
+        se = summary.get("minus_random_mean_se", {})
+        lines += [""] + [f"{kind.capitalize()} mean − random mean: {delta:+.2f} BLEU"
+                         + (f" (standard error over runs {se[kind]:.2f}: {delta / se[kind]:+.1f} SE)." if se.get(kind) else ".")
+                         for kind, delta in summary["minus_random_mean"].items()]
+    for kind in search_rows(k):
+        genotypes = k[kind]["genotypes"]
+        lines += ["", f"Searched genotypes ({kind}):"] + [f"- {n}: `{json.dumps(g)}`" for n, g in genotypes.items()]
+        distinct = {json.dumps(g, sort_keys=True) for g in genotypes.values()}
+        if len(distinct) < len(genotypes):
+            lines.append(f"\n{len(genotypes)} searches, {len(distinct)} distinct genotype(s): a genotype derived by "
+                         "several seeds is trained once per training seed (under the first search's name).")
+    return "\n".join(lines) + "\n"
+
+
+def plot(summary: dict[str, Any], runs: list[RunRecord], path: Path) -> None:
+    """``bleu_per_kind.png``: each run's test BLEU (dots) and each row's mean (bar)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    kinds = training_rows(summary["kinds"])
+    fig, ax = plt.subplots(figsize=(1.8 + 1.5 * len(kinds), 3.6))
+    for x, kind in enumerate(kinds):
+        values = [r.bleu for r in runs if r.row == kind]
+        offsets = [(i - (len(values) - 1) / 2) * 0.08 for i in range(len(values))]
+        ax.scatter([x + o for o in offsets], values, s=28, zorder=3, label=None)
+        mean = summary["kinds"][kind]["bleu_mean"]
+        ax.hlines(mean, x - 0.3, x + 0.3, colors="black", linewidth=1.5, zorder=2)
+    ax.set_xticks(range(len(kinds)), kinds)
+    ax.set_xlim(-0.6, len(kinds) - 0.4)
+    ax.set_ylabel("test BLEU (cased sacreBLEU)")
+    ax.set_title(f"Multi30k {summary['pair']}: runs (dots), mean (bar)", fontsize=10)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    atomic_savefig(fig, path, bbox_inches=None)  # the size set above, which grows with the rows
+    plt.close(fig)
+
+
+def write_summary(settings: ReportSettings) -> dict[str, Any]:
+    """Build the pair's summary.json, summary.md and bleu_per_kind.png from its records, then the overview."""
+    from ..training.data import load_parallel_text
+
+    runs, searches = load_runs(settings.results)
+    if not runs:
+        raise RuntimeError(f"no finished training runs in {settings.results}")
+    src, tgt = settings.pair.split("-")
+    _, references = load_parallel_text(settings.dataset, src, tgt, settings.splits["test"], None,
+                                       settings.recipe["evaluate"].get("--max_examples"))
+    summary = summarize(settings, runs, searches, replica_pairs(settings.results, runs), references)
+    atomic_write_json(settings.results / "summary.json", summary)
+    atomic_write_text(settings.results / "summary.md", markdown(summary))
+    plot(summary, runs, settings.results / "bleu_per_kind.png")
+    logger.info("summary: %s", repo_path(settings.results / "summary.md", settings.root))
+    write_overview(settings.results.parent, settings.planned)
+    return summary
+
+
+# ---------------------------------------------------------------------- every pair ---------------------------
+def overview_rows(summary: dict[str, Any], plan: dict[str, int] | None = None) -> list[dict[str, Any]]:
+    """One row per searched row of a pair's summary: its BLEU beside standard and random, and the goal.
+    ``plan``: the pair's planned sizes (default: those the summary was run with)."""
+    k, sizes = summary["kinds"], plan or summary.get("sizes", {})
+    rows = []
+    for kind in [r for r in training_rows(k) if r.startswith("searched")]:
+        sig = (summary["significance"] if kind == "searched" else summary.get("significance_variants", {}).get(kind, {}))
+        pooled = sig.get("pooled")
+        minus_rand = summary.get("minus_random_mean", {}).get(kind)
+        minus_standard = round(k[kind]["bleu_mean"] - k["standard"]["bleu_mean"], 2) if "standard" in k else None
+        rows.append({
+            "pair": summary["pair"] + (f" ({summary['scale']})" if summary.get("scale") else ""), "row": kind,
+            "runs": k[kind]["runs"],
+            "bleu_mean": k[kind]["bleu_mean"], "bleu_std": k[kind]["bleu_std"],
+            "standard_mean": k.get("standard", {}).get("bleu_mean"), "standard_runs": k.get("standard", {}).get("runs", 0),
+            "standard_planned": sizes.get("seeds"),
+            "random_mean": k.get("random", {}).get("bleu_mean"), "random_runs": k.get("random", {}).get("runs", 0),
+            "random_planned": sizes.get("random"),
+            "minus_standard": minus_standard, "p_value": pooled["p_value"] if pooled else None,
+            "minus_random_mean": minus_rand,
+            "minus_random_mean_se": summary.get("minus_random_mean_se", {}).get(kind),
+            "beats_standard": (minus_standard >= 1.0 and pooled["p_value"] < 0.05) if pooled else None,
+            "beats_random_mean": (minus_rand > 0) if minus_rand is not None else None,
+        })
+    return rows
+
+
+def write_overview(results_root: Path, pairs: dict[str, dict[str, int]]) -> list[dict[str, Any]]:
+    """``overview.md``/``overview.json`` in ``results_root``: every pair's searched rows against standard and
+    random in one table, from the pairs' summary.json files; a planned pair with no summary yet is listed as
+    not run."""
+    results_root = Path(results_root)
+    folders = sorted({*pairs, *(p.parent.name for p in results_root.glob("*/summary.json"))})
+    rows, missing = [], []
+    for name in folders:
+        path = results_root / name / "summary.json"
+        if path.is_file():
+            rows += overview_rows(json.loads(path.read_text(encoding="utf-8")), pairs.get(name))
+        else:
+            missing.append(name)
+
+    def num(value: float | None, fmt: str = ".2f") -> str:
+        return "—" if value is None else format(value, fmt)
+
+    def verdict(value: bool | None) -> str:
+        return "—" if value is None else ("yes" if value else "no")
+
+    lines = [
+        "# Does the search pay? Every pair of the protocol",
+        "",
+        "Built from each pair's `summary.json` (`benchmarks/search_quality.py`); cased sacreBLEU on test_2016_flickr. "
+        "Goal: searched mean ≥ standard mean + 1.0 BLEU with paired bootstrap p < 0.05 (pooled over the training "
+        "seeds), and above the mean of the random genotypes (SE: standard error of that difference between runs). \"—\": not measured yet.",
+        "",
+        "| pair | searched row | searched BLEU (runs) | standard (runs of T) | random mean (runs of K) | "
+        "Δ standard (p) | Δ random mean (SE) | ≥ standard + 1 | > random |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        se = r["minus_random_mean_se"]
+        lines.append(
+            f"| {r['pair']} | {r['row']} | {num(r['bleu_mean'])} ± {num(r['bleu_std'])} ({r['runs']}) | "
+            f"{num(r['standard_mean'])} ({r['standard_runs']} of {r['standard_planned']}) | "
+            f"{num(r['random_mean'])} ({r['random_runs']} of {r['random_planned']}) | "
+            f"{num(r['minus_standard'], '+.2f')} ({num(r['p_value'], '.3f')}) | "
+            f"{num(r['minus_random_mean'], '+.2f')} ({num(r['minus_random_mean'] / se if se else None, '+.1f')}) | "
+            f"{verdict(r['beats_standard'])} | {verdict(r['beats_random_mean'])} |")
+    if missing:
+        lines += ["", "No finished run yet: " + ", ".join(missing) + "."]
+    atomic_write_json(results_root / "overview.json", {"rows": rows, "not_run": missing})
+    atomic_write_text(results_root / "overview.md", "\n".join(lines) + "\n")
+    return rows

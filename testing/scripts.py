@@ -1,0 +1,21 @@
+"""The scripts of ``training/`` imported as modules, for tests that call their ``main`` or helpers directly."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from types import ModuleType
+
+from testing import REPO
+
+
+def load_script(name: str) -> ModuleType:
+    """Import ``training/<name>.py`` as a module (under a name that shadows no library, e.g. ``evaluate``)."""
+    module_name = f"revdarts_script_{name}"
+    if module_name in sys.modules:
+        return sys.modules[module_name]
+    spec = importlib.util.spec_from_file_location(module_name, REPO / "training" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module  # dataclasses resolve their annotations through sys.modules
+    spec.loader.exec_module(module)
+    return module

@@ -1,0 +1,98 @@
+"""The protocol's comparisons: each kind's figures from the committed records are those of the committed
+summaries; searched runs meet the standard run of their seed and every random genotype; a replica meets the
+standard run trained on its machine."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from hf_revdarts.protocol.compare import (
+    mean_std,
+    minus_random,
+    replica_rows,
+    search_rows,
+    significance,
+    significance_random,
+    significance_same_machine,
+    table,
+    training_rows,
+)
+from hf_revdarts.protocol.record import RunRecord, load_runs, replica_pairs
+
+REPO = Path(__file__).resolve().parents[2]
+RESULTS = REPO / "benchmarks" / "results"
+
+
+@pytest.mark.parametrize("pair", ["en-de", "en-fr", "en-cs"])
+def test_the_committed_tables_are_what_the_committed_records_give(pair):
+    summary = json.loads((RESULTS / pair / "summary.json").read_text())
+    runs, searches = load_runs(RESULTS / pair)
+    kinds = table(runs, searches)
+    assert json.dumps(kinds) == json.dumps(summary["kinds"])  # the same figures in the same order
+    assert list(minus_random(kinds)) == [summary["minus_random_mean"], summary["minus_random_mean_se"]]
+    assert replica_rows(replica_pairs(RESULTS / pair, runs)) == summary["replicas"]
+
+
+def test_rows_means_and_the_difference_to_the_random_genotypes():
+    assert training_rows(["random", "searched-long", "standard", "searched", "search"]) == [
+        "searched", "searched-long", "standard", "random"]
+    assert search_rows(["search-long", "searched", "search"]) == ["search", "search-long"]
+    assert mean_std([]) == (None, None) and mean_std([30.0]) == (30.0, 0.0) and mean_std([30.0, 31.0]) == (30.5, 0.71)
+    kinds = {"searched": {"runs": 2, "bleu_mean": 34.2, "bleu_std": 0.4}, "searched-long": {"runs": 1, "bleu_mean": 35.0,
+             "bleu_std": 0.0}, "standard": {"runs": 2, "bleu_mean": 31.0, "bleu_std": 0.2},
+             "random": {"runs": 4, "bleu_mean": 33.0, "bleu_std": 0.6}}
+    delta, se = minus_random(kinds)
+    assert delta == {"searched": 1.2, "searched-long": 2.0}
+    assert se == {"searched": round((0.4 ** 2 / 2 + 0.6 ** 2 / 4) ** 0.5, 2)}  # a single run has no spread to weigh
+    assert minus_random({k: v for k, v in kinds.items() if k != "random"}) == ({}, {})
+
+
+REFS = ["a small dog runs on the grass .", "two men play football in the park .", "a woman reads a book ."] * 4
+GOOD, BAD = REFS, ["a dog .", "men play .", "a book ."] * 4
+
+
+def _run(folder: Path, name: str, kind: str, device: str, hyps: list[str], **extra: Any) -> RunRecord:
+    (folder / f"{name}.txt").write_text("\n".join(hyps))
+    return RunRecord(run=name, kind=kind, device=device, train_seed=extra.pop("train_seed", 0),
+                     test={"hypotheses": f"{name}.txt"}, **extra)
+
+
+def test_searched_runs_meet_the_standard_run_of_their_seed_and_every_random_genotype(tmp_path):
+    runs = [_run(tmp_path, "searched-s0-t0", "searched", "CPU", GOOD), _run(tmp_path, "searched-s0-t1", "searched", "CPU",
+            BAD, train_seed=1), _run(tmp_path, "standard-t0", "standard", "CPU", BAD),
+            _run(tmp_path, "standard-t1", "standard", "CPU", BAD, train_seed=1),
+            _run(tmp_path, "random-r0", "random", "CPU", BAD), _run(tmp_path, "random-r1", "random", "CPU", GOOD)]
+    sig = significance(runs, tmp_path, REFS)
+    assert [(s["searched"], s["standard"]) for s in sig["per_seed"]] == [("searched-s0-t0", "standard-t0"),
+                                                                         ("searched-s0-t1", "standard-t1")]
+    assert sig["pooled"]["pairs"] == 2 and sig["per_seed"][0]["delta"] > 0 and sig["per_seed"][1]["delta"] == 0
+    against = significance_random(runs, tmp_path, REFS, "searched")
+    assert [(s["searched"], s["random"]) for s in against["per_seed"]] == [
+        ("searched-s0-t0", "random-r0"), ("searched-s0-t0", "random-r1"), ("searched-s0-t1", "random-r0"),
+        ("searched-s0-t1", "random-r1")]
+    assert "note" in significance(runs, tmp_path, REFS, "searched-long")
+    one = significance(runs[:1] + runs[2:3], tmp_path, REFS)
+    assert one["pooled"] == {**one["per_seed"][0], "pairs": 1}
+
+
+def test_same_machine_significance_sets_a_replica_of_a_searched_run_against_the_standard_run_there(tmp_path):
+    """The searched run trained on a GPU, the standard one on the CPU: the searched run trained again on the CPU
+    is tested against the CPU's standard run (and only there); table runs alone on one machine add nothing."""
+    runs = [_run(tmp_path, "searched-long-s0-t0", "searched", "GPU: H200", GOOD, search_variant="long"),
+            _run(tmp_path, "standard-t0", "standard", "CPU: 2 cores", BAD),
+            _run(tmp_path, "random-r0", "random", "CPU: 2 cores", BAD)]
+    assert significance_same_machine(runs, [], tmp_path, REFS) == {}
+    (tmp_path / "replicas").mkdir()
+    copy = _run(tmp_path, "searched-long-s0-t0-on-cpu", "replica", "CPU: 2 cores", GOOD, replica_of="searched-long-s0-t0",
+                replica_of_kind="searched")
+    copy.save(tmp_path / "replicas" / "searched-long-s0-t0-on-cpu.json")
+    same = significance_same_machine(runs, replica_pairs(tmp_path, runs), tmp_path, REFS)
+    assert list(same) == ["standard-t0"] and same["standard-t0"]["device"] == "CPU: 2 cores"
+    rows = same["standard-t0"]["rows"]
+    assert {kind: [s["run"] for s in sig["per_seed"]] for kind, sig in rows.items()} == {
+        "searched-long": ["searched-long-s0-t0-on-cpu"], "random": ["random-r0"]}
+    assert rows["searched-long"]["per_seed"][0]["delta"] > 0 and rows["random"]["per_seed"][0]["delta"] == 0

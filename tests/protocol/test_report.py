@@ -1,0 +1,122 @@
+"""The protocol's report: the committed summary.md and overview.md are what the report builds from the committed
+records, byte for byte; the overview judges every pair's searched rows on the goal; a model card's comparison
+comes from the records of its run."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from hf_revdarts.protocol.card import ProtocolRun, training_cost
+from hf_revdarts.protocol.recipe import ProtocolConfig
+from hf_revdarts.protocol.report import ReportSettings, markdown, recipe_short, write_overview, write_summary
+
+REPO = Path(__file__).resolve().parents[2]
+RESULTS = REPO / "benchmarks" / "results"
+CONFIG = ProtocolConfig.load(REPO / "configs" / "protocol" / "multi30k.yaml")
+DATA = REPO / CONFIG.dataset
+
+
+@pytest.mark.parametrize("pair", ["en-de", "en-fr", "en-cs"])
+def test_the_committed_summary_md_is_the_markdown_of_its_summary_json(pair):
+    summary = json.loads((RESULTS / pair / "summary.json").read_text())
+    assert markdown(summary) == (RESULTS / pair / "summary.md").read_text()
+    assert summary["recipe"] == CONFIG.recipe_for() and summary["recipe_short"] == recipe_short(CONFIG.recipe_for())
+
+
+def test_the_committed_overview_is_rebuilt_from_the_pairs_summaries(tmp_path):
+    for pair in CONFIG.pairs:
+        (tmp_path / pair).mkdir()
+        shutil.copyfile(RESULTS / pair / "summary.json", tmp_path / pair / "summary.json")
+    write_overview(tmp_path, CONFIG.pairs)
+    for name in ("overview.md", "overview.json"):
+        assert (tmp_path / name).read_text() == (RESULTS / name).read_text(), name
+
+
+@pytest.mark.skipif(not DATA.is_dir(), reason="needs the Multi30k test references in ../shared/data/multi30k")
+def test_a_pairs_summary_is_rebuilt_from_its_records_byte_for_byte(tmp_path):
+    """From the records and the test references alone: the table, every paired bootstrap, the plot."""
+    results = tmp_path / "en-fr"
+    shutil.copytree(RESULTS / "en-fr", results)
+    for name in ("summary.json", "summary.md", "bleu_per_kind.png"):
+        (results / name).unlink()
+    write_summary(ReportSettings(root=REPO, results=results, pair="en-fr", dataset=DATA, splits=CONFIG.splits,
+                                 sizes=CONFIG.sizes("en-fr"), recipe=CONFIG.recipe_for(), planned={"en-fr": CONFIG.pairs["en-fr"]}))
+    for name in ("summary.json", "summary.md", "bleu_per_kind.png"):
+        assert (results / name).read_bytes() == (RESULTS / "en-fr" / name).read_bytes(), name
+
+
+def _pair_summary(pair: str, searched: list[float], standard: list[float], random: list[float], p_value: float):
+    import statistics
+
+    def kind(values):
+        return {"runs": len(values), "bleu_mean": round(statistics.fmean(values), 2),
+                "bleu_std": round(statistics.stdev(values), 2) if len(values) > 1 else 0.0}
+
+    kinds = {"searched": kind(searched), "standard": kind(standard)}
+    summary = {"pair": pair, "sizes": {"searches": 1, "seeds": 1, "random": len(random)}, "kinds": kinds,
+               "significance": {"pooled": {"delta": 0.0, "p_value": p_value}}}
+    if random:
+        kinds["random"] = kind(random)
+        summary["minus_random_mean"] = {"searched": round(kinds["searched"]["bleu_mean"] - kinds["random"]["bleu_mean"], 2)}
+    return summary
+
+
+def test_overview_puts_every_pair_against_the_goal(tmp_path):
+    """The cross-pair table judges each searched row on the goal: mean over seeds >= standard + 1.0 with
+    p < 0.05, and above the random mean; a pair with no summary is listed as not run."""
+    cases = {"en-de": _pair_summary("en-de", [34.0, 34.4], [31.0, 31.6], [33.0, 33.6], 0.001),  # wins both
+             "en-fr": _pair_summary("en-fr", [40.9], [40.0], [41.0, 41.4], 0.001),  # +0.9 only: no, and below random
+             "xx-yy": _pair_summary("xx-yy", [30.0], [28.0], [], 0.2)}  # +2.0 but not significant; no random yet
+    for pair, summary in cases.items():
+        (tmp_path / pair).mkdir()
+        (tmp_path / pair / "summary.json").write_text(json.dumps(summary))
+    rows = write_overview(tmp_path, {"en-de": {"seeds": 2, "random": 4}, "en-cs": {"seeds": 1, "random": 2}})
+    by_pair = {r["pair"]: r for r in rows}
+    assert (by_pair["en-de"]["minus_standard"], by_pair["en-de"]["beats_standard"], by_pair["en-de"]["beats_random_mean"]) \
+        == (2.9, True, True)
+    assert by_pair["en-de"]["random_planned"] == 4  # the plan, not what a partial run asked for
+    assert (by_pair["en-fr"]["minus_standard"], by_pair["en-fr"]["beats_standard"], by_pair["en-fr"]["beats_random_mean"]) \
+        == (0.9, False, False)
+    assert (by_pair["xx-yy"]["beats_standard"], by_pair["xx-yy"]["beats_random_mean"]) == (False, None)
+    text = (tmp_path / "overview.md").read_text()
+    assert "| en-de | searched | 34.20 ± 0.28 (2) | 31.30 (2 of 2) | 33.30 (2 of 4) | +2.90 (0.001) |" in text
+    assert "No finished run yet: en-cs." in text
+    assert json.loads((tmp_path / "overview.json").read_text())["not_run"] == ["en-cs"]
+
+
+# ---------------------------------------------------------------------- a model card's comparison -------------
+def test_a_zoo_runs_card_names_the_run_it_continues_its_search_and_both_sittings():
+    protocol = ProtocolRun.load(RESULTS / "en-de" / "zoo" / "zoo-searched-long-s0-t0.json", REPO)
+    assert (protocol.continued.run, protocol.search.run, protocol.original) == ("searched-long-s0-t0", "search-long-s0", None)
+    assert protocol.summary == json.loads((RESULTS / "en-de" / "summary.json").read_text())
+    comparison, commands = protocol.comparison()
+    assert comparison.startswith("This model is run `searched-long-s0-t0` of the hf_revdarts protocol trained longer, "
+                                 "to 8000 updates")
+    assert "| **searched-long** (this model's kind) | 2 | 34.14 ± 0.47 | 33.81, 34.47 |" in comparison
+    search, train, evaluate, train_longer, evaluate_longer = commands.split("\n")  # the search, then each sitting
+    assert "training/search.py" in search and "--max_steps 4000" in train and "--max_steps 8000" in train_longer
+    assert "searched-long-s0-t0/averaged" in evaluate and "zoo-searched-long-s0-t0/averaged" in evaluate_longer
+    cost = training_cost({"steps": 8000, "train_seconds": 9000.0}, protocol)
+    assert cost.startswith("8000 steps, 150.0 min on 1 process(es): the first 4000 on CPU: 2 cores (")
+    assert "the 4000 more on GPU: NVIDIA H200" in cost
+    assert training_cost(None) == "not recorded" and training_cost({"steps": 6, "train_seconds": 60}) == \
+        "6 steps, 1.0 min on 1 process(es)"
+
+
+def test_a_replicas_card_sits_in_the_row_of_the_run_it_repeats_and_refuses_another_models_scores():
+    protocol = ProtocolRun.load(RESULTS / "en-fr" / "replicas" / "searched-long-s0-t0-on-cpu.json", REPO)
+    assert protocol.original.run == "searched-long-s0-t0" and protocol.search.run == "search-long-s0"
+    comparison, _ = protocol.comparison()
+    assert "trained again with the same command on CPU: 2 cores (as `searched-long-s0-t0-on-cpu`: 53.77 BLEU" in comparison
+    assert "`python benchmarks/search_quality.py --pair en-fr --search_variant long`" in comparison
+    protocol.check_describes("en-fr", "test_2016_flickr", 53.77, "--eval_results e.json")
+    with pytest.raises(ValueError, match="reports test BLEU 53.77, --eval_results e.json 54.0: they describe different"):
+        protocol.check_describes("en-fr", "test_2016_flickr", 54.0, "--eval_results e.json")
+    with pytest.raises(ValueError, match="is a en-fr run tested on test_2016_flickr, --eval_results e.json a en-de"):
+        protocol.check_describes("en-de", "test_2016_flickr", 53.77, "--eval_results e.json")
+    with pytest.raises(ValueError, match="lacks .*not a training run of benchmarks/search_quality.py"):
+        ProtocolRun.load(RESULTS / "en-fr" / "search-s0.json", REPO)
