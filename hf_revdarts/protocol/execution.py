@@ -19,7 +19,7 @@ from ..model.genotype import Genotype
 from ..utils.atomic import atomic_folder
 from .record import RunRecord
 
-logger = logging.getLogger("search_quality")
+logger = logging.getLogger(__name__)
 TIMING_NOTE = "wall/CPU seconds of finished stages; a stage killed midway is not counted"
 
 

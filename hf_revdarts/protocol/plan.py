@@ -17,7 +17,7 @@ from ..utils.integrity import complete_checkpoints
 from .recipe import random_genotype
 from .record import RunRecord, load_runs, replica_pairs, repo_path
 
-logger = logging.getLogger("search_quality")
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)

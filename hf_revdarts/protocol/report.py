@@ -27,7 +27,7 @@ from .compare import (
 )
 from .record import RunRecord, load_runs, replica_pairs, repo_path
 
-logger = logging.getLogger("search_quality")
+logger = logging.getLogger(__name__)
 SHORT_RECIPE = ("--d_model", "--encoder_layers", "--decoder_layers", "--max_steps", "--max_tokens", "--dropout", "--lr",
                 "--warmup_steps")
 
