@@ -95,12 +95,17 @@ class PairPlan:
         return path
 
     def genotype_of(self, record: RunRecord) -> str:
-        """The --genotype a training run of this protocol was given: its search's folder, standard, or its draw
-        (a replica: those of the run it repeats)."""
-        kind = record.replica_of_kind or record.kind
-        if kind == "searched":
-            return self.rel(self.work / record.search)
-        return self.rel(self.random_genotype_file(record.random_seed)) if kind == "random" else "standard"
+        """The --genotype that trains a finished run's genotype again from its record alone (a fresh clone has no
+        search folders or drawn files, and a changed recipe would draw other random genotypes): ``standard``, or
+        the genotype the run trained, written beside the run folders as ``<run>.genotype.json``."""
+        if (record.replica_of_kind or record.kind) == "standard":
+            return "standard"
+        record.require("run", "genotype", what="a training run whose genotype can be trained again")
+        path = self.work / f"{record.run}.genotype.json"
+        if self.draw:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_json(path, record.genotype.to_dict())
+        return self.rel(path)
 
     def status(self) -> list[dict[str, Any]]:
         """Where each run stands: done with its BLEU, stopped at a checkpoint, or not started, and the updates

@@ -60,7 +60,7 @@ def test_smoke_protocol_runs_every_kind_and_resumes(tmp_path):
     for run in RUNS:
         assert (results / f"{run}.json").is_file(), run
     # Rebuilt after each of the 3 trainings and at the end: a sitting that stops midway leaves its table.
-    assert log.count("INFO search_quality: summary: ") == 4, log[-3000:]
+    assert log.count("INFO hf_revdarts.protocol.report: summary: ") == 4, log[-3000:]
     summary = json.loads((results / "summary.json").read_text())
     assert set(summary["kinds"]) == {"searched", "standard", "random", "search"}
     assert summary["kinds"]["standard"]["updates"] == [4]
@@ -230,21 +230,29 @@ def test_replicate_trains_a_finished_run_with_its_own_genotype_and_seed(tmp_path
                           "--work_dir", str(tmp_path / "work"), "--results_dir", str(tmp_path / "results")])
     protocol = sq.Protocol(args)
     protocol.results.mkdir(parents=True)
-    for name, record in {"searched-s1-t1": {"kind": "searched", "search": "search-s1", "train_seed": 1},
-                         "random-r2": {"kind": "random", "random_seed": 2, "train_seed": 0, "device": "GPU: X"}}.items():
-        (protocol.results / f"{name}.json").write_text(json.dumps(record))
+    searched = {"encoder": [["conv_7", "ffn"]] * 4, "decoder": [["glu", "self_attn"]] * 4}
+    drawn = {"encoder": [["dynconv_3", "glu"]] * 4, "decoder": [["conv_5", "cross_attn"]] * 4}
+    for name, record in {"searched-s1-t1": {"kind": "searched", "search": "search-s1", "train_seed": 1,
+                                            "genotype": searched},
+                         "random-r2": {"kind": "random", "random_seed": 2, "train_seed": 0, "device": "GPU: X",
+                                       "genotype": drawn}}.items():
+        (protocol.results / f"{name}.json").write_text(json.dumps({"run": name, **record}))
     trained = []
     monkeypatch.setattr(sq.Protocol, "tokenizer", lambda self: tmp_path / "tok")
     monkeypatch.setattr(sq.Protocol, "search", lambda *a: pytest.fail("--replicate runs nothing else"))
     monkeypatch.setattr(sq.Protocol, "train", lambda self, *a, **kw: trained.append((a, kw)))
-    monkeypatch.setattr(PairPlan, "random_genotype_file", lambda self, k: protocol.work / f"random-r{k}.genotype.json")
+    monkeypatch.setattr(PairPlan, "random_genotype_file", lambda self, k: pytest.fail("a replica draws nothing"))
     monkeypatch.setattr(sq.Protocol, "summarize", lambda self: None)
     protocol.execute()
     (name0, kind0, geno0, seed0, meta0), kw0 = trained[0]
     assert (name0, kind0, seed0, meta0["replica_of_device"]) == (f"searched-s1-t1-on-{sq.machine_kind()}", "replica", 1, "unrecorded")
-    assert geno0.endswith("search-s1") and kw0["results"] == protocol.results / "replicas"
+    # the genotype comes from the record: neither the search's folder nor a fresh draw is needed
+    assert geno0.endswith("searched-s1-t1.genotype.json") and kw0["results"] == protocol.results / "replicas"
+    assert json.loads((protocol.work / "searched-s1-t1.genotype.json").read_text()) == searched
+    assert not (protocol.work / "search-s1").exists()
     (name1, _, geno1, seed1, meta1), _ = trained[1]
     assert geno1.endswith("random-r2.genotype.json") and seed1 == 0 and meta1["replica_of_device"] == "GPU: X"
+    assert json.loads((protocol.work / "random-r2.genotype.json").read_text()) == drawn
 
     args = sq.parse_args(["--replicate", "standard-t9", "--work_dir", str(tmp_path / "work"),
                           "--results_dir", str(tmp_path / "results")])
@@ -348,19 +356,22 @@ def test_publish_takes_the_best_run_whose_model_is_here_a_replica_included(tmp_p
                "standard-t0": {**run("standard-t0", 2.50, True), "kind": "standard"}}  # not searched: never published
     for name, record in records.items():
         (protocol.results / f"{name}.json").write_text(json.dumps(record))
-    with caplog.at_level(logging.INFO, logger="search_quality"):
+    with caplog.at_level(logging.INFO, logger="hf_revdarts.protocol"):
         best = protocol.zoo_candidate()
     assert best.run == "searched-s0-t0" and best.source == protocol.results / "searched-s0-t0.json"
     assert "searched-long-s0-t0 2.630 (model not on this machine)" in caplog.text
     assert "searched-long-s0-t0 has the lowest validation loss but its model is not on this machine" in caplog.text
 
     replica = {k: v for k, v in run("searched-long-s0-t0-on-cpu", 2.65, True).items() if not k.startswith("search")}
-    replica.update(kind="replica", replica_of="searched-long-s0-t0", replica_of_kind="searched")
+    trained = {"encoder": [["conv_7", "ffn"]] * 4, "decoder": [["glu", "self_attn"]] * 4}
+    replica.update(kind="replica", replica_of="searched-long-s0-t0", replica_of_kind="searched", genotype=trained)
     (protocol.results / "replicas" / "searched-long-s0-t0-on-cpu.json").write_text(json.dumps(replica))
     best = protocol.zoo_candidate()
     assert best.run == "searched-long-s0-t0-on-cpu" and best.source == protocol.results / "replicas" / f"{best.run}.json"
     assert best.search == "search-long-s0" and best.search_variant == "long"  # from the run it repeats
-    assert protocol.plan.genotype_of(best) == sq.rel(protocol.work / "search-long-s0")  # its zoo run trains that genotype
+    # its zoo run trains that genotype, taken from the record: the search's folder is not needed
+    assert protocol.plan.genotype_of(best) == sq.rel(protocol.work / f"{best.run}.genotype.json")
+    assert json.loads((protocol.work / f"{best.run}.genotype.json").read_text()) == trained
 
 
 def test_status_says_where_each_run_stands_and_writes_nothing(tmp_path, capsys):
