@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from .cli import record_flag_sources
 from .configuration_revdarts import (
     DECODER_OPS,
     ENCODER_OPS,
@@ -218,6 +219,10 @@ class RunArguments:
         metadata={"help": "optimiser steps with a NaN/inf loss or gradient that are skipped before the run stops"},
     )
     num_threads: int = field(default=0, metadata={"help": "torch threads per process (0: cores / processes)"})
+    divergence_factor: float = field(
+        default=10.0,
+        metadata={"help": "stop as diverged when the loss exceeds this multiple of its first value (0 = off)"},
+    )
 
     def __post_init__(self) -> None:
         _positive(self, "eval_every", "save_every", "gradient_accumulation_steps")
@@ -225,7 +230,10 @@ class RunArguments:
             _positive(self, "max_steps")
         _positive_number(self, "lr")
         _non_negative(self, "warmup_steps", "max_grad_norm", "checkpoints_total_limit", "max_non_finite_steps",
-                      "num_threads")
+                      "num_threads", "divergence_factor")
+        if 0 < self.divergence_factor <= 1:
+            raise ValueError(f"--divergence_factor {self.divergence_factor} would stop any run whose loss does not "
+                             "fall at once: give more than 1 (default 10), or 0 to turn the check off")
         if not 0 <= self.seed < 2**32:
             raise ValueError(f"--seed must be in [0, 2**32), got {self.seed}")
         if self.resume_from_checkpoint and self.overwrite_output_dir:
@@ -410,9 +418,11 @@ def parse_args(
     values = dict(defaults or {})
     if set(values) - set(known):
         raise ValueError(f"defaults for unknown arguments: {sorted(set(values) - set(known))}")
-    if argv and argv[0].endswith(CONFIG_SUFFIXES):
-        values.update(read_config_file(argv.pop(0), known))
+    config_file = argv.pop(0) if argv and argv[0].endswith(CONFIG_SUFFIXES) else None
+    file_values = read_config_file(config_file, known) if config_file else {}
+    values.update(file_values)
     parser.set_defaults(**values)
+    record_flag_sources(argv, file_values, config_file, {a.dest: a.default for a in parser._actions})
     for action in parser._actions:
         if action.dest in values:
             action.required = False  # given by the file: the flag becomes an override

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
-import sys
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,8 +22,10 @@ from typing import Any
 import torch
 
 from hf_revdarts.arguments import DatasetArguments, parse_args
+from hf_revdarts.cli import run_script
 from hf_revdarts.evaluation import evaluate_translation, load_model_folder
 from hf_revdarts.integrity import fingerprint_model_folder
+from hf_revdarts.model_health import check_model_health
 from hf_revdarts.training_utils import atomic_write_json, load_split, remove_stale_temporaries
 
 
@@ -55,6 +57,38 @@ class EvaluateArguments:
             raise FileNotFoundError(f"--model {self.model} {what}")
         if self.output is not None and Path(self.output).is_dir():
             raise IsADirectoryError(f"--output {self.output} is a folder; give the path of the JSON file to write")
+        if not math.isfinite(self.length_penalty):
+            raise ValueError(f"--length_penalty must be a finite number, got {self.length_penalty}")
+        if self.num_beams == 1 and self.length_penalty != 1.0:
+            raise ValueError(
+                f"--length_penalty {self.length_penalty:g} applies to beam search only, and --num_beams 1 is greedy: "
+                "it would be recorded but not used. Give --num_beams 2 or more, or leave --length_penalty out"
+            )
+        config = Path(self.model) / "config.json"
+        try:
+            limit = json.loads(config.read_text(encoding="utf-8")).get("max_position_embeddings")
+        except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+            limit = None  # named with its error when the model is loaded
+        if isinstance(limit, int) and self.max_new_tokens > limit:
+            raise ValueError(
+                f"--max_new_tokens {self.max_new_tokens} would run the decoder past its position limit "
+                f"(max_position_embeddings={limit} in {config}): give at most {limit}"
+            )
+        output = Path(self.output) if self.output is not None else None
+        if output is not None and output.is_file() and not _is_evaluation(output):
+            raise FileExistsError(
+                f"--output {output} exists and is not a result of evaluate.py (no bleu_signature in it): refusing "
+                "to overwrite it; give another --output"
+            )
+
+
+def _is_evaluation(path: Path) -> bool:
+    """Whether ``path`` holds results this script wrote (and may replace)."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return False
+    return isinstance(data, dict) and "bleu_signature" in data
 
 
 def write_results(
@@ -91,6 +125,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.num_threads)
     sources, references = load_split(data, args.split, args.max_examples)
     model, tokenizer = load_model_folder(args.model)
+    check_model_health(model, tokenizer, sources, references, "evaluated model")  # a diverged model gets no score
     fingerprint = fingerprint_model_folder(args.model)  # before translating: what is evaluated, not what is there later
     scores = evaluate_translation(
         model, tokenizer, sources, references, num_beams=args.num_beams, max_new_tokens=args.max_new_tokens,
@@ -101,4 +136,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_script(main)
