@@ -33,6 +33,7 @@ from .configuration_revdarts import (
     standard_genotype,
     validate_genotype,
 )
+from .flag_checks import check_data_flags, check_dataset_flags, check_depth_flags, check_run_flags
 from .memory import MEMORY_MODES, MemoryEstimate, MemoryPlan, estimate_memory, parse_memory_size, plan_memory
 
 # The bundled English→German sample (present in a source checkout): the default data of every script.
@@ -104,6 +105,7 @@ class DatasetArguments:
     def __post_init__(self) -> None:
         if self.src_lang == self.tgt_lang:
             raise ValueError(f"--src_lang and --tgt_lang are both {self.src_lang!r}: give two different languages")
+        check_dataset_flags(self)
 
 
 @dataclass
@@ -131,6 +133,7 @@ class DataArguments:
                 "sentence of the longest length"
             )
         _tokenizer_folder(self.tokenizer, "tokenizer")
+        check_data_flags(self)
 
 
 @dataclass
@@ -231,9 +234,7 @@ class RunArguments:
         _positive_number(self, "lr")
         _non_negative(self, "warmup_steps", "max_grad_norm", "checkpoints_total_limit", "max_non_finite_steps",
                       "num_threads", "divergence_factor")
-        if 0 < self.divergence_factor <= 1:
-            raise ValueError(f"--divergence_factor {self.divergence_factor} would stop any run whose loss does not "
-                             "fall at once: give more than 1 (default 10), or 0 to turn the check off")
+        check_run_flags(self)
         if not 0 <= self.seed < 2**32:
             raise ValueError(f"--seed must be in [0, 2**32), got {self.seed}")
         if self.resume_from_checkpoint and self.overwrite_output_dir:
@@ -528,6 +529,7 @@ def build_config(
         genotype = standard_genotype(model_args.encoder_layers or 6, model_args.decoder_layers or 6)
     encoder = stack_genotype(genotype["encoder"], model_args.encoder_layers, "encoder")
     decoder = stack_genotype(genotype["decoder"], model_args.decoder_layers, "decoder")
+    check_depth_flags(model_args, len(encoder), len(decoder))
     search = {}
     if search_args is not None:
         search = dict(

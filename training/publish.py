@@ -64,6 +64,9 @@ class PublishArguments:
     private: bool = field(default=False, metadata={"help": "create the Hub repository private"})
 
     def __post_init__(self) -> None:
+        if self.private and not self.push_to_hub:
+            raise ValueError("--private makes the Hub repository private, and only --push_to_hub creates one: add "
+                             "--push_to_hub --hub_model_id user/name, or leave --private out")
         if self.push_to_hub and not self.hub_model_id:
             raise ValueError("--push_to_hub needs --hub_model_id (e.g. your-name/revdarts-en-de)")
         if self.hub_model_id is not None:

@@ -194,6 +194,30 @@ def check_search_settings(args: SearchArgs) -> None:
             f"the search would stop at its first evaluation. Give more than {uniform:.3f} (default 0.6), or 1 to "
             "never stop on it"
         )
+    if s.alpha_init_std > 0.1:
+        raise ValueError(
+            f"--alpha_init_std {s.alpha_init_std:g} starts α with logits about {s.alpha_init_std:g} apart: softmax(α) "
+            "would be far from uniform before any α step, and the random start would pick the genotype. Give at "
+            "most 0.1 (default 1e-3)"
+        )
+    if s.arch_lr is not None and s.arch_lr > s.arch_logit_range:
+        raise ValueError(
+            f"--arch_lr {s.arch_lr:g} moves each α logit by about {s.arch_lr:g} per α step (Adam), more than the whole "
+            f"range a search moves them (--arch_logit_range {s.arch_logit_range:g}): the first α step would decide "
+            f"every node from one batch. Leave --arch_lr out (the rule gives {arch_lr_for_steps(max(1, args.run.max_steps - s.arch_start_step), s.arch_logit_range):.3g} "
+            f"here) or give at most {s.arch_logit_range:g}"
+        )
+    heads = {"self_attn", "cross_attn"}
+    for side, splits in (("encoder", 2), ("decoder", 3)):
+        width = args.model.d_model // splits
+        k = s.partial_channels
+        if width % k or (k > 1 and (width // k) % args.model.num_heads
+                         and any(op in heads or op.startswith("dynconv") for op in spaces[side])):
+            raise ValueError(
+                f"--partial_channels {k} does not divide the {side}'s split width {width} (--d_model "
+                f"{args.model.d_model} / {splits} splits) into a part of whole heads (--num_heads "
+                f"{args.model.num_heads}): give a K with split width / K a multiple of --num_heads (1 always works)"
+            )
     lr = arch_lr(args)
     if s.arch_weight_decay * lr >= 1:
         raise ValueError(
