@@ -55,7 +55,22 @@ def load_model_folder(folder: str | os.PathLike) -> tuple[torch.nn.Module, Any]:
         config = AutoConfig.from_pretrained(folder)
     except (ValueError, TypeError, KeyError) as e:
         raise ValueError(f"{folder / 'config.json'}: {e}") from e
-    model = AutoModelForSeq2SeqLM.from_pretrained(folder, config=config)
+    if "RevDartsSupernet" in (getattr(config, "architectures", None) or []):
+        raise ValueError(
+            f"{folder} is a search's supernet (RevDartsSupernet), not a translation model: train the genotype the "
+            "search derived (training/train.py --genotype <search folder>) and give its best/ or averaged/ folder"
+        )
+    model, info = AutoModelForSeq2SeqLM.from_pretrained(folder, config=config, output_loading_info=True)
+    # transformers initialises missing weights at random and says so only in its log: a model that is partly
+    # random must not be translated, scored or published.
+    tied = set(getattr(model, "_tied_weights_keys", None) or ())  # saved once, tied again on load
+    for kind in ("missing_keys", "unexpected_keys", "mismatched_keys"):
+        keys = sorted(str(k) for k in info.get(kind, ()) if not (kind == "missing_keys" and k in tied))
+        if keys:
+            raise ValueError(
+                f"{folder / 'model.safetensors'} does not fit its config.json: {len(keys)} {kind.replace('_', ' ')} "
+                f"({', '.join(keys[:3])}{', ...' if len(keys) > 3 else ''}); the weights belong to another model"
+            )
     tokenizer = AutoTokenizer.from_pretrained(folder)
     if len(tokenizer) != model.config.vocab_size:
         raise ValueError(

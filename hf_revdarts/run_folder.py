@@ -100,10 +100,11 @@ def check_replaceable(folder: str | os.PathLike, kind: str, flag: str) -> None:
     folder = Path(folder)
     foreign = foreign_entries(folder, kind)
     if foreign:
-        shown = ", ".join(foreign[:8]) + (f" and {len(foreign) - 8} more" if len(foreign) > 8 else "")
+        named = [n for n in foreign if n != LOCK_NAME] or foreign  # the lock of a run is named only when alone
+        shown = ", ".join(named[:8]) + (f" and {len(named) - 8} more" if len(named) > 8 else "")
         raise RunFolderError(
             f"{flag}: {folder} holds {shown}, which no run of {_SCRIPTS[kind]} writes{_looks_like(folder, kind)}; "
-            f"refusing to delete it. Move those away, or give a new or empty folder"
+            "nothing was deleted. Move those away, or give a new or empty folder"
         )
 
 

@@ -82,6 +82,27 @@ class EvaluateArguments:
             )
 
 
+def check_direction(data: DatasetArguments, args: EvaluateArguments) -> None:
+    """Refuse to score a model on the other direction (or other languages) than it was trained for, where its
+    folder records them: training_state.json (train.py's best/ and averaged/) or eval_results.json (published)."""
+    folder = Path(args.model)
+    for name, read in (("training_state.json", lambda d: d.get("args", {})), ("eval_results.json", lambda d: d)):
+        path = folder / name
+        try:
+            recorded = read(json.loads(path.read_text(encoding="utf-8"))) if path.is_file() else {}
+        except (UnicodeDecodeError, json.JSONDecodeError, AttributeError):
+            continue
+        pair = (recorded.get("src_lang"), recorded.get("tgt_lang"))
+        if None not in pair and pair != (data.src_lang, data.tgt_lang):
+            raise ValueError(
+                f"--model {folder} translates {pair[0]}→{pair[1]} ({path}), but --src_lang {data.src_lang} --tgt_lang "
+                f"{data.tgt_lang} would score it on {data.src_lang}→{data.tgt_lang}: give --src_lang {pair[0]} "
+                f"--tgt_lang {pair[1]}"
+            )
+        if None not in pair:
+            return
+
+
 def _is_evaluation(path: Path) -> bool:
     """Whether ``path`` holds results this script wrote (and may replace)."""
     try:
@@ -123,6 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     data, args = parse_args((DatasetArguments, EvaluateArguments), argv, description=__doc__)
     if args.num_threads:
         torch.set_num_threads(args.num_threads)
+    check_direction(data, args)
     sources, references = load_split(data, args.split, args.max_examples)
     model, tokenizer = load_model_folder(args.model)
     check_model_health(model, tokenizer, sources, references, "evaluated model")  # a diverged model gets no score

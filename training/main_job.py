@@ -27,7 +27,6 @@ import yaml
 from hf_revdarts.arguments import SAMPLE_DATA, parse_args
 from hf_revdarts.cli import run_script
 from hf_revdarts.run_folder import check_replaceable, probe_lock
-from hf_revdarts.training_utils import check_output_dir
 
 HERE = Path(__file__).resolve().parent
 CONFIGS = HERE.parent / "configs"
@@ -63,10 +62,12 @@ def check_job(args: MainJobArguments, search_dir: Path, train_dir: Path, publish
     """What would stop a step half-way through the job, refused before the first one starts: a step folder that
     holds anything its script does not write (each step clears its folder) or that another run holds, and a
     --search_steps the search recipe cannot use."""
-    for folder, kind in ((search_dir, "search"), (train_dir, "train")):
-        check_output_dir(folder, True, None, kind=kind)
-    probe_lock(published)
-    check_replaceable(published, "publish", "main_job.py (publish.py --overwrite)")
+    for folder, kind in ((search_dir, "search"), (train_dir, "train"), (published, "publish")):
+        if folder.exists() and not folder.is_dir():
+            raise NotADirectoryError(f"{folder} is a file: the main job's {kind} step writes a folder there; give "
+                                     "another --output_dir")
+        probe_lock(folder)
+        check_replaceable(folder, kind, f"the main job starts its {kind} step afresh (--output_dir {args.output_dir})")
     recipe = yaml.safe_load((CONFIGS / "sample-en-de-search.yaml").read_text(encoding="utf-8"))
     start = int(recipe.get("arch_start_step", 0))
     if args.search_steps <= start:
