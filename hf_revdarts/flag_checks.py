@@ -55,3 +55,18 @@ def check_depth_flags(model: Any, encoder_layers: int, decoder_layers: int) -> N
             f"--reversible_keep_layers {keep} keeps every layer of a {depth}-layer stack: nothing would be "
             f"reconstructed, which is --memory_mode ordinary. Give at most {depth - 1}, or --memory_mode ordinary"
         )
+
+
+def check_launch(num_processes: int, environ: Any = None) -> None:
+    """Refuse a launch that asked for several CPU processes and got one: ``accelerate launch --cpu --num_processes
+    N`` runs a single process (its simple launcher sets MASTER_ADDR for N > 1, and starts no other rank)."""
+    import os
+
+    env = os.environ if environ is None else environ
+    asked_cpu = str(env.get("ACCELERATE_USE_CPU", "")).lower() in ("1", "true", "yes")
+    if num_processes == 1 and asked_cpu and "MASTER_ADDR" in env and "WORLD_SIZE" not in env and "RANK" not in env:
+        raise ValueError(
+            "accelerate launch --cpu --num_processes N starts only one process (the other ranks never start): for "
+            "several CPU processes run ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes N (gloo), "
+            "or leave --num_processes out for one"
+        )

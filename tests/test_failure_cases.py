@@ -83,6 +83,13 @@ def test_overwrite_refuses_folders_that_hold_no_run_of_the_script(script_data, s
                                              r"of search\.py"):
         run_train(script_data, search, "--max_steps", "2", "--overwrite_output_dir")
     assert sorted(p.name for p in search.iterdir()) == ["genotype.json", "search_summary.json"]
+    train_run = tmp_path / "train_run"
+    shutil.copytree(script_trained, train_run)
+    before = snapshot(train_run)
+    with pytest.raises(RunFolderError, match=r"--overwrite: .*no run of publish\.py writes; it looks like the output "
+                                             r"of train\.py"):
+        publish_script.main(publish_args(script_trained / "best", script_evaluated, train_run, "--overwrite"))
+    assert snapshot(train_run) == before
 
 
 _HOLDER = textwrap.dedent(
@@ -271,6 +278,10 @@ def test_pipeline_translates_blank_text_to_nothing(loaded, monkeypatch):
     assert out[1] == translate_("The man sees the ball.", max_new_tokens=4)[0]
     several = translate_(["", "A dog runs."], num_beams=2, num_return_sequences=2, max_new_tokens=4)
     assert several[0] == [{"translation_text": ""}] * 2 and len(several[1]) == 2
+    with pytest.raises(ValueError, match="takes str inputs .*got NoneType"):
+        translate_(["A dog runs.", None])
+    with pytest.raises(ValueError, match="num_return_sequences"):  # transformers' own message names the setting
+        translate_("A dog runs.", num_return_sequences=2, max_new_tokens=4)
 
 
 def test_pipeline_refuses_text_past_the_position_limit_unless_asked_to_truncate(loaded):
@@ -436,6 +447,18 @@ def test_evaluation_batches_reach_every_process_and_every_example():
     examples = [([5, 6, 2], [7, 2])] * 5
     streams = [BatchStream(examples, 400, seed=0, rank=r, world=2, shuffle=False) for r in range(2)]
     assert [len(s) for s in streams] == [1, 1] and sum(s.next()["input_ids"].shape[0] for s in streams) == 5
+
+
+def test_one_process_where_several_were_asked_for_is_refused():
+    from hf_revdarts.flag_checks import check_launch
+
+    # what `accelerate launch --cpu --num_processes 2` gives the one process it starts
+    single = {"ACCELERATE_USE_CPU": "True", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29500"}
+    with pytest.raises(ValueError, match=r"--cpu --num_processes N starts only one process .*ACCELERATE_USE_CPU=1 "
+                                         r"accelerate launch --multi_gpu --num_processes N"):
+        check_launch(1, single)
+    check_launch(1, {"ACCELERATE_USE_CPU": "True"})  # --cpu alone: one process was asked for
+    check_launch(2, {**single, "RANK": "0", "WORLD_SIZE": "2"})  # --multi_gpu: every rank started
 
 
 @pytest.mark.slow
