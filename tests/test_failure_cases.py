@@ -367,6 +367,16 @@ def test_search_refuses_settings_that_decide_nothing_before_any_work(script_data
     assert not (tmp_path / "s").exists()
 
 
+def test_a_tied_block_longer_than_the_stack_is_cut_at_its_depth():
+    from _helpers import tiny_search_config
+
+    from hf_revdarts.search import RevDartsSupernet
+
+    untied = RevDartsSupernet(tiny_search_config(layers=1), tie_blocks=0)
+    assert len(RevDartsSupernet(tiny_search_config(layers=1), tie_blocks=3).arch_parameters()) == \
+        len(untied.arch_parameters())
+
+
 def test_pruning_waits_for_the_first_alpha_step(script_data, tmp_path, monkeypatch):
     from hf_revdarts.search import RevDartsSupernet
 
