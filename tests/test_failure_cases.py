@@ -369,7 +369,6 @@ def test_search_refuses_settings_that_decide_nothing_before_any_work(script_data
 
 def test_a_tied_block_longer_than_the_stack_is_cut_at_its_depth():
     from _helpers import tiny_search_config
-
     from hf_revdarts.search import RevDartsSupernet
 
     untied = RevDartsSupernet(tiny_search_config(layers=1), tie_blocks=0)
