@@ -150,7 +150,8 @@ def probe_lock(folder: str | os.PathLike) -> None:
     killed run is gone with its process)."""
     folder = Path(folder)
     lock = _lock_path(folder)
-    if folder.resolve() in _HELD or not lock.is_file():
+    # Only the first process of a launch looks: the ranks would otherwise race each other for the lock.
+    if os.environ.get("RANK", "0") != "0" or folder.resolve() in _HELD or not lock.is_file():
         return
     fd = _try_lock(lock)
     if fd is None:
