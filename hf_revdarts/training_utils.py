@@ -27,7 +27,7 @@ from .atomic import (
     give_umask_modes,
     remove_stale_temporaries,
 )
-from .flag_checks import check_launch
+from .flag_checks import check_launch, threads_per_process
 from .guards import NonFiniteError, NonFiniteGuard, finite_json_dumps, non_finite_tensors
 from .integrity import CheckpointError, complete_checkpoints, load_state_checked, verify_checkpoint
 from .memory import StepMemoryMeter
@@ -285,7 +285,7 @@ def start_run(
         project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / "logs")),
     )
     check_launch(accelerator.num_processes)  # --cpu --num_processes N: one process where N were asked for
-    torch.set_num_threads(num_threads or max(1, (os.cpu_count() or 1) // accelerator.num_processes))
+    torch.set_num_threads(threads_per_process(num_threads, accelerator.num_processes))
     set_seed(seed)
     claim_output_dir(accelerator, output_dir, kind, overwrite_output_dir)
     if accelerator.is_main_process:

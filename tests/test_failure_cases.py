@@ -470,6 +470,16 @@ def test_one_process_where_several_were_asked_for_is_refused():
     check_launch(2, {**single, "RANK": "0", "WORLD_SIZE": "2"})  # --multi_gpu: every rank started
 
 
+def test_threads_beyond_the_cores_are_cut_with_a_warning(caplog):
+    from hf_revdarts.flag_checks import threads_per_process
+
+    with caplog.at_level(logging.WARNING, logger="hf_revdarts.flag_checks"):
+        assert threads_per_process(2, 2, cores=2) == 1  # the sample config's num_threads under 2 processes
+    assert "--num_threads 2 x 2 processes = 4 threads on 2 cores: each process uses 1" in caplog.text
+    assert threads_per_process(2, 1, cores=2) == 2 and threads_per_process(0, 2, cores=8) == 4
+    assert threads_per_process(3, 2, cores=8) == 3
+
+
 @pytest.mark.slow
 def test_the_readme_two_process_search_runs_on_the_bundled_sample(tmp_path):
     """The README's command (config, bundled data), with the steps and the width cut to test size."""
