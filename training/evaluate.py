@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
-import sys
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +23,8 @@ import torch
 
 from hf_revdarts.evaluation.translation import evaluate_translation, load_model_folder
 from hf_revdarts.training.arguments import DatasetArguments, parse_args
+from hf_revdarts.training.cli import run_script
+from hf_revdarts.training.model_health import check_model_health
 from hf_revdarts.training.training_utils import atomic_write_json, load_split, remove_stale_temporaries
 from hf_revdarts.utils.integrity import fingerprint_model_folder
 
@@ -55,6 +57,59 @@ class EvaluateArguments:
             raise FileNotFoundError(f"--model {self.model} {what}")
         if self.output is not None and Path(self.output).is_dir():
             raise IsADirectoryError(f"--output {self.output} is a folder; give the path of the JSON file to write")
+        if not math.isfinite(self.length_penalty):
+            raise ValueError(f"--length_penalty must be a finite number, got {self.length_penalty}")
+        if self.num_beams == 1 and self.length_penalty != 1.0:
+            raise ValueError(
+                f"--length_penalty {self.length_penalty:g} applies to beam search only, and --num_beams 1 is greedy: "
+                "it would be recorded but not used. Give --num_beams 2 or more, or leave --length_penalty out"
+            )
+        config = Path(self.model) / "config.json"
+        try:
+            limit = json.loads(config.read_text(encoding="utf-8")).get("max_position_embeddings")
+        except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+            limit = None  # named with its error when the model is loaded
+        if isinstance(limit, int) and self.max_new_tokens > limit:
+            raise ValueError(
+                f"--max_new_tokens {self.max_new_tokens} would run the decoder past its position limit "
+                f"(max_position_embeddings={limit} in {config}): give at most {limit}"
+            )
+        output = Path(self.output) if self.output is not None else None
+        if output is not None and output.is_file() and not _is_evaluation(output):
+            raise FileExistsError(
+                f"--output {output} exists and is not a result of evaluate.py (no bleu_signature in it): refusing "
+                "to overwrite it; give another --output"
+            )
+
+
+def check_direction(data: DatasetArguments, args: EvaluateArguments) -> None:
+    """Refuse to score a model on the other direction (or other languages) than it was trained for, where its
+    folder records them: training_state.json (train.py's best/ and averaged/) or eval_results.json (published)."""
+    folder = Path(args.model)
+    for name, read in (("training_state.json", lambda d: d.get("args", {})), ("eval_results.json", lambda d: d)):
+        path = folder / name
+        try:
+            recorded = read(json.loads(path.read_text(encoding="utf-8"))) if path.is_file() else {}
+        except (UnicodeDecodeError, json.JSONDecodeError, AttributeError):
+            continue
+        pair = (recorded.get("src_lang"), recorded.get("tgt_lang"))
+        if None not in pair and pair != (data.src_lang, data.tgt_lang):
+            raise ValueError(
+                f"--model {folder} translates {pair[0]}→{pair[1]} ({path}), but --src_lang {data.src_lang} --tgt_lang "
+                f"{data.tgt_lang} would score it on {data.src_lang}→{data.tgt_lang}: give --src_lang {pair[0]} "
+                f"--tgt_lang {pair[1]}"
+            )
+        if None not in pair:
+            return
+
+
+def _is_evaluation(path: Path) -> bool:
+    """Whether ``path`` holds results this script wrote (and may replace)."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return False
+    return isinstance(data, dict) and "bleu_signature" in data
 
 
 def write_results(
@@ -89,8 +144,10 @@ def main(argv: list[str] | None = None) -> int:
     data, args = parse_args((DatasetArguments, EvaluateArguments), argv, description=__doc__)
     if args.num_threads:
         torch.set_num_threads(args.num_threads)
+    check_direction(data, args)
     sources, references = load_split(data, args.split, args.max_examples)
     model, tokenizer = load_model_folder(args.model)
+    check_model_health(model, tokenizer, sources, references, "evaluated model")  # a diverged model gets no score
     fingerprint = fingerprint_model_folder(args.model)  # before translating: what is evaluated, not what is there later
     scores = evaluate_translation(
         model, tokenizer, sources, references, num_beams=args.num_beams, max_new_tokens=args.max_new_tokens,
@@ -101,4 +158,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_script(main)

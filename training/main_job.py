@@ -22,7 +22,11 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import yaml
+
 from hf_revdarts.training.arguments import SAMPLE_DATA, parse_args
+from hf_revdarts.training.cli import run_script
+from hf_revdarts.training.run_folder import check_replaceable, probe_lock
 
 HERE = Path(__file__).resolve().parent
 CONFIGS = HERE.parent / "configs"
@@ -47,8 +51,31 @@ class MainJobArguments:
 def run(step: str, script: str, *args: str) -> None:
     print(f"\n=== {step}: {script} {' '.join(args)}", flush=True)
     start = time.time()
-    subprocess.run([sys.executable, str(HERE / script), *args], check=True)
+    done = subprocess.run([sys.executable, str(HERE / script), *args])
+    if done.returncode != 0:
+        raise ChildProcessError(f"the {step} step ({script}) failed with exit status {done.returncode}: its error is "
+                                "printed above; the later steps did not run")
     print(f"=== {step} done in {time.time() - start:.0f} s", flush=True)
+
+
+def check_job(args: MainJobArguments, search_dir: Path, train_dir: Path, published: Path) -> None:
+    """What would stop a step half-way through the job, refused before the first one starts: a step folder that
+    holds anything its script does not write (each step clears its folder) or that another run holds, and a
+    --search_steps the search recipe cannot use."""
+    for folder, kind in ((search_dir, "search"), (train_dir, "train"), (published, "publish")):
+        if folder.exists() and not folder.is_dir():
+            raise NotADirectoryError(f"{folder} is a file: the main job's {kind} step writes a folder there; give "
+                                     "another --output_dir")
+        probe_lock(folder)
+        check_replaceable(folder, kind, f"the main job starts its {kind} step afresh (--output_dir {args.output_dir})")
+    recipe = yaml.safe_load((CONFIGS / "sample-en-de-search.yaml").read_text(encoding="utf-8"))
+    start = int(recipe.get("arch_start_step", 0))
+    if args.search_steps <= start:
+        raise ValueError(
+            f"--search_steps {args.search_steps} must be more than {start}, the weight-only warm-up "
+            f"(arch_start_step) of configs/sample-en-de-search.yaml: α would never be updated. Give at least "
+            f"{start + 1}"
+        )
 
 
 def translate_with_pipeline(published: Path) -> None:
@@ -65,7 +92,9 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.output_dir)
     search_dir, train_dir, published = out / "search", out / "train", out / "published"
     data = ["--dataset", args.dataset, "--src_lang", args.src_lang, "--tgt_lang", args.tgt_lang]
-    # Each run of the main job starts its steps afresh (--overwrite_output_dir clears a previous run's folders).
+    check_job(args, search_dir, train_dir, published)
+    # Each run of the main job starts its steps afresh (--overwrite_output_dir clears a previous run's folders, and
+    # refuses any folder that holds something else).
     run("search", "search.py", str(CONFIGS / "sample-en-de-search.yaml"), *data, "--output_dir", str(search_dir),
         "--max_steps", str(args.search_steps), "--overwrite_output_dir")
     run("train", "train.py", str(CONFIGS / "sample-en-de-train.yaml"), *data, "--genotype", str(search_dir),
@@ -83,4 +112,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_script(main)

@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,7 +28,10 @@ from hf_revdarts.evaluation.translation import load_model_folder, translate
 from hf_revdarts.protocol.card import ProtocolRun, training_cost
 from hf_revdarts.search.visualize import plot_genotype
 from hf_revdarts.training.arguments import parse_args
+from hf_revdarts.training.cli import run_script
 from hf_revdarts.training.data import load_parallel_text
+from hf_revdarts.training.model_health import check_model_health
+from hf_revdarts.training.run_folder import check_replaceable
 from hf_revdarts.training.tokenization import save_tokenizer
 from hf_revdarts.training.training_utils import atomic_folder, atomic_write_json, remove_stale_temporaries
 from hf_revdarts.utils.guards import assert_finite_state
@@ -63,6 +65,9 @@ class PublishArguments:
     private: bool = field(default=False, metadata={"help": "create the Hub repository private"})
 
     def __post_init__(self) -> None:
+        if self.private and not self.push_to_hub:
+            raise ValueError("--private makes the Hub repository private, and only --push_to_hub creates one: add "
+                             "--push_to_hub --hub_model_id user/name, or leave --private out")
         if self.push_to_hub and not self.hub_model_id:
             raise ValueError("--push_to_hub needs --hub_model_id (e.g. your-name/revdarts-en-de)")
         if self.hub_model_id is not None:
@@ -83,6 +88,9 @@ class PublishArguments:
             raise FileNotFoundError(f"--search_dir {self.search_dir} is not a folder")
         if Path(self.output_dir).resolve() in (Path(self.model).resolve(), *Path(self.model).resolve().parents):
             raise ValueError(f"--output_dir {self.output_dir} would replace the folder of --model {self.model}")
+        if self.example is not None and not self.example.strip():
+            raise ValueError("--example is empty: give a source sentence for the card, or leave it out to use the "
+                             "first sentence of the evaluated split")
 
 
 def _read_json(path: Path, what: str) -> dict[str, Any]:
@@ -188,6 +196,8 @@ def read_inputs(args: PublishArguments) -> tuple[dict[str, Any], dict[str, Any],
     remove_stale_temporaries(out.parent, out.name)  # what a publish killed mid-write left (or the old folder)
     if out.exists() and any(out.iterdir()) and not args.overwrite:
         raise FileExistsError(f"{out} exists and is not empty; pass --overwrite to replace it")
+    if args.overwrite:
+        check_replaceable(out, "publish", "--overwrite")  # only a folder publish.py wrote is replaced
     results = _read_json(Path(args.eval_results), "--eval_results")
     for key in EVAL_KEYS:
         if key not in results:
@@ -285,7 +295,15 @@ def main(argv: list[str] | None = None) -> int:
     protocol = read_protocol(args, results)
     model, tokenizer = load_model_folder(args.model)
     assert_finite_state(model, "published model")
+    probe = [t for t in [args.example, *results["hypotheses"][:8]] if t and t.strip()] or ["."]
+    check_model_health(model, tokenizer, probe, None, "published model")
     extra = card_extras(model, tokenizer, results, args, train, search, protocol)
+    if not extra["example_translation"].strip():
+        raise ValueError(
+            f"the model translates the card's example {extra['example_source']!r} to an empty string: the card would "
+            "show no translation. Give another --example (a model that translates everything to nothing has not "
+            "learnt: check its BLEU)"
+        )
     write_folder(model, tokenizer, build_card(model, results, args, extra), results, args)
     if args.push_to_hub:
         push(args, results)
@@ -295,4 +313,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_script(main)

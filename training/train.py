@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import json
 import logging
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,6 +51,8 @@ from hf_revdarts.training.arguments import (
     parse_args,
 )
 from hf_revdarts.training.averaging import latest_checkpoints, load_averaged_weights
+from hf_revdarts.training.cli import run_script
+from hf_revdarts.training.model_health import DivergenceGuard, mean_over_processes
 from hf_revdarts.training.run_config import (
     MemorySetup,
     build_config,
@@ -131,6 +132,7 @@ class Training:
     tokens_seen: int = 0  # by this process: a resumed run restores train_seconds, not the tokens before it
     seconds_here: float = 0.0
     averaged: dict[str, Any] | None = None
+    divergence: DivergenceGuard | None = None
 
 
 def parse_train_args(argv: list[str] | None = None) -> TrainArgs:
@@ -217,6 +219,8 @@ def setup(args: TrainArgs, inputs: Inputs) -> Training:
     if inputs.resume_path is not None:
         load_checkpoint(accelerator, state, inputs.resume_path, logger)
     unwrapped = accelerator.unwrap_model(model)
+    divergence = DivergenceGuard(run.divergence_factor, state.loss_reference, "training", mean_over_processes(accelerator),
+                                 lambda: state.guards["weights"].last_good_checkpoint)
     hparams = loggable_arguments(*vars(args).values())
     accelerator.init_trackers("train", config=hparams)
     logger.info(f"budget: {budget_text(args)}", main_process_only=True)
@@ -228,7 +232,7 @@ def setup(args: TrainArgs, inputs: Inputs) -> Training:
     )
     logger.info(memory.describe(), main_process_only=True)
     return Training(args, output_dir, accelerator, model, unwrapped, tokenizer, optimizer, scheduler, state,
-                    eval_batches, bleu_pairs, hparams, memory)
+                    eval_batches, bleu_pairs, hparams, memory, divergence=divergence)
 
 
 # ---------------------------------------------------------------- the loop ----------------------------------
@@ -241,6 +245,7 @@ def train_step(t: Training) -> dict[str, float]:
     norm = None
     if t.args.run.max_grad_norm > 0:
         norm = t.accelerator.clip_grad_norm_(t.model.parameters(), t.args.run.max_grad_norm)
+    t.divergence.check_step(t.state.step + 1, loss)  # a loss far above its first value: stop before this update
     # A NaN/inf loss or gradient skips the update (counted; the run stops past --max_non_finite_steps).
     if guard_allows_step(t.accelerator, t.state.guards["weights"], t.state.step + 1, loss, norm, t.model.parameters()):
         t.optimizer.step()
@@ -269,6 +274,7 @@ def train_loop(t: Training) -> None:
 def validation_scores(t: Training) -> dict[str, Any]:
     """Validation loss (all processes); on the main process greedy BLEU/chrF on --bleu_sentences sentences."""
     val_loss = evaluate_loss(t.model, t.accelerator, t.eval_batches)
+    t.divergence.check_validation(t.state.step, val_loss)  # a diverged model gets no scores and no best/
     scores: dict[str, Any] = {"val_loss": finite_or_none(val_loss, "the validation loss", t.state.step)}
     if t.accelerator.is_main_process:
         sources, references = t.bleu_pairs
@@ -380,4 +386,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_script(main)

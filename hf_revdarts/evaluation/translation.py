@@ -58,7 +58,22 @@ def load_model_folder(folder: str | os.PathLike) -> tuple[torch.nn.Module, Any]:
         config = AutoConfig.from_pretrained(folder)
     except (ValueError, TypeError, KeyError) as e:
         raise ValueError(f"{folder / 'config.json'}: {e}") from e
-    model = AutoModelForSeq2SeqLM.from_pretrained(folder, config=config)
+    if "RevDartsSupernet" in (getattr(config, "architectures", None) or []):
+        raise ValueError(
+            f"{folder} is a search's supernet (RevDartsSupernet), not a translation model: train the genotype the "
+            "search derived (training/train.py --genotype <search folder>) and give its best/ or averaged/ folder"
+        )
+    model, info = AutoModelForSeq2SeqLM.from_pretrained(folder, config=config, output_loading_info=True)
+    # transformers initialises missing weights at random and says so only in its log: a model that is partly
+    # random must not be translated, scored or published.
+    tied = set(getattr(model, "_tied_weights_keys", None) or ())  # saved once, tied again on load
+    for kind in ("missing_keys", "unexpected_keys", "mismatched_keys"):
+        keys = sorted(str(k) for k in info.get(kind, ()) if not (kind == "missing_keys" and k in tied))
+        if keys:
+            raise ValueError(
+                f"{folder / 'model.safetensors'} does not fit its config.json: {len(keys)} {kind.replace('_', ' ')} "
+                f"({', '.join(keys[:3])}{', ...' if len(keys) > 3 else ''}); the weights belong to another model"
+            )
     tokenizer = AutoTokenizer.from_pretrained(folder)
     if len(tokenizer) != model.config.vocab_size:
         raise ValueError(
@@ -76,18 +91,34 @@ def translate(
     num_beams: int = 4,
     max_new_tokens: int = 64,
     batch_size: int = 32,
-    max_source_length: int = 128,
+    max_source_length: int | None = None,
     progress: bool = False,
     length_penalty: float = 1.0,
+    report: dict[str, Any] | None = None,
 ) -> list[str]:
     """Translate with ``generate`` (cached decoding), batches sorted by length so padding stays small.
-    ``length_penalty`` is the beam score's length exponent (>1 favours longer output; beam search only)."""
+    ``length_penalty`` is the beam score's length exponent (>1 favours longer output; beam search only).
+
+    A score must cover every sentence, so none is left out: a blank source translates to "" (generate would
+    invent a sentence for it), and one longer than ``max_source_length`` (default: the model's position limit)
+    is translated from its first tokens, with a warning. ``report``, when given, receives their indices
+    (``empty_sources``, ``truncated_sources``)."""
     from tqdm.auto import tqdm
 
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    order = sorted(range(len(sentences)), key=lambda i: len(sentences[i]))
+    limit = max_source_length or model.config.max_position_embeddings
+    lengths = [len(ids) for ids in tokenizer(list(sentences), verbose=False)["input_ids"]] if sentences else []
+    truncated = [i for i, n in enumerate(lengths) if n > limit]
+    empty = [i for i, s in enumerate(sentences) if not s.strip()]
+    if truncated:
+        logger.warning("%d of %d source sentences are longer than %d tokens and are translated from their first %d "
+                       "tokens only (sentences %s)", len(truncated), len(sentences), limit, limit, truncated[:10])
+    if report is not None:
+        report.update(empty_sources=empty, truncated_sources=truncated)
+    skip = set(empty)
+    order = sorted((i for i in range(len(sentences)) if i not in skip), key=lambda i: len(sentences[i]))
     out: list[str] = [""] * len(sentences)
     starts = range(0, len(order), batch_size)
     # generate warns about a beam-only setting under greedy decoding, so it is passed with beams only.
@@ -95,8 +126,7 @@ def translate(
     for start in tqdm(starts, desc="translate", disable=not progress):
         idx = order[start : start + batch_size]
         enc = tokenizer(
-            [sentences[i] for i in idx], return_tensors="pt", padding=True, truncation=True,
-            max_length=max_source_length,
+            [sentences[i] for i in idx], return_tensors="pt", padding=True, truncation=True, max_length=limit,
         ).to(device)
         gen = model.generate(**enc, num_beams=num_beams, max_new_tokens=max_new_tokens, **beam_settings)
         for i, text in zip(idx, tokenizer.batch_decode(gen, skip_special_tokens=True)):
@@ -119,9 +149,10 @@ def evaluate_translation(
     """Translate ``sources`` and score against ``references``: the scores of ``bleu_and_chrf`` plus the
     decoding settings, ``translate_seconds`` and the ``hypotheses``."""
     start = time.time()
+    report: dict[str, Any] = {}
     hypotheses = translate(
         model, tokenizer, sources, num_beams=num_beams, max_new_tokens=max_new_tokens, batch_size=batch_size,
-        progress=progress, length_penalty=length_penalty,
+        progress=progress, length_penalty=length_penalty, report=report,
     )
     seconds = time.time() - start
     return {
@@ -130,5 +161,8 @@ def evaluate_translation(
         "max_new_tokens": max_new_tokens,
         "translate_seconds": round(seconds, 1),
         **bleu_and_chrf(hypotheses, references),
+        # how many sources were not translated whole (blank ones get "", long ones their first tokens' translation)
+        "empty_sources": len(report["empty_sources"]),
+        "truncated_sources": len(report["truncated_sources"]),
         "hypotheses": hypotheses,
     }

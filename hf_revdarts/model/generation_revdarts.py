@@ -44,11 +44,13 @@ def checked_length_kwargs(
     generation_config: GenerationConfig | None,
     inputs: torch.Tensor | None,
     kwargs: dict[str, Any],
+    special_ids: set[int] | None = None,
 ) -> dict[str, Any]:
     """``generate``'s kwargs with ``max_length=limit`` added when no length is given anywhere; raises a
     ``ValueError`` naming the setting when ``max_new_tokens``/``max_length`` would run the decoder past
-    ``limit`` positions, ``num_beams`` is below 1, or the input is empty. Looks where ``generate`` does: the
-    call's kwargs, then the ``generation_config`` passed, then the model's."""
+    ``limit`` positions, ``num_beams`` is below 1, the input is empty or longer than ``limit``, or a row holds
+    nothing but ``special_ids`` (an empty text: the decoder would write a sentence that is in no input). Looks
+    where ``generate`` does: the call's kwargs, then the ``generation_config`` passed, then the model's."""
 
     def setting(name: str) -> Any:
         if kwargs.get(name) is not None:
@@ -65,6 +67,25 @@ def checked_length_kwargs(
             f"input_ids has shape {tuple(ids.shape)}: nothing to translate (the tokenizer gives at least </s> for "
             "each text)"
         )
+    if isinstance(ids, torch.Tensor) and ids.dim() == 2:
+        if ids.shape[1] > limit:
+            raise ValueError(
+                f"input_ids has {ids.shape[1]} positions, more than the encoder reads (max_position_embeddings="
+                f"{limit}): split the text into sentences, or truncate it (tokenizer truncation=True, max_length="
+                f"{limit}) knowing the rest is dropped"
+            )
+        if special_ids:
+            content = ~torch.isin(ids, torch.tensor(sorted(special_ids), device=ids.device))
+            mask = kwargs.get("attention_mask")
+            if isinstance(mask, torch.Tensor) and mask.shape == ids.shape:
+                content &= mask.bool()
+            empty = (~content.any(dim=1)).nonzero().flatten().tolist()
+            if empty:
+                raise ValueError(
+                    f"input row(s) {empty[:10]} hold only special tokens, no text: nothing to translate, and the "
+                    "decoder would write a sentence that is in no input. Leave empty texts out (their translation "
+                    "is ''; the translation pipeline returns that)"
+                )
     num_beams = setting("num_beams")
     if num_beams is not None and (not isinstance(num_beams, int) or num_beams < 1):
         raise ValueError(f"num_beams={num_beams!r} must be an integer >= 1 (1 = greedy or sampling)")

@@ -415,7 +415,10 @@ class RevDartsForConditionalGeneration(RevDartsPreTrainedModel, GenerationMixin)
         position limit, and a length that would run past it is a ``ValueError`` before any decoding."""
         limit = self.config.max_position_embeddings
         normalize_max_length(self.generation_config, limit)
-        kwargs = checked_length_kwargs(limit, self.generation_config, generation_config, inputs, kwargs)
+        cfg = self.config
+        specials = {i for i in (cfg.pad_token_id, cfg.bos_token_id, cfg.eos_token_id, cfg.decoder_start_token_id)
+                    if i is not None}
+        kwargs = checked_length_kwargs(limit, self.generation_config, generation_config, inputs, kwargs, specials)
         return super().generate(inputs, generation_config=generation_config, **kwargs)
 
     @classmethod

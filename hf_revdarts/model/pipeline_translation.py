@@ -15,6 +15,14 @@ Any ``generate`` argument (``max_length``, ``max_new_tokens``, ``num_beams``, ``
 ``num_return_sequences``, ...) passes through, at construction or per call. It can also be used directly:
 ``TranslationPipeline(model=model, tokenizer=tokenizer)``.
 
+Nothing is invented and nothing is dropped without being asked for:
+
+* an empty or blank text (``""``, ``"   "``) translates to ``""``: a decoder given nothing would still write a
+  fluent sentence, which is in no input;
+* a text longer than the model's position limit (``max_position_embeddings`` tokens, or ``max_source_length``)
+  is a ``ValueError`` naming both lengths: split it (one sentence per list item: the model translates sentences)
+  or pass ``truncation=True`` to translate only its first tokens, knowing the rest is dropped.
+
 This file is copied next to saved models (``trust_remote_code``); it imports only torch and transformers.
 """
 
@@ -51,13 +59,27 @@ class TranslationPipeline(Pipeline):
         """Translate one text or a list of texts (``batch_size=`` batches them, padded)."""
         if isinstance(inputs, list) and not inputs:
             return []  # nothing to translate (transformers' Pipeline would fail with an IndexError)
-        result = super().__call__(inputs, **kwargs)
+        texts = inputs if isinstance(inputs, list) else [inputs]
+        blank = [isinstance(t, str) and not t.strip() for t in texts]
+        if not any(blank):
+            result = super().__call__(inputs, **kwargs)
+        else:
+            # Blank texts never reach generate: their translation is "" (as many as sequences were asked for).
+            copies = kwargs.get("num_return_sequences") or (kwargs.get("generate_kwargs") or {}).get(
+                "num_return_sequences") or getattr(getattr(self.model, "generation_config", None),
+                                                   "num_return_sequences", None) or 1
+            nothing = [{"translation_text": ""} for _ in range(copies)]
+            rest = [t for t, b in zip(texts, blank) if not b]
+            done = iter(super().__call__(rest, **kwargs) if rest else [])
+            result = [list(nothing) if b else next(done) for b in blank]
+            if not isinstance(inputs, list):
+                return result[0]
         # Like the old TranslationPipeline: a list of texts with one translation each gives a flat list.
         if isinstance(inputs, list) and all(isinstance(r, list) and len(r) == 1 for r in result):
             return [r[0] for r in result]
         return result
 
-    def preprocess(self, text: str, truncation: bool = True, max_source_length: int | None = None, **_: Any):
+    def preprocess(self, text: str, truncation: bool = False, max_source_length: int | None = None, **_: Any):
         if not isinstance(text, str):
             raise ValueError(f"the translation pipeline takes str inputs (or a list of str), got {type(text).__name__}")
         limit = getattr(self.model.config, "max_position_embeddings", None)
@@ -70,13 +92,23 @@ class TranslationPipeline(Pipeline):
                     f"max_source_length={max_source_length} exceeds the model's max_position_embeddings={limit}: "
                     "longer inputs cannot be encoded"
                 )
-        return self.tokenizer(
+        encoded = self.tokenizer(
             text,
             return_tensors="pt",
-            truncation=truncation,
+            truncation=bool(truncation) and max_len is not None,
             max_length=max_len if truncation else None,
             return_token_type_ids=False,
+            verbose=False,
         )
+        length = encoded["input_ids"].shape[-1]
+        if max_len is not None and length > max_len:
+            which = "max_source_length" if max_source_length is not None else "max_position_embeddings"
+            raise ValueError(
+                f"the text {text[:40]!r}... is {length} tokens long, more than the model reads ({which}={max_len}): "
+                "split it into sentences and pass them as a list, or pass truncation=True to translate only its "
+                f"first {max_len} tokens (the rest is then dropped)"
+            )
+        return encoded
 
     def _forward(self, model_inputs: dict[str, torch.Tensor], generate_kwargs: dict[str, Any] | None = None):
         generate_kwargs = dict(generate_kwargs or {})

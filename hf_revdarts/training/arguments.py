@@ -26,6 +26,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 from ..memory import MEMORY_MODES, parse_memory_size
+from .cli import record_flag_sources
+from .flag_checks import check_data_flags, check_dataset_flags, check_run_flags
 
 # The bundled English→German sample (present in a source checkout): the default data of every script.
 SAMPLE_DATA = Path(__file__).resolve().parents[2] / "samples" / "en-de"
@@ -96,6 +98,7 @@ class DatasetArguments:
     def __post_init__(self) -> None:
         if self.src_lang == self.tgt_lang:
             raise ValueError(f"--src_lang and --tgt_lang are both {self.src_lang!r}: give two different languages")
+        check_dataset_flags(self)
 
 
 @dataclass
@@ -123,6 +126,7 @@ class DataArguments:
                 "sentence of the longest length"
             )
         _tokenizer_folder(self.tokenizer, "tokenizer")
+        check_data_flags(self)
 
 
 @dataclass
@@ -211,6 +215,10 @@ class RunArguments:
         metadata={"help": "optimiser steps with a NaN/inf loss or gradient that are skipped before the run stops"},
     )
     num_threads: int = field(default=0, metadata={"help": "torch threads per process (0: cores / processes)"})
+    divergence_factor: float = field(
+        default=10.0,
+        metadata={"help": "stop as diverged when the loss exceeds this multiple of its first value (0 = off)"},
+    )
 
     def __post_init__(self) -> None:
         _positive(self, "eval_every", "save_every", "gradient_accumulation_steps")
@@ -218,7 +226,8 @@ class RunArguments:
             _positive(self, "max_steps")
         _positive_number(self, "lr")
         _non_negative(self, "warmup_steps", "max_grad_norm", "checkpoints_total_limit", "max_non_finite_steps",
-                      "num_threads")
+                      "num_threads", "divergence_factor")
+        check_run_flags(self)
         if not 0 <= self.seed < 2**32:
             raise ValueError(f"--seed must be in [0, 2**32), got {self.seed}")
         if self.resume_from_checkpoint and self.overwrite_output_dir:
@@ -403,9 +412,11 @@ def parse_args(
     values = dict(defaults or {})
     if set(values) - set(known):
         raise ValueError(f"defaults for unknown arguments: {sorted(set(values) - set(known))}")
-    if argv and argv[0].endswith(CONFIG_SUFFIXES):
-        values.update(read_config_file(argv.pop(0), known))
+    config_file = argv.pop(0) if argv and argv[0].endswith(CONFIG_SUFFIXES) else None
+    file_values = read_config_file(config_file, known) if config_file else {}
+    values.update(file_values)
     parser.set_defaults(**values)
+    record_flag_sources(argv, file_values, config_file, {a.dest: a.default for a in parser._actions})
     for action in parser._actions:
         if action.dest in values:
             action.required = False  # given by the file: the flag becomes an override

@@ -316,11 +316,27 @@ def token_batches(
     return batches
 
 
-def shard(batches: list[list[int]], rank: int, world: int) -> list[list[int]]:
-    """This rank's batches: every rank gets the same number (the remainder is dropped) so DDP steps match."""
+def shard(batches: list[list[int]], rank: int, world: int, keep_all: bool = False) -> list[list[int]]:
+    """This rank's batches: every rank gets the same number so DDP steps match. Training drops the remainder (the
+    next epoch reshuffles); with ``keep_all`` (evaluation) batches are split instead, so every example is seen
+    once, on one rank (a remainder that cannot be split, fewer examples than ranks, is dropped with a warning)."""
+    if keep_all:
+        batches = [list(b) for b in batches]
+        while batches and (len(batches) % world or len(batches) < world):
+            largest = max(range(len(batches)), key=lambda i: len(batches[i]))
+            if len(batches[largest]) < 2:
+                break
+            half = len(batches[largest]) // 2
+            batches[largest:largest + 1] = [batches[largest][:half], batches[largest][half:]]
     usable = len(batches) - len(batches) % world
     if usable == 0:
-        raise ValueError(f"only {len(batches)} batches for {world} processes; use more data or a smaller max_tokens")
+        raise ValueError(
+            f"only {len(batches)} batches for {world} processes: use more data, a smaller --max_tokens or fewer "
+            "processes"
+        )
+    if keep_all and usable < len(batches):
+        logger.warning("%d of %d evaluation examples are left out: they cannot be spread over %d processes",
+                       sum(len(b) for b in batches[usable:]), sum(len(b) for b in batches), world)
     return batches[rank:usable:world]
 
 
@@ -357,7 +373,7 @@ class BatchStream:
         if self._batches is None:
             lengths = [max(len(s), len(t)) for s, t in self.examples]
             all_batches = token_batches(lengths, self.max_tokens, self.seed, self.epoch, self.shuffle)
-            self._batches = shard(all_batches, self.rank, self.world)
+            self._batches = shard(all_batches, self.rank, self.world, keep_all=not self.shuffle)
         return self._batches
 
     def __len__(self) -> int:

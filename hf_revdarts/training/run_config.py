@@ -13,6 +13,7 @@ from ..memory import MEMORY_MODES, MemoryEstimate, MemoryPlan, estimate_memory, 
 from ..model.configuration_revdarts import RevDartsConfig
 from ..model.genotype import Genotype
 from .arguments import DataArguments, ModelArguments, SearchArguments
+from .flag_checks import check_depth_flags
 
 
 def load_genotype(spec: str) -> tuple[Genotype | None, Path | None]:
@@ -72,6 +73,7 @@ def build_config(
     except ValueError as e:  # name the flag that sets the depth
         raise ValueError(f"--{e}" if "_layers=" in str(e) else str(e)) from e
     encoder, decoder = stacked.to_dict()["encoder"], stacked.to_dict()["decoder"]
+    check_depth_flags(model_args, len(encoder), len(decoder))
     search = {}
     if search_args is not None:
         search = dict(

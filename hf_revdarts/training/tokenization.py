@@ -22,12 +22,15 @@ load; ``model_input_names`` must omit ``token_type_ids`` or 4.57's ``generate`` 
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 from transformers import PreTrainedTokenizerFast
+
+logger = logging.getLogger(__name__)
 
 PAD, BOS, EOS, UNK = "<pad>", "<s>", "</s>", "<unk>"
 SPECIAL_TOKENS = (PAD, BOS, EOS, UNK)  # ids 0..3, the RevDartsConfig defaults
@@ -122,7 +125,11 @@ def train_tokenizer(
     The vocabulary may come out smaller than ``vocab_size`` on little text; use ``len(tokenizer)`` as the
     model's ``vocab_size``.
     """
-    return wrap_backend(build_backend(texts, vocab_size, min_frequency, lowercase), model_max_length)
+    tokenizer = wrap_backend(build_backend(texts, vocab_size, min_frequency, lowercase), model_max_length)
+    if len(tokenizer) > vocab_size:
+        logger.warning("vocab_size=%d is below what the text needs: the tokenizer keeps every character of it and has "
+                       "%d tokens (the model is built for %d)", vocab_size, len(tokenizer), len(tokenizer))
+    return tokenizer
 
 
 def save_tokenizer(tokenizer: PreTrainedTokenizerFast, folder: str | os.PathLike) -> list[str]:

@@ -31,6 +31,8 @@ from ..utils.atomic import (
 from ..utils.guards import NonFiniteError, NonFiniteGuard, finite_json_dumps, non_finite_tensors
 from ..utils.integrity import CheckpointError, complete_checkpoints, load_state_checked, verify_checkpoint
 from ..utils.schedules import inverse_sqrt_schedule
+from .flag_checks import check_launch, threads_per_process
+from .run_folder import LOCK_NAME, check_replaceable, claim_output_dir, probe_lock, release_output_dir
 
 logger = logging.getLogger(__name__)
 
@@ -79,6 +81,7 @@ class TrainState:
         self.stopped_early = False
         self.best: dict[str, Any] = {}
         self.train_seconds = 0.0
+        self.loss_reference: dict[str, Any] = {}  # the first loss, what divergence is measured against
         self.batch_shape: tuple[int, int, int] | None = None  # of the last step, for its memory report (not saved)
 
     def state_dict(self) -> dict[str, Any]:
@@ -90,6 +93,7 @@ class TrainState:
             "best": self.best,
             "train_seconds": self.train_seconds,
             "non_finite": {k: g.state_dict() for k, g in self.guards.items()},
+            "loss_reference": self.loss_reference,
             "examples": {k: len(s.examples) for k, s in self.streams.items() if hasattr(s, "examples")},
         }
 
@@ -109,6 +113,7 @@ class TrainState:
         self.stopped_early = bool(state.get("stopped_early", False))
         self.best = dict(state.get("best", {}))
         self.train_seconds = float(state.get("train_seconds", 0.0))
+        self.loss_reference = dict(state.get("loss_reference", {}))
         for k, g in self.guards.items():
             g.load_state_dict(state.get("non_finite", {}).get(k, {}))
 
@@ -142,15 +147,19 @@ def finite_or_none(value: float, what: str, step: int) -> float | None:
     return None
 
 
-def check_output_dir(output_dir: str | os.PathLike, overwrite: bool, resume: str | None) -> None:
+def check_output_dir(output_dir: str | os.PathLike, overwrite: bool, resume: str | None, kind: str = "train") -> None:
     """Refuse to mix two runs in one folder: a non-empty ``--output_dir`` needs ``--overwrite_output_dir``
-    (it is then cleared by ``start_run``) or ``--resume_from_checkpoint`` (transformers' Trainer convention)."""
+    (it is then cleared by ``start_run``, if it holds nothing but a previous run of ``kind``: see ``run_folder``)
+    or ``--resume_from_checkpoint`` (transformers' Trainer convention); a folder another run holds is refused."""
     output_dir = Path(output_dir)
     if output_dir.exists() and not output_dir.is_dir():
         raise NotADirectoryError(f"--output_dir {output_dir} is a file, not a folder")
+    probe_lock(output_dir)
+    if overwrite:
+        check_replaceable(output_dir, kind, "--overwrite_output_dir")
     if resume or overwrite or not output_dir.is_dir():
         return
-    entries = sorted(p.name for p in output_dir.iterdir())
+    entries = sorted(p.name for p in output_dir.iterdir() if p.name != LOCK_NAME)  # a lock alone holds no run
     if entries:
         shown = ", ".join(entries[:6]) + (", ..." if len(entries) > 6 else "")
         raise FileExistsError(
@@ -256,10 +265,12 @@ def start_run(
     mixed_precision: str | None = None,
     gradient_accumulation_steps: int = 1,
     overwrite_output_dir: bool = False,
+    kind: str = "train",
 ) -> Any:
     """The ``Accelerator`` of a search or training run (TensorBoard logs in ``output_dir/logs``), with torch
-    threads set (0: the machine's cores shared by the processes), the seed set, and ``output_dir`` created
-    (emptied first with ``overwrite_output_dir``) and cleared of a killed run's temporaries."""
+    threads set (0: the machine's cores shared by the processes), the seed set, and ``output_dir`` created and
+    held by this run (emptied first of the previous run of ``kind`` with ``overwrite_output_dir``) and cleared
+    of a killed run's temporaries."""
     from accelerate import Accelerator
     from accelerate.utils import ProjectConfiguration, set_seed
 
@@ -269,13 +280,11 @@ def start_run(
         log_with="tensorboard",
         project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / "logs")),
     )
-    torch.set_num_threads(num_threads or max(1, (os.cpu_count() or 1) // accelerator.num_processes))
+    check_launch(accelerator.num_processes)  # --cpu --num_processes N: one process where N were asked for
+    torch.set_num_threads(threads_per_process(num_threads, accelerator.num_processes))
     set_seed(seed)
+    claim_output_dir(accelerator, output_dir, kind, overwrite_output_dir)
     if accelerator.is_main_process:
-        if overwrite_output_dir and output_dir.is_dir() and any(output_dir.iterdir()):
-            logger.warning("--overwrite_output_dir: deleting the previous run in %s", output_dir)
-            shutil.rmtree(output_dir)
-        output_dir.mkdir(parents=True, exist_ok=True)
         remove_stale_temporaries(output_dir)
     accelerator.wait_for_everyone()
     return accelerator
@@ -451,6 +460,8 @@ def shutdown(accelerator: Any) -> None:
     and flushed by now, so the processes leave with ``os._exit`` once all of them got here.
     """
     accelerator.end_training()
+    if accelerator.is_main_process:
+        release_output_dir(accelerator.project_configuration.project_dir)
     if accelerator.num_processes > 1:
         # accelerate's end_training may already have destroyed the group; the reducer still holds it.
         if torch.distributed.is_initialized():

@@ -82,7 +82,7 @@ def test_memory_flags_are_checked(kwargs, message):
 def test_search_refuses_a_budget_nothing_fits_before_any_work(script_data, tmp_path):
     out = tmp_path / "search"
     out.mkdir()
-    (out / "keep.txt").write_text("untouched")
+    (out / "search_summary.json").write_text("untouched")  # a previous search, which --overwrite_output_dir may clear
     before = snapshot(out)
     with pytest.raises(ValueError, match=r"--max_memory 100kB .*no memory mode fits the budget"):
         search_script.main(["--dataset", str(script_data), "--output_dir", str(out), "--max_steps", "2",

@@ -31,7 +31,7 @@ def test_diverging_training_stops_naming_step_loss_and_checkpoint_and_saves_no_n
     out = tmp_path / "nan"
     with pytest.raises(NonFiniteError) as err:
         _train(script_data, out, "--lr", "1e3", "--warmup_steps", "1", "--max_steps", "40", "--eval_every", "3",
-               "--save_every", "3", "--max_non_finite_steps", "4")
+               "--save_every", "3", "--max_non_finite_steps", "4", "--divergence_factor", "0")  # NaN guard alone
     message = str(err.value)
     assert "training diverged: non-finite" in message and "more than max_skipped=4" in message
     summary = strict_json(out / "train_summary.json")  # valid JSON, written although the run failed
@@ -51,7 +51,7 @@ def test_diverging_search_stops_for_theta_and_alpha_and_writes_valid_json(script
     with pytest.raises(NonFiniteError, match=r"the search's .* step diverged: non-finite .* at step \d+ \(loss=") as err:
         search_script.main(["--dataset", str(script_data), "--output_dir", str(out), *TINY_SEARCH, "--lr", "1e3",
                             "--warmup_steps", "1", "--max_steps", "30", "--eval_every", "3", "--save_every", "3",
-                            "--max_non_finite_steps", "3"])
+                            "--max_non_finite_steps", "3", "--divergence_factor", "0"])  # the NaN guards alone
     summary = strict_json(out / "search_summary.json")
     assert summary["error"] == str(err.value) and summary["non_finite_steps_skipped"]["weights"]["skipped"] >= 3
     assert summary["non_finite_steps_skipped"]["arch"]["skipped"] >= 1, "α steps are guarded too"
