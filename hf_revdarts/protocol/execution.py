@@ -140,9 +140,13 @@ def joint_tokenizer(folder: Path, data: Path, src: str, tgt: str, split: str, vo
 
 def search_record(name: str, pair: str, seed: int, variant: str | None, variant_flags: dict[str, Any], out: Path,
                   work_dir: str, timing: dict[str, Any]) -> RunRecord:
-    """The record of a finished search from its folder ``out`` (search_summary.json, genotype.json)."""
+    """The record of a finished search from its folder ``out`` (search_summary.json, genotype.json, the final α of
+    arch_parameters.json)."""
     summary = json.loads((out / "search_summary.json").read_text(encoding="utf-8"))
+    alpha = out / "arch_parameters.json"
     return RunRecord(run=name, kind="search", pair=pair, seed=seed, search_variant=variant, variant_flags=variant_flags,
                      genotype=Genotype.load(out / "genotype.json"), search_steps=summary["steps"],
-                     stopped_early=summary.get("stopped_early"), search_summary=summary, work_dir=work_dir,
+                     stopped_early=summary.get("stopped_early"), search_summary=summary,
+                     arch_parameters=json.loads(alpha.read_text(encoding="utf-8")) if alpha.is_file() else None,
+                     work_dir=work_dir,
                      **timing_fields(timing), note=timing.get("note"))

@@ -31,7 +31,7 @@ _TYPES: dict[str, Any] = {
     "search_genotype": Genotype, "search_variant": str, "variant_flags": dict, "random_seed": int,
     "drawn_genotype": Genotype, "replica_of": str, "replica_of_kind": str, "replica_of_device": str,
     "continues": str, "protocol_summary": str, "genotype": Genotype, "search_steps": int, "stopped_early": bool,
-    "search_summary": dict, "parameters": int, "updates": int, "train_seconds": _NUMBER, "val_best": dict,
+    "search_summary": dict, "arch_parameters": dict, "parameters": int, "updates": int, "train_seconds": _NUMBER, "val_best": dict,
     "val_history": list, "val_averaged": dict, "test": dict, "dataset": str, "work_dir": str, "device": str,
     "wall_seconds": _NUMBER, "cpu_seconds": _NUMBER, "stages": dict, "timing_note": str, "commands": list,
     "flags_not_supported": list, "note": str,
@@ -47,7 +47,9 @@ class RunRecord:
     ``searched``, ``standard``, ``random``; ``replica``: a training run trained again), ``pair`` (``en-de``).
 
     Search runs: ``seed``, ``search_variant`` and its ``variant_flags`` (the flags it changed), the derived
-    ``genotype``, ``search_steps``, ``stopped_early`` and training/search.py's ``search_summary``.
+    ``genotype``, ``search_steps``, ``stopped_early``, training/search.py's ``search_summary`` (with the genotype
+    each selection derived) and ``arch_parameters``, the final α logits per node (``{"encoder.p0.s0": [...]}``),
+    so that a search is judged and derived again from its record alone.
 
     Training runs: ``train_seed``; a searched run's ``search`` (the search run it trains), ``search_genotype``
     (that search's block) and ``search_variant``; a random run's ``random_seed`` and ``drawn_genotype``; the
@@ -87,6 +89,7 @@ class RunRecord:
     search_steps: int | None = None
     stopped_early: bool | None = None
     search_summary: dict[str, Any] | None = None
+    arch_parameters: dict[str, list[float]] | None = None
     parameters: int | None = None
     updates: int | None = None
     train_seconds: float | None = None

@@ -70,6 +70,9 @@ def test_smoke_protocol_runs_every_kind_and_resumes(tmp_path):
     assert (results / "summary.md").read_text().startswith("# Search quality")
     assert (results / "bleu_per_kind.png").stat().st_size > 1000
     assert "| en-de | searched |" in (results.parent / "overview.md").read_text()  # the cross-pair table
+    search = json.loads((results / "search-s0.json").read_text())
+    alpha = json.loads((work / "search-s0" / "arch_parameters.json").read_text())
+    assert search["arch_parameters"] == alpha and set(search["search_summary"]["genotypes"]) >= {"argmax"}
     random_run = json.loads((results / "random-r0.json").read_text())
     assert random_run["genotype"] == random_run["drawn_genotype"]  # train.py trained the drawn genotype
     assert "zero" not in json.dumps(random_run["drawn_genotype"])
