@@ -22,6 +22,8 @@ Variants (``--variants``; each in the memory modes of ``--modes``):
     pcK           this tree's supernet with partial channels K (PC-DARTS; an option that changes the search)
     settled       the supernet with the final α of a search (``--alphas``): costs what ``supernet`` costs
     pruned        the same, with the ops below ``--prune_below`` skipped (``search.py --prune_below``)
+    single_path   the supernet's θ warm-up with one candidate per node drawn each step
+                  (``search.py --warmup_sampling single_path``, as SPOS)
 A baseline tree only knows ``model`` and ``supernet``.
 
     python benchmarks/throughput_search.py --baseline cb07a35            # before/after, reference size
@@ -60,7 +62,7 @@ def build(variant: str, reversible: bool, a: argparse.Namespace):
     torch.manual_seed(0)
     if variant == "model":
         return RevDartsForConditionalGeneration(config)
-    if variant == "supernet":
+    if variant in ("supernet", "single_path"):
         return RevDartsSupernet(config, tie_blocks=a.tie_blocks)
     if variant.startswith("pc") and variant[2:].isdigit():
         return RevDartsSupernet(config, tie_blocks=a.tie_blocks, partial_channels=int(variant[2:]))
@@ -107,10 +109,17 @@ class Runner:
         self.model.train()
         params = self.model.weight_parameters() if hasattr(self.model, "weight_parameters") else self.model.parameters()
         self.opt = torch.optim.Adam(params, lr=1e-4, betas=(0.9, 0.98), eps=1e-9)
+        self.single_path = variant == "single_path"
+        self.steps = 0
 
     def step(self, data: dict) -> tuple[float, float]:
         """(wall seconds, CPU seconds of this thread) of one train step."""
+        import torch
+
         start, cpu = time.perf_counter(), time.thread_time()
+        if self.single_path:  # a new path every step, as the search's warm-up draws them
+            self.model.sample_single_path(torch.Generator().manual_seed(self.steps))
+        self.steps += 1
         self.opt.zero_grad(set_to_none=True)
         self.model(**data).loss.backward()
         self.opt.step()

@@ -330,7 +330,12 @@ def search_step(s: Search) -> dict[str, float]:
             logs["arch_loss"] = s.architect.step(arch_batches, train_batches, unrolled_lr=lr, allow_step=allow)
     s.weight_optimizer.zero_grad(set_to_none=True)
     s.arch_optimizer.zero_grad(set_to_none=True)
+    single_path = s.args.search.warmup_sampling == "single_path" and s.state.step < s.args.search.arch_start_step
+    if single_path:  # seeded by run seed and step: every process draws the same path, a resume the same sequence
+        s.supernet.sample_single_path(torch.Generator().manual_seed(s.args.run.seed * 1_000_003 + s.state.step))
     train_loss, _ = backward_micro_batches(s.accelerator, s.model, train_batches)
+    if single_path:
+        s.supernet.prune_ops(0.0)  # evaluations and α steps see the whole supernet
     s.divergence.check_step(step, train_loss)
     norm = None
     if s.args.run.max_grad_norm > 0:

@@ -332,6 +332,24 @@ class RevDartsSupernet(RevDartsForConditionalGeneration):
                 module.op_mask = mask
         return skipped
 
+    def sample_single_path(self, generator: torch.Generator, exclude: Sequence[str] = ("zero",)) -> dict[str, str]:
+        """Keep one candidate per α node, drawn uniformly from the ops not in ``exclude`` (single-path sampling,
+        as SPOS trains a supernet's weights): the next forward and backward cost about one model step instead of
+        every candidate's. Tied nodes share the draw. Returns the op drawn per node; ``prune_ops(0.0)`` computes
+        every op again. The draw depends on ``generator`` alone, so processes seeded alike sample alike and a
+        resumed run samples as the first would have."""
+        drawn = {}
+        for key in self._alpha_keys:
+            names = self.op_names(key[0])
+            candidates = [i for i, name in enumerate(names) if name not in exclude] or list(range(len(names)))
+            pick = candidates[int(torch.randint(len(candidates), (1,), generator=generator))]
+            mask = torch.zeros(len(names), dtype=torch.bool)
+            mask[pick] = True
+            for module in self.mixed_splits(*key):
+                module.op_mask = mask
+            drawn[f"{key[0]}.p{key[1]}.s{key[2]}"] = names[pick]
+        return drawn
+
     @torch.no_grad()
     def genotype(self, exclude: Sequence[str] = ("zero",)) -> Genotype:
         """argmax of α per node over the ops not in ``exclude``.

@@ -265,6 +265,12 @@ class SearchArguments:
     )
     arch_weight_decay: float = field(default=1e-3, metadata={"help": "α weight decay"})
     arch_start_step: int = field(default=0, metadata={"help": "weight-only warm-up steps before α updates begin"})
+    warmup_sampling: str = field(
+        default="full",
+        metadata={"help": "how θ trains before --arch_start_step: full (every candidate op, the supernet step) or "
+                  "single_path (one candidate per node drawn uniformly each step, as SPOS: about one model step)",
+                  "choices": ["full", "single_path"]},
+    )
     second_order: bool = field(default=False, metadata={"help": "unrolled (finite-difference) DARTS gradient for α"})
     warn_share: float = field(default=0.3, metadata={"help": "warn when mean α mass on zero/identity exceeds it"})
     stop_share: float = field(default=0.6, metadata={"help": "stop when mean α mass on zero/identity exceeds it"})
@@ -285,6 +291,11 @@ class SearchArguments:
     def __post_init__(self) -> None:
         if not 0.0 <= self.prune_below < 1.0:
             raise ValueError(f"--prune_below must be in [0, 1), got {self.prune_below}")
+        if self.warmup_sampling not in ("full", "single_path"):
+            raise ValueError(f"--warmup_sampling must be full or single_path, got {self.warmup_sampling!r}")
+        if self.warmup_sampling == "single_path" and self.arch_start_step == 0:
+            raise ValueError("--warmup_sampling single_path samples the θ warm-up before α moves, but "
+                             "--arch_start_step is 0 (no warm-up): give --arch_start_step N > 0")
         if self.selection not in ("argmax", "perturbation"):
             raise ValueError(f"--selection must be argmax or perturbation, got {self.selection!r}")
         self.encoder_ops = _op_list(self.encoder_ops)

@@ -139,3 +139,21 @@ def test_rederive_from_a_saved_supernet_matches_the_search(tmp_path: Path) -> No
     rederived = json.loads((out / "selection_perturbation.json").read_text())
     assert rederived["genotype"] == searched["genotype"]
     assert rederived["base_loss"] == pytest.approx(searched["base_loss"], rel=1e-6)
+
+
+def test_single_path_warm_up_runs_and_alpha_moves_only_after_it(tmp_path: Path) -> None:
+    search_script = load_script("search")
+    data = _tiny_dataset(tmp_path)
+    with pytest.raises(ValueError, match="--arch_start_step is 0"):
+        search_script.main(_script_args(data, tmp_path / "refused", **{"--warmup_sampling": "single_path"}))
+    assert not (tmp_path / "refused").exists()
+    out = tmp_path / "sp"
+    args = _script_args(data, out, steps=6, **{"--warmup_sampling": "single_path", "--arch_start_step": "3"})
+    assert search_script.main(args) == 0
+    history = json.loads((out / "alpha_history.json").read_text())
+    assert [h["step"] for h in history] == [0, 3, 6]
+    assert history[0]["softmax"] == history[1]["softmax"], "α holds through the warm-up"
+    assert history[2]["softmax"] != history[1]["softmax"], "and moves once the α phase starts"
+    summary = json.loads((out / "search_summary.json").read_text())
+    assert all(v is not None for v in (summary["val_loss_first"], summary["val_loss_last"]))
+    Genotype.load(out / "genotype.json").validate(1, 1)

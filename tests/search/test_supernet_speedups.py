@@ -1,6 +1,7 @@
 """The supernet's speed-ups keep its guarantees. Partial channels (PC-DARTS): exact reversible gradients, identity on
 the bypassed channels, plain DARTS at 1, clear errors for sizes it cannot split. Pruning settled ops: the skipped
-ops are never run, the output stays the mixture of the kept ones, and gradients stay exact."""
+ops are never run, the output stays the mixture of the kept ones, and gradients stay exact. Single-path sampling
+(the θ warm-up of SPOS): one drawn op per node, tied nodes alike, exact gradients."""
 
 from __future__ import annotations
 
@@ -13,7 +14,13 @@ from hf_revdarts.model.genotype import ENCODER_OPS
 from hf_revdarts.model.ops import OpContext
 from hf_revdarts.search import RevDartsSupernet
 from hf_revdarts.search.supernet import MixedSplit
-from testing.builders import grad_errors, padded_batch, supernet_grads_reversible_vs_ordinary, tiny_search_config
+from testing.builders import (
+    grad_errors,
+    padded_batch,
+    set_reversible,
+    supernet_grads_reversible_vs_ordinary,
+    tiny_search_config,
+)
 
 VOCAB = 120
 
@@ -122,3 +129,46 @@ def test_pruned_supernet_reversible_gradients_equal_ordinary() -> None:
         for i, op in enumerate(split.ops):
             if not split.op_mask[i]:
                 assert all(p.grad is not None and not p.grad.any() for p in op.parameters())
+
+
+def test_single_path_keeps_one_drawn_op_per_node_tied_nodes_alike() -> None:
+    model = RevDartsSupernet(tiny(layers=2), tie_blocks=1).train()
+    drawn = model.sample_single_path(torch.Generator().manual_seed(3))
+    assert drawn == model.sample_single_path(torch.Generator().manual_seed(3)), "the draw is the generator's alone"
+    assert set(drawn) == {name for name, _ in model.named_arch_parameters()}
+    for name, op in drawn.items():
+        side, position, split = name.split(".")
+        tied = model.mixed_splits(side, int(position[1:]), int(split[1:]))
+        assert len(tied) == 2 and all(int(m.op_mask.sum()) == 1 for m in tied)
+        assert all(m.op_names[int(m.op_mask.nonzero())] == op for m in tied)
+    draws = [model.sample_single_path(torch.Generator().manual_seed(s)) for s in range(60)]
+    assert "zero" not in {op for d in draws for op in d.values()}  # as the derivation, zero is never drawn
+    assert len({op for d in draws for op in d.values()}) > 8
+    ran = []
+    hooks = [op.register_forward_hook(lambda m, i, o: ran.append(m)) for m in model.modules()
+             if isinstance(m, MixedSplit) for op in m.ops]
+    model(**padded_batch(VOCAB)).loss.backward()  # reconstruction recomputes the same single op
+    assert len(ran) == 2 * len(model.arch_parameters()) * 2  # one op per split: forward and reconstruction
+    for h in hooks:
+        h.remove()
+    model.prune_ops(0.0)
+    assert all(m.op_mask is None for m in model.modules() if isinstance(m, MixedSplit))
+
+
+def test_single_path_reversible_gradients_equal_ordinary() -> None:
+    """θ gradients through reconstruction equal autograd's on a sampled path (α gets none: one kept op's softmax
+    weight is 1 whatever α is, which is why α does not move during the warm-up)."""
+    torch.manual_seed(0)
+    model = RevDartsSupernet(tiny()).train()
+    model.sample_single_path(torch.Generator().manual_seed(1))
+    batch = padded_batch(VOCAB)
+    grads = {}
+    for reversible in (True, False):
+        set_reversible(model, reversible)
+        model.zero_grad(set_to_none=True)
+        torch.manual_seed(123)
+        model(**batch).loss.backward()
+        grads[reversible] = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    total, worst = grad_errors(grads[True], grads[False])
+    assert total <= 1e-5 and worst <= 1e-5, (total, worst)
+    assert all(float(a.grad.abs().sum()) == 0.0 for a in model.arch_parameters())
