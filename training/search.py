@@ -34,7 +34,6 @@ from hf_revdarts.model.genotype import Genotype, validate_search_space
 from hf_revdarts.search import Architect, CollapseGuard, RevDartsSupernet
 from hf_revdarts.search.architect import arch_lr_for_steps, make_arch_optimizer, make_weight_optimizer
 from hf_revdarts.search.selection import select_genotype
-from hf_revdarts.search.supernet import PARAMETER_FREE_OPS
 from hf_revdarts.search.visualize import plot_decisiveness, plot_genotype, plot_heatmap
 from hf_revdarts.training.arguments import (
     SHARED_ARGUMENTS,
@@ -47,6 +46,7 @@ from hf_revdarts.training.arguments import (
     parse_args,
 )
 from hf_revdarts.training.cli import run_script
+from hf_revdarts.training.flag_checks import check_search_flags
 from hf_revdarts.training.model_health import DivergenceGuard, mean_over_processes
 from hf_revdarts.training.run_config import (
     MemorySetup,
@@ -145,7 +145,7 @@ def check_inputs(args: SearchArgs) -> tuple[Texts, Path | None]:
             f"--arch_start_step {args.search.arch_start_step} >= --max_steps {run.max_steps}: α would never be "
             "updated and genotype.json would be the argmax of its random initialisation"
         )
-    check_search_settings(args)
+    check_search_flags(args.search, args.model, args.run.max_steps, arch_lr(args))
     if args.data.tokenizer:
         load_tokenizer(args.data.tokenizer)  # names a damaged tokenizer file now, not after the run has started
     if args.search.arch_split is not None and args.search.arch_split == args.data.train_split:
@@ -171,70 +171,6 @@ def check_inputs(args: SearchArgs) -> tuple[Texts, Path | None]:
     output_dir = Path(args.run.output_dir)
     resume = args.run.resume_from_checkpoint
     return texts, find_checkpoint(output_dir, resume, run.max_steps) if resume else None
-
-
-def check_search_settings(args: SearchArgs) -> None:
-    """Refuse settings under which the search decides nothing, naming a value that works: pruning that would act
-    before α moves, a collapse limit the uniform start already crosses, an α weight decay that erases α."""
-    s = args.search
-    spaces = {side: validate_search_space(ops, side) for side, ops in (("encoder", s.encoder_ops),
-                                                                      ("decoder", s.decoder_ops))}
-    widest = max(len(ops) for ops in spaces.values())
-    if widest > 1 and s.prune_below >= 0.5 / widest:
-        raise ValueError(
-            f"--prune_below {s.prune_below:g} would prune ops before α has moved: each of a node's {widest} candidates "
-            f"starts at weight 1/{widest} = {1 / widest:.3f}, so the search would keep whatever the random start "
-            f"favoured. Give less than half that, below {0.5 / widest:.4f} (the README's recipe: 0.01), or 0 to prune "
-            "nothing"
-        )
-    depth = {"encoder": args.model.encoder_layers or 1, "decoder": args.model.decoder_layers or 1}
-    nodes = {side: 2 * (min(s.tie_blocks, depth[side]) if s.tie_blocks else depth[side]) for side in spaces}
-    uniform = sum(nodes[side] * sum(op in PARAMETER_FREE_OPS for op in ops) / len(ops)
-                  for side, ops in spaces.items()) / sum(nodes.values())
-    if s.stop_share is not None and s.stop_share < uniform:
-        raise ValueError(
-            f"--stop_share {s.stop_share:g} is below {uniform:.3f}, the α mass zero and identity hold before α moves: "
-            f"the search would stop at its first evaluation. Give more than {uniform:.3f} (default 0.6), or 1 to "
-            "never stop on it"
-        )
-    if s.alpha_init_std > 0.1:
-        raise ValueError(
-            f"--alpha_init_std {s.alpha_init_std:g} starts α with logits about {s.alpha_init_std:g} apart: softmax(α) "
-            "would be far from uniform before any α step, and the random start would pick the genotype. Give at "
-            "most 0.1 (default 1e-3)"
-        )
-    if s.arch_lr is not None and s.arch_lr > s.arch_logit_range:
-        raise ValueError(
-            f"--arch_lr {s.arch_lr:g} moves each α logit by about {s.arch_lr:g} per α step (Adam), more than the whole "
-            f"range a search moves them (--arch_logit_range {s.arch_logit_range:g}): the first α step would decide "
-            f"every node from one batch. Leave --arch_lr out (the rule gives {arch_lr_for_steps(max(1, args.run.max_steps - s.arch_start_step), s.arch_logit_range):.3g} "
-            f"here) or give at most {s.arch_logit_range:g}"
-        )
-    heads = {"self_attn", "cross_attn"}
-    for side, splits in (("encoder", 2), ("decoder", 3)):
-        width = args.model.d_model // splits
-        k = s.partial_channels
-        if width % k or (k > 1 and (width // k) % args.model.num_heads
-                         and any(op in heads or op.startswith("dynconv") for op in spaces[side])):
-            raise ValueError(
-                f"--partial_channels {k} does not divide the {side}'s split width {width} (--d_model "
-                f"{args.model.d_model} / {splits} splits) into a part of whole heads (--num_heads "
-                f"{args.model.num_heads}): give a K with split width / K a multiple of --num_heads (1 always works)"
-            )
-    lr = arch_lr(args)
-    if s.arch_weight_decay * lr >= 1:
-        raise ValueError(
-            f"--arch_weight_decay {s.arch_weight_decay:g} with an α learning rate of {lr:.4g} multiplies α by "
-            f"1 - {s.arch_weight_decay * lr:.3g} every α step (decoupled decay): α is erased, not learnt. Give "
-            f"--arch_weight_decay below {1 / lr:.3g} (default 1e-3)"
-        )
-    if s.arch_weight_decay > 1:
-        # Adam moves α by about its lr per step and the decay takes lr x decay x α: they balance at 1 / decay.
-        raise ValueError(
-            f"--arch_weight_decay {s.arch_weight_decay:g} holds every α logit within about 1/{s.arch_weight_decay:g} "
-            f"= {1 / s.arch_weight_decay:.3g} of 0: softmax(α) stays near uniform and the search decides nothing. "
-            "Give at most 1 (default 1e-3)"
-        )
 
 
 def setup(args: SearchArgs, texts: Texts, resume_path: Path | None) -> Search:

@@ -8,6 +8,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from ..model.genotype import validate_search_space
+from ..search.architect import arch_lr_for_steps
+from ..search.supernet import PARAMETER_FREE_OPS
+
 # pad, bos, eos, unk: a vocabulary must hold more than these.
 SPECIAL_TOKENS = 4
 
@@ -90,3 +94,66 @@ def threads_per_process(asked: int, processes: int, cores: int | None = None) ->
             "only wait for each other)", asked, processes, asked * processes, cores, share)
         return share
     return asked
+
+
+def check_search_flags(s: Any, model: Any, max_steps: int, arch_lr: float) -> None:
+    """Refuse settings under which the search decides nothing, naming a value that works: pruning that would act
+    before α moves, a collapse limit the uniform start already crosses, an α weight decay that erases α."""
+    spaces = {side: validate_search_space(ops, side) for side, ops in (("encoder", s.encoder_ops),
+                                                                      ("decoder", s.decoder_ops))}
+    widest = max(len(ops) for ops in spaces.values())
+    if widest > 1 and s.prune_below >= 0.5 / widest:
+        raise ValueError(
+            f"--prune_below {s.prune_below:g} would prune ops before α has moved: each of a node's {widest} candidates "
+            f"starts at weight 1/{widest} = {1 / widest:.3f}, so the search would keep whatever the random start "
+            f"favoured. Give less than half that, below {0.5 / widest:.4f} (the README's recipe: 0.01), or 0 to prune "
+            "nothing"
+        )
+    depth = {"encoder": model.encoder_layers or 1, "decoder": model.decoder_layers or 1}
+    nodes = {side: 2 * (min(s.tie_blocks, depth[side]) if s.tie_blocks else depth[side]) for side in spaces}
+    uniform = sum(nodes[side] * sum(op in PARAMETER_FREE_OPS for op in ops) / len(ops)
+                  for side, ops in spaces.items()) / sum(nodes.values())
+    if s.stop_share is not None and s.stop_share < uniform:
+        raise ValueError(
+            f"--stop_share {s.stop_share:g} is below {uniform:.3f}, the α mass zero and identity hold before α moves: "
+            f"the search would stop at its first evaluation. Give more than {uniform:.3f} (default 0.6), or 1 to "
+            "never stop on it"
+        )
+    if s.alpha_init_std > 0.1:
+        raise ValueError(
+            f"--alpha_init_std {s.alpha_init_std:g} starts α with logits about {s.alpha_init_std:g} apart: softmax(α) "
+            "would be far from uniform before any α step, and the random start would pick the genotype. Give at "
+            "most 0.1 (default 1e-3)"
+        )
+    if s.arch_lr is not None and s.arch_lr > s.arch_logit_range:
+        raise ValueError(
+            f"--arch_lr {s.arch_lr:g} moves each α logit by about {s.arch_lr:g} per α step (Adam), more than the whole "
+            f"range a search moves them (--arch_logit_range {s.arch_logit_range:g}): the first α step would decide "
+            f"every node from one batch. Leave --arch_lr out (the rule gives {arch_lr_for_steps(max(1, max_steps - s.arch_start_step), s.arch_logit_range):.3g} "
+            f"here) or give at most {s.arch_logit_range:g}"
+        )
+    heads = {"self_attn", "cross_attn"}
+    for side, splits in (("encoder", 2), ("decoder", 3)):
+        width = model.d_model // splits
+        k = s.partial_channels
+        if width % k or (k > 1 and (width // k) % model.num_heads
+                         and any(op in heads or op.startswith("dynconv") for op in spaces[side])):
+            raise ValueError(
+                f"--partial_channels {k} does not divide the {side}'s split width {width} (--d_model "
+                f"{model.d_model} / {splits} splits) into a part of whole heads (--num_heads "
+                f"{model.num_heads}): give a K with split width / K a multiple of --num_heads (1 always works)"
+            )
+    lr = arch_lr
+    if s.arch_weight_decay * lr >= 1:
+        raise ValueError(
+            f"--arch_weight_decay {s.arch_weight_decay:g} with an α learning rate of {lr:.4g} multiplies α by "
+            f"1 - {s.arch_weight_decay * lr:.3g} every α step (decoupled decay): α is erased, not learnt. Give "
+            f"--arch_weight_decay below {1 / lr:.3g} (default 1e-3)"
+        )
+    if s.arch_weight_decay > 1:
+        # Adam moves α by about its lr per step and the decay takes lr x decay x α: they balance at 1 / decay.
+        raise ValueError(
+            f"--arch_weight_decay {s.arch_weight_decay:g} holds every α logit within about 1/{s.arch_weight_decay:g} "
+            f"= {1 / s.arch_weight_decay:.3g} of 0: softmax(α) stays near uniform and the search decides nothing. "
+            "Give at most 1 (default 1e-3)"
+        )

@@ -21,6 +21,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ..model import REMOTE_CODE_FILES
+
 logger = logging.getLogger(__name__)
 
 __all__ = [
@@ -49,9 +51,8 @@ RUN_OUTPUTS: dict[str, list[str]] = {
     "publish": [
         r"\.(tmp|old)-.+", r"config\.json", r"generation_config\.json", r"model\.safetensors",
         r"model-[0-9]{5}-of-[0-9]{5}\.safetensors", r"model\.safetensors\.index\.json", r"tokenizer\.json",
-        r"tokenizer_config\.json", r"special_tokens_map\.json", r"configuration_revdarts\.py", r"modeling_revdarts\.py",
-        r"generation_revdarts\.py", r"pipeline_translation\.py", r"ops\.py", r"reversible\.py", r"README\.md",
-        r"eval_results\.json", r"genotype\.png", r"training_state\.json",
+        r"tokenizer_config\.json", r"special_tokens_map\.json", r"README\.md", r"eval_results\.json",
+        r"genotype\.png", r"training_state\.json", *(re.escape(name) for name in REMOTE_CODE_FILES),
     ],
 }
 _SCRIPTS = {"train": "train.py", "search": "search.py", "publish": "publish.py"}
