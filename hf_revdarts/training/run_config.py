@@ -68,11 +68,12 @@ def build_config(
         )
     if genotype is None:
         genotype = Genotype.standard(model_args.encoder_layers or 6, model_args.decoder_layers or 6)
+    genotype = Genotype.from_dict(genotype)
     try:
-        stacked = Genotype.from_dict(genotype).stack(model_args.encoder_layers, model_args.decoder_layers)
-    except ValueError as e:  # name the flag that sets the depth
-        raise ValueError(f"--{e}" if "_layers=" in str(e) else str(e)) from e
-    encoder, decoder = stacked.to_dict()["encoder"], stacked.to_dict()["decoder"]
+        stacked = genotype.stack(model_args.encoder_layers, model_args.decoder_layers)
+    except ValueError as e:  # the depth that does not fit is a flag: --encoder_layers / --decoder_layers
+        raise ValueError(f"--{e}") from e
+    encoder, decoder = stacked.encoder, stacked.decoder
     check_depth_flags(model_args, len(encoder), len(decoder))
     search = {}
     if search_args is not None:
