@@ -383,6 +383,11 @@ def estimate_memory(
         # embedding (+ projection), scale, positions, dropout; decoder inputs are shifted labels (int64)
         kept = (N * e_dim * elem if e_dim != d else 0) + (nd if config.dropout > 0 else 0) + (N * 8 if decoder else 0)
         lookup_grad = N * (e_dim * elem + 8) if tied_lookups else V * e_dim * elem  # sparse rows, or dense
+        if not config.tie_word_embeddings and not decoder:
+            # untied, the decoder lookup's dense gradient of the embedding waits through the encoder's backward,
+            # and the encoder lookup's is added to it out of place
+            tied += V * e_dim * elem
+            lookup_grad += V * e_dim * elem
         segments.append((f"{tag} embedding", kept, lookup_grad + nd + side_grad + tied))
         L = len(layers)
         reconstructed = L - min(keep, L) if mode in ("reversible", "hybrid") else 0
