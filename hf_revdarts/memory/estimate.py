@@ -379,36 +379,36 @@ def estimate_memory(
         layers = [_layer(sp, mx, side, config, device) for sp, mx in zip(names, mixed)]
         params += sum(layer.params for layer in layers) + (e_dim * d if e_dim != d else 0) + 2 * d
         tag = "decoder" if decoder else "encoder"
-        tied = carried + (Nt * e_dim * elem if tied_lookups and not decoder else 0)
+        carry = carried + (Nt * e_dim * elem if tied_lookups and not decoder else 0)
         # embedding (+ projection), scale, positions, dropout; decoder inputs are shifted labels (int64)
         kept = (N * e_dim * elem if e_dim != d else 0) + (nd if config.dropout > 0 else 0) + (N * 8 if decoder else 0)
         lookup_grad = N * (e_dim * elem + 8) if tied_lookups else V * e_dim * elem  # sparse rows, or dense
         if not config.tie_word_embeddings and not decoder:
             # untied, the decoder lookup's dense gradient of the embedding waits through the encoder's backward,
             # and the encoder lookup's is added to it out of place
-            tied += V * e_dim * elem
+            carry += V * e_dim * elem
             lookup_grad += V * e_dim * elem
-        segments.append((f"{tag} embedding", kept, lookup_grad + nd + side_grad + tied))
+        segments.append((f"{tag} embedding", kept, lookup_grad + nd + side_grad + carry))
         L = len(layers)
         reconstructed = L - min(keep, L) if mode in ("reversible", "hybrid") else 0
         for i, layer in enumerate(layers):
             if i < reconstructed:
                 anchor = nd if config.reversible_exact_every and i > 0 and i % config.reversible_exact_every == 0 else 0
-                segments.append((f"{tag} layer {i} (reconstructed)", anchor, layer.reconstruct + 2 * side_grad + tied))
+                segments.append((f"{tag} layer {i} (reconstructed)", anchor, layer.reconstruct + 2 * side_grad + carry))
             elif mode == "checkpoint":
                 segments.append(
-                    (f"{tag} layer {i} (recomputed)", nd, layer.saved + layer.transient + nd + side_grad + tied)
+                    (f"{tag} layer {i} (recomputed)", nd, layer.saved + layer.transient + nd + side_grad + carry)
                 )
             else:
                 # a kept input: the embedding output or the previous layer's output; in hybrid mode the lowest kept
                 # layer's input is the reconstructed part's output, held by the tape until its backward
                 own_input = nd if layer.keeps_input or (reconstructed and i == reconstructed) else 0
-                segments.append((f"{tag} layer {i}", layer.saved + own_input, layer.transient + nd + side_grad + tied))
+                segments.append((f"{tag} layer {i}", layer.saved + own_input, layer.transient + nd + side_grad + carry))
         # final LayerNorm: its input (the stack output), mean/rstd, and its output (the encoder output is read by
         # every cross-attention; the decoder's by the LM head, which the chunked head does not keep: a factorised
         # model's projection does, and a caller holding the output holds it, counted below)
         output = nd if not (decoder and chunked and e_dim == d) else 0
-        segments.append((f"{tag} final norm", nd + output + 2 * N * 4, 2 * nd + side_grad + tied))
+        segments.append((f"{tag} final norm", nd + output + 2 * N * 4, 2 * nd + side_grad + carry))
     params += V * e_dim + (d * e_dim if e_dim != d else 0) + (0 if config.tie_word_embeddings else V * e_dim)
     head_forward = 0
     if chunked:
