@@ -2,14 +2,20 @@
 
 Method
 ------
-For every depth L (``encoder_layers = decoder_layers = L``) and every mode
+For every depth L (``encoder_layers = decoder_layers = L``), every vocabulary size (``--vocab``, default
+8000, the size the project trains with: the LM head's batch x length x vocab tensors are then a large part of a
+step) and every mode
 
-* ``reversible``  -- ``config.reversible=True`` (backpropagation with reconstruction),
-* ``ordinary``    -- ``config.reversible=False`` (plain autograd, every activation kept),
-* ``checkpoint``  -- ``reversible=False`` plus
+* ``reversible``  -- ``config.reversible=True`` (backpropagation with reconstruction) and the model's default
+  head, the chunked loss (``config.chunked_loss``: no batch x length x vocab tensor),
+* ``ordinary``    -- ``config.reversible=False``, ``config.chunked_loss=False``: plain autograd and the full
+  LM head (logits, their log-softmax and its gradient), every activation kept -- the baseline,
+* ``checkpoint``  -- ``reversible=False`` (chunked head) plus
   ``model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})``
   (per-layer activation checkpointing; the worker checks that each ``ReversibleStack`` got
   ``gradient_checkpointing=True`` and counts the calls of its checkpoint function: 2·L per step),
+* ``reversible_full_head`` -- reconstruction with the full head (``chunked_loss=False``), i.e. the reversible
+  step before the chunked loss existed: what the head itself costs in memory and time,
 
 the parent process starts a FRESH worker subprocess (this script with ``--worker``) whose environment has
 ``MALLOC_MMAP_THRESHOLD_=131072``: glibc then serves every allocation above 128 KiB with ``mmap`` and gives
@@ -46,7 +52,7 @@ import time
 import warnings
 from typing import Any
 
-MODES = ("reversible", "ordinary", "checkpoint")
+MODES = ("reversible", "ordinary", "checkpoint", "reversible_full_head")
 
 
 # --------------------------------------------------------------------------------------------- memory
@@ -146,7 +152,7 @@ def build_model(args: argparse.Namespace, L: int, mode: str) -> tuple[Any, list[
     torch.manual_seed(args.seed)
     enc, dec = genotype(args.genotype, L)
     config = RevDartsConfig(
-        vocab_size=args.vocab,
+        vocab_size=args.vocab[0],
         d_model=args.d_model,
         num_heads=args.heads,
         encoder_layers=L,
@@ -154,10 +160,11 @@ def build_model(args: argparse.Namespace, L: int, mode: str) -> tuple[Any, list[
         encoder_genotype=enc,
         decoder_genotype=dec,
         dropout=0.1,
-        attention_dropout=0.1,
+        attention_dropout=args.attention_dropout,
         activation_dropout=0.0,
         max_position_embeddings=max(64, args.length),
-        reversible=(mode == "reversible"),
+        reversible=mode in ("reversible", "reversible_full_head"),
+        chunked_loss=mode not in ("ordinary", "reversible_full_head"),
     )
     model = RevDartsForConditionalGeneration(config).train()
     calls = [0]
@@ -186,7 +193,7 @@ def timing_worker(args: argparse.Namespace) -> dict[str, Any]:
     torch.set_num_threads(args.threads)
     L = args.layers[0]
     models = {mode: build_model(args, L, mode)[0] for mode in args.modes}
-    batch = make_batch(args.batch, args.length, args.vocab, args.seed + 1)
+    batch = make_batch(args.batch, args.length, args.vocab[0], args.seed + 1)
     times: dict[str, list[float]] = {mode: [] for mode in args.modes}
     cpu: dict[str, list[float]] = {mode: [] for mode in args.modes}
     for rep in range(args.steps + 1):  # the first round is a warm-up
@@ -197,7 +204,7 @@ def timing_worker(args: argparse.Namespace) -> dict[str, Any]:
             if rep:
                 times[mode].append(time.perf_counter() - t0)
                 cpu[mode].append(time.process_time() - c0)
-    return {"L": L, "times": times, "cpu": cpu}
+    return {"L": L, "vocab": args.vocab[0], "times": times, "cpu": cpu}
 
 
 def worker(args: argparse.Namespace) -> dict[str, Any]:
@@ -217,8 +224,8 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
         model.zero_grad(set_to_none=(args.grads == "none"))
         model(**b).loss.backward()
 
-    step(make_batch(1, 4, args.vocab, args.seed))  # warm-up: lazy allocations, .grad buffers
-    batch = make_batch(args.batch, args.length, args.vocab, args.seed + 1)
+    step(make_batch(1, 4, args.vocab[0], args.seed))  # warm-up: lazy allocations, .grad buffers
+    batch = make_batch(args.batch, args.length, args.vocab[0], args.seed + 1)
     mems, times, fwd_times, phases = [], [], [], []
     for _ in range(args.steps):
         calls[0] = 0
@@ -243,6 +250,7 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
             assert calls[0] == 2 * L, f"expected {2 * L} checkpointed layer calls, got {calls[0]}"
     return {
         "L": L,
+        "vocab": args.vocab[0],
         "mode": mode,
         "act_mb": statistics.median(mems) / 1e6,
         "step_s": statistics.median(times),
@@ -261,11 +269,13 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------------------------- parent
-def run_worker(args: argparse.Namespace, layers: int, mode: str | None) -> dict[str, Any]:
+def run_worker(args: argparse.Namespace, layers: int, vocab: int, mode: str | None) -> dict[str, Any]:
     """A fresh subprocess: the memory worker for ``mode``, or (``mode=None``) the interleaved timing worker."""
     cmd = [sys.executable, os.path.abspath(__file__), "--layers", str(layers), "--modes", *args.modes]
+    cmd += ["--vocab", str(vocab)]
     cmd += ["--worker", "--mode", mode] if mode else ["--timing-worker"]
-    for k in ("d_model", "heads", "batch", "length", "vocab", "steps", "threads", "seed", "genotype", "grads"):
+    for k in ("d_model", "heads", "batch", "length", "steps", "threads", "seed", "genotype", "grads",
+              "attention_dropout"):
         cmd += [f"--{k}", str(getattr(args, k))]
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
     if mode:
@@ -274,7 +284,7 @@ def run_worker(args: argparse.Namespace, layers: int, mode: str | None) -> dict[
         env.pop("MALLOC_MMAP_THRESHOLD_", None)
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if proc.returncode:
-        raise RuntimeError(f"worker {mode or 'timing'} L={layers} failed:\n{proc.stderr[-4000:]}")
+        raise RuntimeError(f"worker {mode or 'timing'} L={layers} vocab={vocab} failed:\n{proc.stderr[-4000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
@@ -283,21 +293,31 @@ def loadavg() -> str:
         return " ".join(f.read().split()[:3])
 
 
+def _reference(modes: list[str]) -> str:
+    return "ordinary" if "ordinary" in modes else modes[0]
+
+
 def print_timing_only(args: argparse.Namespace) -> None:
-    """Interleaved step times (wall and process CPU time, median and min) and their ratios to ordinary."""
-    hdr = f"{'L':>3} {'mode':<11} {'wall med':>9} {'wall min':>9} {'cpu med':>8} {'cpu min':>8} {'/ord wall min':>14} {'/ord cpu med':>13}"
+    """Interleaved step times (wall and process CPU time, median and min) and their ratios to ordinary (or to the
+    first mode when ordinary is not run)."""
+    ref_mode = _reference(args.modes)
+    short = ref_mode[:3]
+    hdr = (f"{'L':>3} {'vocab':>6} {'mode':<21} {'wall med':>9} {'wall min':>9} {'cpu med':>8} {'cpu min':>8} "
+           f"{f'/{short} wall min':>14} {f'/{short} cpu med':>13}")
     print(hdr)
     print("-" * len(hdr))
     for L in args.layers:
-        r = run_worker(args, L, None)
-        ref_w, ref_c = min(r["times"]["ordinary"]), statistics.median(r["cpu"]["ordinary"])
-        for mode in args.modes:
-            w, c = r["times"][mode], r["cpu"][mode]
-            print(
-                f"{L:>3} {mode:<11} {statistics.median(w):>9.3f} {min(w):>9.3f} {statistics.median(c):>8.3f} "
-                f"{min(c):>8.3f} {min(w) / ref_w:>14.2f} {statistics.median(c) / ref_c:>13.2f}",
-                flush=True,
-            )
+        for vocab in args.vocab:
+            r = run_worker(args, L, vocab, None)
+            ref_w, ref_c = min(r["times"][ref_mode]), statistics.median(r["cpu"][ref_mode])
+            for mode in args.modes:
+                w, c = r["times"][mode], r["cpu"][mode]
+                print(
+                    f"{L:>3} {vocab:>6} {mode:<21} {statistics.median(w):>9.3f} {min(w):>9.3f} "
+                    f"{statistics.median(c):>8.3f} {min(c):>8.3f} {min(w) / ref_w:>14.2f} "
+                    f"{statistics.median(c) / ref_c:>13.2f}",
+                    flush=True,
+                )
     print(f"load average at end {loadavg()}")
 
 
@@ -307,13 +327,17 @@ def main() -> None:
     p.add_argument("--heads", type=int, default=8)
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--length", type=int, default=64, help="source and target length")
-    p.add_argument("--vocab", type=int, default=1000, help="small so the logits do not dominate")
+    p.add_argument("--vocab", type=int, nargs="+", default=[8000],
+                   help="vocabulary sizes (8000: the project's; the LM head's tensors grow with it)")
     p.add_argument("--layers", type=int, nargs="+", default=[2, 6, 12])
-    p.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
+    p.add_argument("--modes", nargs="+", default=["reversible", "ordinary", "checkpoint"], choices=MODES)
     p.add_argument("--steps", type=int, default=3, help="measured steps after the warm-up (median reported)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--genotype", choices=("standard", "mixed"), default="standard")
+    p.add_argument("--attention_dropout", type=float, default=0.0,
+                   help="0 as in the training scripts (flash attention on CPU); > 0 selects the math kernel, which "
+                   "keeps the attention matrices")
     p.add_argument(
         "--grads",
         choices=("keep", "none"),
@@ -343,43 +367,44 @@ def main() -> None:
 
     print(
         f"RevDarts training step on CPU ({args.threads} threads): d_model={args.d_model} heads={args.heads} "
-        f"batch={args.batch} src_len=tgt_len={args.length} (right-padded) vocab={args.vocab} "
-        f"genotype={args.genotype} dropout=0.1 attention_dropout=0.1 grads={args.grads}; "
+        f"batch={args.batch} src_len=tgt_len={args.length} (right-padded) vocab={'/'.join(map(str, args.vocab))} "
+        f"genotype={args.genotype} dropout=0.1 attention_dropout={args.attention_dropout} grads={args.grads}; "
         f"median of {args.steps} steps after a warm-up; load average at start {loadavg()}",
         flush=True,
     )
     if args.timing_only:
         print_timing_only(args)
         return
-    res: dict[tuple[int, str], dict[str, Any]] = {}
-    timing: dict[int, dict[str, list[float]]] = {}
-    cputime: dict[int, dict[str, list[float]]] = {}
+    res: dict[tuple[int, int, str], dict[str, Any]] = {}
+    timing: dict[tuple[int, int], dict[str, list[float]]] = {}
+    cputime: dict[tuple[int, int], dict[str, list[float]]] = {}
     t_start = time.time()
     hdr = (
-        f"{'L':>3} {'mode':<11} {'act MB':>8} {'fwd pk':>7} {'saved':>7} {'bwd pk':>7} {'step s':>7} "
+        f"{'L':>3} {'vocab':>6} {'mode':<21} {'act MB':>8} {'fwd pk':>7} {'saved':>7} {'bwd pk':>7} {'step s':>7} "
         f"{'il med':>7} {'il min':>7} {'params':>7} {'stk grads':>10}"
     )
     print(hdr)
     print("-" * len(hdr))
     for L in args.layers:
-        rows = {mode: run_worker(args, L, mode) for mode in args.modes}
-        if not args.no_interleaved:
-            t = run_worker(args, L, None)
-            timing[L], cputime[L] = t["times"], t["cpu"]
-        for mode, r in rows.items():
-            res[(L, mode)] = r
-            il = timing.get(L, {}).get(mode)
-            r["il_med_s"] = statistics.median(il) if il else float("nan")
-            r["il_min_s"] = min(il) if il else float("nan")
-            ic = cputime.get(L, {}).get(mode)
-            r["il_cpu_s"] = statistics.median(ic) if ic else float("nan")
-            stack = f"{r['enc_stack_params_mb']:.1f}/{r['dec_stack_params_mb']:.1f}"
-            print(
-                f"{L:>3} {mode:<11} {r['act_mb']:>8.1f} {r['fwd_peak_mb']:>7.1f} {r['saved_after_fwd_mb']:>7.1f} "
-                f"{r['bwd_peak_mb']:>7.1f} {r['step_s']:>7.3f} {r['il_med_s']:>7.3f} {r['il_min_s']:>7.3f} "
-                f"{r['params_mb']:>7.1f} {stack:>10}",
-                flush=True,
-            )
+        for vocab in args.vocab:
+            rows = {mode: run_worker(args, L, vocab, mode) for mode in args.modes}
+            if not args.no_interleaved:
+                t = run_worker(args, L, vocab, None)
+                timing[L, vocab], cputime[L, vocab] = t["times"], t["cpu"]
+            for mode, r in rows.items():
+                res[(L, vocab, mode)] = r
+                il = timing.get((L, vocab), {}).get(mode)
+                r["il_med_s"] = statistics.median(il) if il else float("nan")
+                r["il_min_s"] = min(il) if il else float("nan")
+                ic = cputime.get((L, vocab), {}).get(mode)
+                r["il_cpu_s"] = statistics.median(ic) if ic else float("nan")
+                stack = f"{r['enc_stack_params_mb']:.1f}/{r['dec_stack_params_mb']:.1f}"
+                print(
+                    f"{L:>3} {vocab:>6} {mode:<21} {r['act_mb']:>8.1f} {r['fwd_peak_mb']:>7.1f} "
+                    f"{r['saved_after_fwd_mb']:>7.1f} {r['bwd_peak_mb']:>7.1f} {r['step_s']:>7.3f} "
+                    f"{r['il_med_s']:>7.3f} {r['il_min_s']:>7.3f} {r['params_mb']:>7.1f} {stack:>10}",
+                    flush=True,
+                )
     any_r = next(iter(res.values()))
     print(
         f"act MB = peak RSS during forward+backward - RSS before (MB = 1e6 B; peak via {any_r['peak_method']}, "
@@ -391,27 +416,48 @@ def main() -> None:
     )
     print(f"total wall time {time.time() - t_start:.0f} s, load average at end {loadavg()}\n")
 
-    def ratio(a: tuple[int, str], b: tuple[int, str], key: str) -> str:
+    def ratio(a: tuple[int, int, str], b: tuple[int, int, str], key: str) -> str:
         return f"{res[a][key] / res[b][key]:.2f}" if a in res and b in res and res[b][key] > 0 else "n/a"
 
     print(
-        f"{'L':>3} {'ord/rev mem':>12} {'ckpt/rev mem':>13} {'rev/ord time':>13} {'rev/ord il med':>15} "
+        f"{'L':>3} {'vocab':>6} {'ord/rev mem':>12} {'ckpt/rev mem':>13} {'rev/ord time':>13} {'rev/ord il med':>15} "
         f"{'rev/ord il min':>15} {'rev/ord il cpu':>15} {'ckpt/ord il med':>16} {'rev/ckpt il med':>16}"
     )
     for L in args.layers:
-        print(
-            f"{L:>3} {ratio((L, 'ordinary'), (L, 'reversible'), 'act_mb'):>12} "
-            f"{ratio((L, 'checkpoint'), (L, 'reversible'), 'act_mb'):>13} "
-            f"{ratio((L, 'reversible'), (L, 'ordinary'), 'step_s'):>13} "
-            f"{ratio((L, 'reversible'), (L, 'ordinary'), 'il_med_s'):>15} "
-            f"{ratio((L, 'reversible'), (L, 'ordinary'), 'il_min_s'):>15} "
-            f"{ratio((L, 'reversible'), (L, 'ordinary'), 'il_cpu_s'):>15} "
-            f"{ratio((L, 'checkpoint'), (L, 'ordinary'), 'il_med_s'):>16} "
-            f"{ratio((L, 'reversible'), (L, 'checkpoint'), 'il_med_s'):>16}"
-        )
+        for V in args.vocab:
+            print(
+                f"{L:>3} {V:>6} {ratio((L, V, 'ordinary'), (L, V, 'reversible'), 'act_mb'):>12} "
+                f"{ratio((L, V, 'checkpoint'), (L, V, 'reversible'), 'act_mb'):>13} "
+                f"{ratio((L, V, 'reversible'), (L, V, 'ordinary'), 'step_s'):>13} "
+                f"{ratio((L, V, 'reversible'), (L, V, 'ordinary'), 'il_med_s'):>15} "
+                f"{ratio((L, V, 'reversible'), (L, V, 'ordinary'), 'il_min_s'):>15} "
+                f"{ratio((L, V, 'reversible'), (L, V, 'ordinary'), 'il_cpu_s'):>15} "
+                f"{ratio((L, V, 'checkpoint'), (L, V, 'ordinary'), 'il_med_s'):>16} "
+                f"{ratio((L, V, 'reversible'), (L, V, 'checkpoint'), 'il_med_s'):>16}"
+            )
+    if "reversible_full_head" in args.modes and "reversible" in args.modes:
+        full = "reversible_full_head"
+        print(f"\nchunked vs full LM head, both reversible:\n{'L':>3} {'vocab':>6} {'full/chunked mem':>17} "
+              f"{'time chunked/full: il med':>26} {'il min':>7} {'il cpu':>7}")
+        for L in args.layers:
+            for V in args.vocab:
+                print(
+                    f"{L:>3} {V:>6} {ratio((L, V, full), (L, V, 'reversible'), 'act_mb'):>17} "
+                    f"{ratio((L, V, 'reversible'), (L, V, full), 'il_med_s'):>26} "
+                    f"{ratio((L, V, 'reversible'), (L, V, full), 'il_min_s'):>7} "
+                    f"{ratio((L, V, 'reversible'), (L, V, full), 'il_cpu_s'):>7}"
+                )
     lo, hi = min(args.layers), max(args.layers)
-    for mode in args.modes:
-        print(f"{mode} activation memory at {hi} vs {lo} layers: {ratio((hi, mode), (lo, mode), 'act_mb')}x")
+    for V in args.vocab:
+        for mode in args.modes:
+            print(f"vocab {V}: {mode} activation memory at {hi} vs {lo} layers: "
+                  f"{ratio((hi, V, mode), (lo, V, mode), 'act_mb')}x")
+    small, large = min(args.vocab), max(args.vocab)
+    if large != small:
+        for L in args.layers:
+            for mode in args.modes:
+                print(f"{L} layers: {mode} activation memory at vocab {large} vs {small}: "
+                      f"{ratio((L, large, mode), (L, small, mode), 'act_mb')}x")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(list(res.values()), f, indent=1)

@@ -5,7 +5,8 @@ Every configuration (model or supernet, d_model, depth) runs in a FRESH subproce
 ``--worker``). The worker builds the network once (train mode, dropout 0.1) and, for each memory mode in turn
 (``hf_revdarts.memory.apply_memory_mode``: same weights), runs a warm-up step and then measures a real step with
 the gradient buffers kept (``zero_grad(set_to_none=False)``: they are part of the baseline, as the planner's
-"activation" excludes them) and the model output held through backward (as the training loops do):
+"activation" excludes them) and the model output held through backward (as the training loops do); the prediction
+is told how many target positions carry a label, which is what the chunked LM head (the default) works on:
 
 * torch-level (the figure compared): the step under ``hf_revdarts.memory.LiveTensorBytes``, a dispatch mode that
   counts every new tensor storage until it is freed. Its peak is what ``torch.cuda.max_memory_allocated`` minus
@@ -101,7 +102,8 @@ def worker(args: argparse.Namespace) -> list[dict[str, Any]]:
         with live:
             step(batch)
         est = estimate_memory(config, args.batch, args.length, args.length, mode=mode,
-                              supernet=args.kind == "supernet", keep_layers=args.layers // 2)
+                              supernet=args.kind == "supernet", keep_layers=args.layers // 2,
+                              labelled_tokens=int((batch["labels"] != -100).sum()))
         rows.append({"kind": args.kind, "d_model": args.d_model, "layers": args.layers, "mode": mode,
                      "keep_layers": est.keep_layers, "measured": live.peak, "rss": rss, "cpu_s": cpu_s,
                      "predicted": est.activation_bytes, "peak_at": est.peak_at, "params_measured": params,

@@ -23,7 +23,12 @@ and the memory modes differ only in what a layer keeps and what its backward nee
                 holds that layer's parameter gradients, its output/input and their gradients;
     hybrid      the top k layers of each stack as ordinary, the layers below reversible.
 
-Transient terms (gradients of a split's intermediates, the largest parameter gradient, the head's two
+The LM head: with ``config.chunked_loss`` (the default in training) it keeps the labelled hidden rows and their
+gradient, holds one tile of ``loss_chunk_size`` logits at the end of the forward pass, and the output embedding's
+vocab x e gradient exists only after every other backward (a segment of its own, run last); the full head keeps
+the batch x length x vocab log-softmax, and its backward two more such tensors.
+
+Transient terms (gradients of a split's intermediates, the largest parameter gradient, the full head's two
 vocabulary-sized gradients) were calibrated against measurement; ``benchmarks/memory_planner.py`` prints
 predicted vs measured peaks (torch-level: live tensor bytes, which is what ``torch.cuda.max_memory_allocated``
 reports on a GPU) and ``tests/memory/test_estimate.py`` checks the per-op saved bytes against ``saved_tensors_hooks``.
@@ -41,6 +46,7 @@ from typing import Any
 import torch
 
 from ..model.configuration_revdarts import DECODER_OPS, ENCODER_OPS, RevDartsConfig
+from ..model.modeling_revdarts import loss_tile
 
 # Fastest first: the planner takes the first mode that fits.
 MEMORY_MODES: tuple[str, ...] = ("ordinary", "hybrid", "checkpoint", "reversible")
@@ -291,6 +297,8 @@ def estimate_memory(
     device: str = "cpu",
     padded: bool = True,
     logits_alive: bool = True,
+    chunked_loss: bool | None = None,
+    labelled_tokens: int | None = None,
     dtype: torch.dtype = torch.float32,
     optimizer_foreach: bool | None = None,
 ) -> MemoryEstimate:
@@ -308,6 +316,11 @@ def estimate_memory(
         device: ``cpu`` or ``cuda`` (which attention kernel runs, how the optimizer step allocates).
         padded: the source batch comes with an attention mask (as the training scripts' batches do).
         logits_alive: the caller holds the model output (logits) through backward, as the training loops do.
+        chunked_loss: the LM head computes its loss in tiles of ``config.loss_chunk_size`` logits (default
+            ``config.chunked_loss``): no batch x length x vocab tensor, the output embedding's gradient made at the
+            end of backward (see ``modeling_revdarts``); ``False`` is the full head (logits, log-softmax, gradient).
+        labelled_tokens: target positions with a label (not -100), which is all the chunked head works on; the
+            default, every position, is the upper bound.
         dtype: the parameters' (and so the activations') dtype.
         optimizer_foreach: the optimizer's ``foreach`` (None: torch's default, on for CUDA, off for CPU); the
             foreach step allocates temporaries the size of all parameters, the per-tensor one of the largest.
@@ -335,11 +348,25 @@ def estimate_memory(
     elem = torch.empty((), dtype=dtype).element_size()
     B, S, d, V = batch_size, source_length, config.d_model, config.vocab_size
     e_dim = config.embedding_dim or d
+    if chunked_loss is not None and not isinstance(chunked_loss, bool):
+        raise ValueError(f"chunked_loss={chunked_loss!r} must be True, False or None (the config's)")
     segments: list[tuple[str, int, int]] = []  # (name, kept until its backward, transient + carried in backward)
     params = 0
-    # The LM head's gradient of the tied embedding waits in autograd's input buffer until the embedding's
-    # backward (the very end) has added its part: it is carried through the whole backward.
-    tied = V * (config.embedding_dim or d) * elem if config.tie_word_embeddings else 0
+    chunked = config.chunked_loss if chunked_loss is None else chunked_loss
+    Nt = B * T
+    Nl = Nt if labelled_tokens is None else labelled_tokens
+    if not isinstance(Nl, int) or isinstance(Nl, bool) or not 0 <= Nl <= Nt:
+        raise ValueError(f"labelled_tokens={labelled_tokens!r} must be an integer in 0..batch_size * target_length")
+    tied_lookups = chunked and config.tie_word_embeddings
+    if chunked:
+        # The head hands its hidden rows, log-sum-exp and labels to the deferred gradient of its weight, which
+        # runs after everything else; a tied model's embedding lookups then return sparse rows, and the decoder's
+        # lookup (made before the encoder runs) holds the gradient of its output through the encoder's backward.
+        carried = Nl * e_dim * elem + Nl * 12
+    else:
+        # The LM head's gradient of the tied embedding waits in autograd's input buffer until the embedding's
+        # backward (the very end) has added its part: it is carried through the whole backward.
+        carried = V * e_dim * elem if config.tie_word_embeddings else 0
     for decoder in (False, True):
         L_tok = T if decoder else S
         n = config.decoder_splits if decoder else config.encoder_splits
@@ -352,41 +379,65 @@ def estimate_memory(
         layers = [_layer(sp, mx, side, config, device) for sp, mx in zip(names, mixed)]
         params += sum(layer.params for layer in layers) + (e_dim * d if e_dim != d else 0) + 2 * d
         tag = "decoder" if decoder else "encoder"
+        carry = carried + (Nt * e_dim * elem if tied_lookups and not decoder else 0)
         # embedding (+ projection), scale, positions, dropout; decoder inputs are shifted labels (int64)
         kept = (N * e_dim * elem if e_dim != d else 0) + (nd if config.dropout > 0 else 0) + (N * 8 if decoder else 0)
-        segments.append((f"{tag} embedding", kept, V * e_dim * elem + nd + side_grad + tied))
+        lookup_grad = N * (e_dim * elem + 8) if tied_lookups else V * e_dim * elem  # sparse rows, or dense
+        if not config.tie_word_embeddings and not decoder:
+            # untied, the decoder lookup's dense gradient of the embedding waits through the encoder's backward,
+            # and the encoder lookup's is added to it out of place
+            carry += V * e_dim * elem
+            lookup_grad += V * e_dim * elem
+        segments.append((f"{tag} embedding", kept, lookup_grad + nd + side_grad + carry))
         L = len(layers)
         reconstructed = L - min(keep, L) if mode in ("reversible", "hybrid") else 0
         for i, layer in enumerate(layers):
             if i < reconstructed:
                 anchor = nd if config.reversible_exact_every and i > 0 and i % config.reversible_exact_every == 0 else 0
-                segments.append((f"{tag} layer {i} (reconstructed)", anchor, layer.reconstruct + 2 * side_grad + tied))
+                segments.append((f"{tag} layer {i} (reconstructed)", anchor, layer.reconstruct + 2 * side_grad + carry))
             elif mode == "checkpoint":
                 segments.append(
-                    (f"{tag} layer {i} (recomputed)", nd, layer.saved + layer.transient + nd + side_grad + tied)
+                    (f"{tag} layer {i} (recomputed)", nd, layer.saved + layer.transient + nd + side_grad + carry)
                 )
             else:
                 # a kept input: the embedding output or the previous layer's output; in hybrid mode the lowest kept
                 # layer's input is the reconstructed part's output, held by the tape until its backward
                 own_input = nd if layer.keeps_input or (reconstructed and i == reconstructed) else 0
-                segments.append((f"{tag} layer {i}", layer.saved + own_input, layer.transient + nd + side_grad + tied))
+                segments.append((f"{tag} layer {i}", layer.saved + own_input, layer.transient + nd + side_grad + carry))
         # final LayerNorm: its input (the stack output), mean/rstd, and its output (the encoder output is read by
-        # every cross-attention; the decoder's by the LM head)
-        segments.append((f"{tag} final norm", 2 * nd + 2 * N * 4, 2 * nd + side_grad + tied))
-    Nt = B * T
+        # every cross-attention; the decoder's by the LM head, which the chunked head does not keep: a factorised
+        # model's projection does, and a caller holding the output holds it, counted below)
+        output = nd if not (decoder and chunked and e_dim == d) else 0
+        segments.append((f"{tag} final norm", nd + output + 2 * N * 4, 2 * nd + side_grad + carry))
     params += V * e_dim + (d * e_dim if e_dim != d else 0) + (0 if config.tie_word_embeddings else V * e_dim)
-    head_kept = Nt * V * elem + (Nt * e_dim * elem if e_dim != d else 0)  # log-softmax output (+ projected hidden)
-    # backward of the loss: dL/dlog-probs and dL/dlogits next to the kept log-probs; then the log-probs are
-    # freed and the LM head's matmuls produce dL/dhidden and the embedding-sized weight gradient
-    head_transient = max(2 * Nt * V * elem, Nt * e_dim * elem + V * e_dim * elem)
+    head_forward = 0
+    if chunked:
+        rows, cols = loss_tile(max(Nl, 1), V, config.loss_chunk_size)
+        tile = rows * cols * 4  # float32 logits
+        # labelled hidden rows, the gradient of the hidden states (float32), log-sum-exp, labels, their positions
+        head_kept = Nl * e_dim * elem + Nl * e_dim * 4 + Nl * 20
+        # forward: one tile with its softmax-weighted rows of W; backward: dL/dhidden, scattered back to every position
+        head_forward = tile + 3 * rows * e_dim * 4
+        head_transient = Nl * e_dim * elem + Nt * e_dim * elem
+        # the deferred weight gradient, after every other backward: a float32 vocab x e buffer (cast to the weight's
+        # dtype), one tile, the handed-over rows and, with tied embeddings, both lookups' sparse rows
+        deferred = V * e_dim * 4 + (V * e_dim * elem if elem != 4 else 0) + tile + carried
+        deferred += (B * S + Nt) * (e_dim * elem + 8) if tied_lookups else 0
+        segments.insert(0, ("output embedding gradient (deferred)", 0, deferred))
+        held = Nt * e_dim * elem if logits_alive else 0  # the output keeps the hidden states its logits come from
+    else:
+        head_kept = Nt * V * elem + (Nt * e_dim * elem if e_dim != d else 0)  # log-softmax output (+ projected hidden)
+        # backward of the loss: dL/dlog-probs and dL/dlogits next to the kept log-probs; then the log-probs are
+        # freed and the LM head's matmuls produce dL/dhidden and the embedding-sized weight gradient
+        head_transient = max(2 * Nt * V * elem, Nt * e_dim * elem + V * e_dim * elem)
+        held = Nt * V * elem if logits_alive else 0
     segments.append(("LM head and loss", head_kept, head_transient))
-    held = Nt * V * elem if logits_alive else 0
     if supernet:
         per_pos = lambda layers: min(tie_blocks, layers) if tie_blocks else layers  # noqa: E731
         params += per_pos(config.encoder_layers) * config.encoder_splits * len(encoder_ops)
         params += per_pos(config.decoder_layers) * (config.decoder_splits - 1) * len(decoder_ops)
     kept_total = held + sum(kept for _, kept, _ in segments)
-    peak, peak_at, running = kept_total, "forward", kept_total
+    peak, peak_at, running = kept_total + head_forward, "forward", kept_total
     for name, kept, transient in reversed(segments):
         if running + transient > peak:
             peak, peak_at = running + transient, name

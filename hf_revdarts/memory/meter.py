@@ -40,18 +40,26 @@ class LiveTensorBytes(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[override]
         out = func(*args, **(kwargs or {}))
-        inputs = {t.untyped_storage().data_ptr() for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor)}
+        inputs = {s.data_ptr() for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor) for s in _storages(t)}
         for t in tree_flatten(out)[0]:
             if not isinstance(t, torch.Tensor) or t.device.type == "meta":
                 continue
-            storage = t.untyped_storage()
-            key, nbytes = storage.data_ptr(), storage.nbytes()
-            if nbytes == 0 or key in inputs or key in self._alive:
-                continue
-            self._alive[key] = weakref.ref(storage, lambda _ref, key=key, nbytes=nbytes: self._freed(key, nbytes))
-            self.live += nbytes
-            self.peak = max(self.peak, self.live)
+            for storage in _storages(t):
+                key, nbytes = storage.data_ptr(), storage.nbytes()
+                if nbytes == 0 or key in inputs or key in self._alive:
+                    continue
+                self._alive[key] = weakref.ref(storage, lambda _ref, key=key, nbytes=nbytes: self._freed(key, nbytes))
+                self.live += nbytes
+                self.peak = max(self.peak, self.live)
         return out
+
+
+def _storages(t: torch.Tensor) -> list[torch.UntypedStorage]:
+    """The storages holding ``t``'s data: a sparse COO tensor (an embedding's sparse gradient) has no storage of its
+    own but an index and a value tensor."""
+    if t.layout == torch.sparse_coo:
+        return [t._indices().untyped_storage(), t._values().untyped_storage()]
+    return [t.untyped_storage()]
 
 
 class StepMemoryMeter:

@@ -91,6 +91,15 @@ class RevDartsConfig(PretrainedConfig):
             picks k for a memory budget.
         label_smoothing (`float`, *optional*, defaults to 0.0):
             Label smoothing of the training loss.
+        chunked_loss (`bool`, *optional*, defaults to `True`):
+            In a training step (train mode, gradients on, `labels` given) compute the LM head and its cross-entropy in
+            tiles of `loss_chunk_size` logits, recomputing them for the output embedding's gradient at the end of
+            backward, instead of holding the batch x length x vocab logits, their log-softmax and its gradient: the
+            same loss and gradients to float rounding. The output's `logits` are then computed only when read.
+            Evaluation, `generate` and `chunked_loss=False` use the full head.
+        loss_chunk_size (`int`, *optional*, defaults to 1048576):
+            Logits (tokens x vocabulary entries) one tile of the chunked loss holds: about square, or whole
+            vocabulary rows when `loss_chunk_size // vocab_size` tokens are at least a square's side.
         encoder_genotype (`list[list[str]]`, *optional*):
             One list of `encoder_splits` op names per encoder layer; `None` gives the self_attn/ffn Transformer.
         decoder_genotype (`list[list[str]]`, *optional*):
@@ -152,6 +161,8 @@ class RevDartsConfig(PretrainedConfig):
         reversible_exact_every: int = 0,
         reversible_keep_layers: int = 0,
         label_smoothing: float = 0.0,
+        chunked_loss: bool = True,
+        loss_chunk_size: int = 1 << 20,
         encoder_genotype: list[list[str]] | None = None,
         decoder_genotype: list[list[str]] | None = None,
         search_encoder_ops: list[str] | None = None,
@@ -188,6 +199,8 @@ class RevDartsConfig(PretrainedConfig):
         self.reversible_exact_every = reversible_exact_every
         self.reversible_keep_layers = reversible_keep_layers
         self.label_smoothing = label_smoothing
+        self.chunked_loss = chunked_loss
+        self.loss_chunk_size = loss_chunk_size
         std = Genotype.standard(max(1, encoder_layers), max(1, decoder_layers), max(2, decoder_splits)).to_dict()
         self.encoder_genotype = [list(x) for x in encoder_genotype] if encoder_genotype is not None else std["encoder"]
         self.decoder_genotype = [list(x) for x in decoder_genotype] if decoder_genotype is not None else std["decoder"]
@@ -239,6 +252,12 @@ class RevDartsConfig(PretrainedConfig):
             raise ValueError(
                 f"reversible_keep_layers={self.reversible_keep_layers!r} must be an integer >= 0 (the number of top "
                 "layers per stack that keep their activations; 0 = reconstruct every layer)"
+            )
+        if not isinstance(self.chunked_loss, bool):
+            raise ValueError(f"chunked_loss={self.chunked_loss!r} must be True or False")
+        if not isinstance(self.loss_chunk_size, int) or isinstance(self.loss_chunk_size, bool) or self.loss_chunk_size < 1:
+            raise ValueError(
+                f"loss_chunk_size={self.loss_chunk_size!r} must be a positive integer (logits computed at once)"
             )
         if self.max_position_embeddings < 1:
             raise ValueError(f"max_position_embeddings={self.max_position_embeddings} must be positive")

@@ -13,6 +13,7 @@ import math
 import os
 import shutil
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -82,6 +83,231 @@ SplitBuilder = Callable[..., nn.Module]
 def _return_dict(config: RevDartsConfig, return_dict: bool | None) -> bool:
     # An output dataclass unless asked for a tuple (by the argument, else by config.return_dict).
     return return_dict if return_dict is not None else getattr(config, "return_dict", True)
+
+
+# ------------------------------------------------------------------------------------------- chunked LM head loss
+# At a realistic vocabulary the LM head dominates a reversible step's memory: the logits, their log-softmax and its
+# gradient are batch x length x vocab floats each, against the one layer the stacks keep. The training loss below
+# never holds them: it works on tiles of at most ``loss_chunk_size`` logits, a block of tokens against a slice of
+# the vocabulary (about square, so that every matmul stays large enough to run at full speed). Positions labelled
+# -100 are dropped first.
+#
+# Forward: per token block, an online softmax over the vocabulary slices (as flash attention does) gives the
+# log-sum-exp and the loss terms and, since the loss's gradient with respect to the logits is known up to the
+# scalar that reaches the loss, the gradient of the hidden states too: Σ_j softmax_j W_j (accumulated with the
+# running rescaling) minus the target's rows of W. Backward scales it. The output embedding's gradient is computed
+# at the very end of backward from the saved log-sum-exp, recomputing each tile's logits once: four matmuls over
+# the labelled tokens in all, against three over every position for the full head.
+#
+# Deferring that gradient matters with a tied embedding: autograd sums the gradients of all uses of a weight before
+# they reach .grad, so a gradient returned by the head would wait, vocab x e floats, in that sum through the backward
+# of both stacks. Here the head reads the weight through ``_DeferredHeadWeightGradient``, whose backward runs only
+# once every use of its output has returned; a tied model's two embedding lookups use that output too, with sparse
+# gradients (the batch's rows), so the one dense vocab x e gradient is made at the end.
+
+
+def _autocast_dtype(device_type: str) -> torch.dtype | None:
+    """The dtype autocast gives a matmul on ``device_type`` now; None when autocast is off there."""
+    try:
+        return torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else None
+    except (TypeError, AttributeError):  # torch < 2.4: device-specific functions
+        if device_type == "cpu":
+            return torch.get_autocast_cpu_dtype() if torch.is_autocast_cpu_enabled() else None
+        return torch.get_autocast_gpu_dtype() if torch.is_autocast_enabled() else None
+
+
+def loss_tile(tokens: int, vocab_size: int, chunk_size: int) -> tuple[int, int]:
+    """(token rows, vocabulary columns) of the chunked loss's logit tiles: about square, at most ``chunk_size``
+    logits, a token's whole vocabulary at once when that fits in as many rows as a square has."""
+    rows = max(1, min(tokens, max(math.isqrt(chunk_size), chunk_size // vocab_size)))
+    return rows, max(1, min(vocab_size, chunk_size // rows))
+
+
+def _in_slice(labels: torch.Tensor, start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Which labels fall in the vocabulary slice [start, stop), and their column there (clamped into it for the
+    others, which are masked): index arithmetic without a device-to-host sync."""
+    return (labels >= start) & (labels < stop), (labels - start).clamp_(0, stop - start - 1)
+
+
+class _HeadGradientState:
+    """Shared by a chunked head and the deferred gradient of its weight: the loss settings, the matmul dtype (the
+    autocast dtype of the forward pass, if any) and, per backward of the head, (hidden rows, labels, log-sum-exp,
+    gradient reaching the loss), handed over by the head's backward and consumed by the weight's."""
+
+    def __init__(self, weight: torch.Tensor, label_smoothing: float, chunk_size: int) -> None:
+        self.label_smoothing = float(label_smoothing)
+        self.chunk_size = int(chunk_size)
+        self.compute_dtype = _autocast_dtype(weight.device.type) or weight.dtype
+        self.pending: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]] = []
+
+
+class _DeferredHeadWeightGradient(torch.autograd.Function):
+    """The LM head's weight, unchanged; its backward adds the head's weight gradient (recomputed from the pending
+    state) to what the other uses of its output returned (sparse embedding rows) and returns one dense gradient."""
+
+    @staticmethod
+    def forward(ctx: Any, weight: torch.Tensor, state: _HeadGradientState) -> torch.Tensor:
+        ctx.state = state
+        ctx.save_for_backward(weight)
+        ctx.set_materialize_grads(False)
+        return weight.view_as(weight)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx: Any, grad: torch.Tensor | None) -> tuple[torch.Tensor | None, None]:
+        (weight,) = ctx.saved_tensors
+        state: _HeadGradientState = ctx.state
+        pending, state.pending = state.pending, []
+        vocab, dtype, smoothing = weight.shape[0], state.compute_dtype, state.label_smoothing
+        out = None
+        with torch.autocast(weight.device.type, enabled=False):
+            w = weight.to(dtype)
+            for hidden, labels, lse, grad_loss in pending:
+                n = hidden.shape[0]
+                if n == 0:
+                    continue
+                if out is None:
+                    out = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device)
+                h, scale = hidden.to(dtype), float(grad_loss) / n
+                rows, cols = loss_tile(n, vocab, state.chunk_size)
+                for start in range(0, vocab, cols):
+                    stop = min(vocab, start + cols)
+                    for first in range(0, n, rows):
+                        last = min(n, first + rows)
+                        target = labels[first:last]
+                        # softmax - target, target = (1 - ε) on the label + ε / vocab everywhere
+                        grad_logits = torch.mm(h[first:last], w[start:stop].t()).float()
+                        grad_logits.sub_(lse[first:last, None]).exp_()
+                        if smoothing:
+                            grad_logits.sub_(smoothing / vocab)
+                        inside, local = _in_slice(target, start, stop)
+                        grad_logits.scatter_add_(1, local[:, None], inside.float().mul_(smoothing - 1.0)[:, None])
+                        part = grad_logits.to(dtype).t()
+                        del grad_logits  # before the next tile's logits exist
+                        if dtype == torch.float32:
+                            out[start:stop].addmm_(part, h[first:last], alpha=scale)
+                        else:
+                            out[start:stop].add_(torch.mm(part, h[first:last]), alpha=scale)
+                        del part
+        if out is None:  # no token had a label
+            return (grad.to_dense() if grad is not None and grad.is_sparse else grad), None
+        out = out.to(weight.dtype)
+        if grad is not None:
+            out.add_(grad)
+        return out, None
+
+
+class _ChunkedLMHeadLoss(torch.autograd.Function):
+    """Mean label-smoothed cross-entropy of ``hidden @ weight.T`` against ``labels``, without the full logits.
+
+    ``hidden`` holds only the rows that have a label. The forward pass keeps the gradient of ``hidden`` (rows x e)
+    and the log-sum-exp; the weight's gradient is left to the ``_DeferredHeadWeightGradient`` that ``weight`` comes
+    from (the backward here returns none for it).
+    """
+
+    @staticmethod
+    def forward(
+        ctx: Any, hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, state: _HeadGradientState
+    ) -> torch.Tensor:
+        n, vocab, dtype, smoothing = hidden.shape[0], weight.shape[0], state.compute_dtype, state.label_smoothing
+        device, f32 = hidden.device, torch.float32
+        total = torch.zeros((), dtype=f32, device=device)
+        lse = torch.empty(n, dtype=f32, device=device)
+        grad_hidden = torch.empty(hidden.shape, dtype=f32, device=device)
+        with torch.autocast(device.type, enabled=False):
+            w, h = weight.to(dtype), hidden.to(dtype)
+            # the target's part of every token's gradient: (1 - ε) W_label + ε/V Σ_j W_j
+            spread = w.sum(0, dtype=f32).mul_(smoothing / vocab) if smoothing else None
+            rows, cols = loss_tile(n, vocab, state.chunk_size)
+            for first in range(0, n, rows):
+                last = min(n, first + rows)
+                target = labels[first:last]
+                top = torch.full((last - first,), -math.inf, dtype=f32, device=device)
+                norm = torch.zeros(last - first, dtype=f32, device=device)
+                picked = torch.zeros(last - first, dtype=f32, device=device)
+                logit_sum = torch.zeros(last - first, dtype=f32, device=device)
+                weighted = torch.zeros(last - first, hidden.shape[1], dtype=f32, device=device)
+                for start in range(0, vocab, cols):
+                    stop = min(vocab, start + cols)
+                    logits = torch.mm(h[first:last], w[start:stop].t()).float()
+                    inside, local = _in_slice(target, start, stop)
+                    picked = torch.where(inside, logits.gather(1, local[:, None]).squeeze(1), picked)
+                    if smoothing:
+                        logit_sum += logits.sum(1)
+                    new_top = torch.maximum(top, logits.amax(1))
+                    rescale = (top - new_top).exp_()
+                    probs = logits.sub_(new_top[:, None]).exp_()  # exp(z - running max), in place
+                    norm = norm.mul_(rescale).add_(probs.sum(1))
+                    weighted.mul_(rescale[:, None]).add_(torch.mm(probs.to(dtype), w[start:stop]))
+                    top = new_top
+                    del logits, probs  # before the next tile's logits exist
+                lse[first:last] = top + norm.log()
+                # loss_i = lse_i - (1 - ε) z_i,label - ε/V Σ_j z_ij: F.cross_entropy's label smoothing, per token
+                total += (lse[first:last] - (1.0 - smoothing) * picked - smoothing / vocab * logit_sum).sum()
+                grad = weighted.div_(norm[:, None]).sub_(w[target].float(), alpha=1.0 - smoothing)
+                grad_hidden[first:last] = grad.sub_(spread) if spread is not None else grad
+        ctx.state = state
+        ctx.hidden_dtype = hidden.dtype
+        ctx.save_for_backward(hidden, labels, lse, grad_hidden)
+        return total / n
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx: Any, grad_loss: torch.Tensor) -> tuple[torch.Tensor | None, None, None, None]:
+        hidden, labels, lse, grad_hidden = ctx.saved_tensors
+        if ctx.needs_input_grad[1]:
+            ctx.state.pending.append((hidden, labels, lse, grad_loss))
+        if not ctx.needs_input_grad[0]:
+            return None, None, None, None
+        scale = grad_loss.float() / max(hidden.shape[0], 1)
+        return grad_hidden.mul(scale).to(ctx.hidden_dtype), None, None, None
+
+
+def _chunked_lm_head_loss(
+    hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, state: _HeadGradientState
+) -> torch.Tensor:
+    """``F.cross_entropy(F.linear(hidden, weight).float().view(-1, vocab), labels.view(-1), ignore_index=-100,
+    label_smoothing=...)`` with its gradients, in tiles of ``state.chunk_size`` logits. ``weight`` is the output of
+    ``_DeferredHeadWeightGradient`` for ``state`` when its gradient is wanted (see above)."""
+    vocab = weight.shape[0]
+    flat = labels.reshape(-1)
+    keep = (flat != -100).nonzero().squeeze(1)
+    target = flat.index_select(0, keep)
+    if target.numel() and (int(target.min()) < 0 or int(target.max()) >= vocab):
+        bad = int(target.min()) if int(target.min()) < 0 else int(target.max())
+        raise ValueError(f"labels contain {bad}, outside the vocabulary 0..{vocab - 1} (and not the ignored -100)")
+    rows = hidden.reshape(-1, hidden.shape[-1]).index_select(0, keep)
+    return _ChunkedLMHeadLoss.apply(rows, weight, target, state)
+
+
+@dataclass
+class RevDartsSeq2SeqLMOutput(Seq2SeqLMOutput):
+    """A ``Seq2SeqLMOutput`` from a training step whose loss came from the chunked head: its ``logits`` are computed
+    from the decoder's output when first asked for (``.logits``, ``["logits"]``, ``to_tuple()``, an integer index),
+    so a training loop that reads only ``.loss`` never holds the batch x length x vocab tensor."""
+
+    def _materialize_logits(self) -> None:
+        compute = self.__dict__.pop("_compute_logits", None)
+        if compute is None:
+            return
+        self["logits"] = compute()
+        # the key order of an output built with its logits: loss, logits, then the rest
+        for key in [k for k in self.keys() if k not in ("loss", "logits")]:
+            self.move_to_end(key)
+
+    def __getattribute__(self, name: str) -> Any:
+        if name == "logits" and "_compute_logits" in object.__getattribute__(self, "__dict__"):
+            object.__getattribute__(self, "_materialize_logits")()
+        return super().__getattribute__(name)
+
+    def __getitem__(self, key: Any) -> Any:
+        if key == "logits" or not isinstance(key, str):
+            self._materialize_logits()
+        return super().__getitem__(key)
+
+    def to_tuple(self) -> tuple:
+        self._materialize_logits()
+        return super().to_tuple()
 
 
 def derived_split(name: str, width: int, config: RevDartsConfig, causal: bool, layer: int, split: int) -> nn.Module:
@@ -462,6 +688,20 @@ class RevDartsForConditionalGeneration(RevDartsPreTrainedModel, GenerationMixin)
                 )
         elif use_cache is None:
             use_cache = self.config.use_cache
+        state = None
+        head_weight = self.lm_head.weight
+        if labels is not None and self._chunked_loss_applies():
+            state = _HeadGradientState(head_weight, self.config.label_smoothing, self.config.loss_chunk_size)
+            if head_weight.requires_grad:
+                head_weight = _DeferredHeadWeightGradient.apply(head_weight, state)
+                if self._input_embeddings_tied_to_head():
+                    # the lookups join the deferred gradient with sparse rows (see _DeferredHeadWeightGradient)
+                    if inputs_embeds is None and input_ids is not None and encoder_outputs is None:
+                        self.model._check_ids(input_ids, "input_ids")
+                        inputs_embeds, input_ids = self._embed(input_ids, head_weight), None
+                    if decoder_inputs_embeds is None and decoder_input_ids is not None:
+                        self.model._check_ids(decoder_input_ids, "decoder_input_ids")
+                        decoder_inputs_embeds, decoder_input_ids = self._embed(decoder_input_ids, head_weight), None
         out = self.model(
             input_ids=input_ids,
             attention_mask=attention_mask,
@@ -477,22 +717,62 @@ class RevDartsForConditionalGeneration(RevDartsPreTrainedModel, GenerationMixin)
         hidden = out.last_hidden_state
         if self.output_proj is not None:
             hidden = self.output_proj(hidden)
-        logits = self.lm_head(hidden)
-        loss = None
-        if labels is not None:
-            loss = F.cross_entropy(
-                logits.float().view(-1, logits.shape[-1]),
-                labels.reshape(-1),
-                ignore_index=-100,
-                label_smoothing=self.config.label_smoothing,
-            )
-        output = Seq2SeqLMOutput(
-            loss=loss,
-            logits=logits,
-            encoder_last_hidden_state=out.encoder_last_hidden_state,
-            **{CACHE_FIELD: getattr(out, CACHE_FIELD)},
-        )
+        fields = {"encoder_last_hidden_state": out.encoder_last_hidden_state, CACHE_FIELD: getattr(out, CACHE_FIELD)}
+        if state is not None:
+            output = RevDartsSeq2SeqLMOutput(loss=_chunked_lm_head_loss(hidden, head_weight, labels, state), **fields)
+            output._compute_logits = self._logits_when_read(hidden)
+        else:
+            logits = self.lm_head(hidden)
+            loss = None
+            if labels is not None:
+                loss = F.cross_entropy(
+                    logits.float().view(-1, logits.shape[-1]),
+                    labels.reshape(-1),
+                    ignore_index=-100,
+                    label_smoothing=self.config.label_smoothing,
+                )
+            output = Seq2SeqLMOutput(loss=loss, logits=logits, **fields)
         return output if _return_dict(self.config, return_dict) else output.to_tuple()
+
+    def _chunked_loss_applies(self) -> bool:
+        """A training step (train mode, gradients on) with ``config.chunked_loss`` and the plain bias-free head the
+        chunked loss computes."""
+        head = self.lm_head
+        return (
+            self.config.chunked_loss
+            and self.training
+            and torch.is_grad_enabled()
+            and type(head) is nn.Linear
+            and head.bias is None
+        )
+
+    def _input_embeddings_tied_to_head(self) -> bool:
+        shared = self.model.shared
+        return (
+            type(shared) is nn.Embedding
+            and shared.weight is self.lm_head.weight
+            and shared.max_norm is None
+            and not shared.scale_grad_by_freq
+        )
+
+    def _embed(self, ids: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        """``self.model.shared(ids)`` on ``weight`` (the same values), with a sparse gradient."""
+        return F.embedding(ids, weight, self.model.shared.padding_idx, sparse=True)
+
+    def _logits_when_read(self, hidden: torch.Tensor) -> Callable[[], torch.Tensor]:
+        weight = self.lm_head.weight
+        version = weight._version
+
+        def compute() -> torch.Tensor:
+            if weight._version != version:
+                raise RuntimeError(
+                    "the logits of this training step were not kept (config.chunked_loss) and the LM head's weight "
+                    "has changed since (an optimizer step?): read them before changing the weights, or set "
+                    "model.config.chunked_loss = False to keep them"
+                )
+            return F.linear(hidden, weight)
+
+        return compute
 
     def prepare_inputs_for_generation(
         self,
