@@ -18,6 +18,7 @@ from hf_revdarts.search.supernet import mixing_weights
 from testing.builders import (
     grad_errors,
     padded_batch,
+    param_grads,
     set_reversible,
     supernet_grads_reversible_vs_ordinary,
     tiny_search_config,
@@ -175,10 +176,7 @@ def test_temperature_and_mask_keep_reversible_gradients_exact() -> None:
     grads = {}
     for rev in (True, False):
         set_reversible(model, rev)
-        model.zero_grad(set_to_none=True)
-        torch.manual_seed(123)
-        model(**batch).loss.backward()
-        grads[rev] = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        grads[rev] = param_grads(model, batch)
     assert all(a.grad is not None for a in model.arch_parameters())
     total, worst = grad_errors(grads[True], grads[False])
     assert total <= 1e-5 and worst <= 1e-5, (total, worst)

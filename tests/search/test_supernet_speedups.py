@@ -17,6 +17,7 @@ from hf_revdarts.search.supernet import MixedSplit
 from testing.builders import (
     grad_errors,
     padded_batch,
+    param_grads,
     set_reversible,
     supernet_grads_reversible_vs_ordinary,
     tiny_search_config,
@@ -165,10 +166,7 @@ def test_single_path_reversible_gradients_equal_ordinary() -> None:
     grads = {}
     for reversible in (True, False):
         set_reversible(model, reversible)
-        model.zero_grad(set_to_none=True)
-        torch.manual_seed(123)
-        model(**batch).loss.backward()
-        grads[reversible] = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        grads[reversible] = param_grads(model, batch)
     total, worst = grad_errors(grads[True], grads[False])
     assert total <= 1e-5 and worst <= 1e-5, (total, worst)
     assert all(float(a.grad.abs().sum()) == 0.0 for a in model.arch_parameters())
