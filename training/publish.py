@@ -34,6 +34,7 @@ from hf_revdarts.training.model_health import check_model_health
 from hf_revdarts.training.run_folder import check_replaceable
 from hf_revdarts.training.tokenization import save_tokenizer
 from hf_revdarts.training.training_utils import atomic_folder, atomic_write_json, remove_stale_temporaries
+from hf_revdarts.utils.atomic import read_json_object
 from hf_revdarts.utils.guards import assert_finite_state
 from hf_revdarts.utils.integrity import check_fingerprint, fingerprint_model_folder
 
@@ -91,18 +92,6 @@ class PublishArguments:
         if self.example is not None and not self.example.strip():
             raise ValueError("--example is empty: give a source sentence for the card, or leave it out to use the "
                              "first sentence of the evaluated split")
-
-
-def _read_json(path: Path, what: str) -> dict[str, Any]:
-    if not path.is_file():
-        raise FileNotFoundError(f"{what} {path} does not exist")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{what} {path} is not valid JSON: {e}") from e
-    if not isinstance(data, dict):
-        raise ValueError(f"{what} {path} must hold a JSON object, got {type(data).__name__}")
-    return data
 
 
 def _genotype_rows(genotype: list[list[str]]) -> str:
@@ -198,17 +187,17 @@ def read_inputs(args: PublishArguments) -> tuple[dict[str, Any], dict[str, Any],
         raise FileExistsError(f"{out} exists and is not empty; pass --overwrite to replace it")
     if args.overwrite:
         check_replaceable(out, "publish", "--overwrite")  # only a folder publish.py wrote is replaced
-    results = _read_json(Path(args.eval_results), "--eval_results")
+    results = read_json_object(Path(args.eval_results), "--eval_results")
     for key in EVAL_KEYS:
         if key not in results:
             raise ValueError(f"--eval_results {args.eval_results} lacks {key!r}; write it with training/evaluate.py")
     check_fingerprint(args.model, results.get("fingerprint"), what=f"the results in --eval_results {args.eval_results}")
     train_path = Path(args.train_summary) if args.train_summary else Path(args.model).parent / "train_summary.json"
-    train = _read_json(train_path, "--train_summary") if train_path.is_file() else {}
+    train = read_json_object(train_path, "--train_summary") if train_path.is_file() else {}
     search_path = Path(args.search_dir) / "search_summary.json" if args.search_dir else None
     if search_path is not None and not search_path.is_file():
         raise FileNotFoundError(f"--search_dir {args.search_dir} has no search_summary.json (did the search finish?)")
-    search = _read_json(search_path, "search summary") if search_path else {}
+    search = read_json_object(search_path, "search summary") if search_path else {}
     for path, summary, keys in ((train_path, train, ("steps", "train_seconds")),
                                 (search_path, search, ("steps", "seconds", "processes", "val_loss_first", "val_loss_last"))):
         missing = [k for k in keys if summary and summary.get(k) is None]

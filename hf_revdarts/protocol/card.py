@@ -5,23 +5,18 @@ trained in two sittings (a zoo run continues a run that may have trained on anot
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..utils.atomic import read_json_object
 from .record import RunRecord, find_run
 
 
 def _read_summary(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        raise FileNotFoundError(f"the protocol summary {path} does not exist")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"the protocol summary {path} is not valid JSON: {e}") from e
-    if not isinstance(data, dict) or not isinstance(data.get("kinds"), dict):
+    data = read_json_object(path, "the protocol summary")
+    if not isinstance(data.get("kinds"), dict):
         raise ValueError(f"the protocol summary {path} holds no table ('kinds'): not a summary.json of the protocol")
     return data
 

@@ -8,6 +8,7 @@ make 0600/0700 files and folders that no one else (a web server, a colleague on 
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -79,6 +80,21 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
 def atomic_write_json(path: str | os.PathLike, data: Any, indent: int | None = 1) -> None:
     """JSON through ``atomic_write_text``; NaN/inf are refused naming their key (bare ``NaN`` is not JSON)."""
     atomic_write_text(path, finite_json_dumps(data, where=str(path), indent=indent, ensure_ascii=False) + "\n")
+
+
+def read_json_object(path: str | os.PathLike, what: str) -> dict[str, Any]:
+    """The JSON object in ``path``; a missing file, invalid JSON or another JSON type is a clear error that names
+    ``what`` (e.g. ``"--eval_results"``) and the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} {path} does not exist")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{what} {path} is not valid JSON: {e}") from e
+    if not isinstance(data, dict):
+        raise ValueError(f"{what} {path} must hold a JSON object, got {type(data).__name__}")
+    return data
 
 
 def atomic_savefig(fig: Any, path: str | os.PathLike, bbox_inches: str | None = "tight") -> None:
