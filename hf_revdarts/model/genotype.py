@@ -200,11 +200,13 @@ class Genotype(dict):
         """Read a ``genotype.json``; every error names the file."""
         path = Path(path)
         try:
-            return cls.from_json(path.read_text(encoding="utf-8"))
-        except UnicodeDecodeError as e:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise ValueError(f"{path} is not valid JSON: {e}") from e
+        try:
+            return cls.from_dict(data)
         except ValueError as e:
-            raise ValueError(f"{path}: {e}" if "not valid JSON" not in str(e) else f"{path} is {e}") from e
+            raise ValueError(f"{path}: {e}") from e
 
     @classmethod
     def standard(cls, encoder_layers: int, decoder_layers: int, decoder_splits: int = 3) -> Genotype:
