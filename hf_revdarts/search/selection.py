@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ..model.genotype import Genotype
-from .supernet import RevDartsSupernet
+from .supernet import RevDartsSupernet, candidate_indices, node_name
 
 logger = logging.getLogger(__name__)
 
@@ -125,8 +125,8 @@ def perturbation_selection(
         bar = tqdm(total=work, desc="perturbation selection", disable=not progress)
         for side, position, split in keys:
             names = supernet.op_names(side)
-            candidates = [i for i, n in enumerate(names) if n not in exclude] or list(range(len(names)))
-            node = f"{side}.p{position}.s{split}"
+            candidates = candidate_indices(names, exclude)
+            node = node_name(side, position, split)
             increases[node] = {}
             for i in candidates:
                 bar.update(1)

@@ -66,6 +66,11 @@ def _with_search_overrides(
     return config
 
 
+def node_name(side: str, position: int, split: int) -> str:
+    """The name of an α node, as ``named_arch_parameters`` and the α history give it: ``"encoder.p0.s1"``."""
+    return f"{side}.p{position}.s{split}"
+
+
 def mixing_weights(alpha: torch.Tensor, temperature: float = 1.0, mask: torch.Tensor | None = None) -> torch.Tensor:
     """softmax(α / T) in fp32, over the ops that ``mask`` keeps (True) — the others get exactly 0 and the
     kept ones are renormalised, which is how DARTS-PT removes an op from a trained supernet."""
@@ -161,10 +166,15 @@ class MixedSplit(nn.Module):
         return out
 
 
+def candidate_indices(names: Sequence[str], exclude: Sequence[str]) -> list[int]:
+    """Indices of the ops of ``names`` a derivation may pick: those not in ``exclude``, or all of them when that
+    leaves none (a space of only excluded ops)."""
+    return [i for i, n in enumerate(names) if n not in exclude] or list(range(len(names)))
+
+
 def best_op(alpha: torch.Tensor, names: Sequence[str], exclude: Sequence[str] = ("zero",)) -> int:
     """Index of the largest α among ``names`` not in ``exclude`` (all of them if that leaves none)."""
-    allowed = [i for i, n in enumerate(names) if n not in exclude] or list(range(len(names)))
-    return max(allowed, key=lambda i: float(alpha[i]))
+    return max(candidate_indices(names, exclude), key=lambda i: float(alpha[i]))
 
 
 class RevDartsSupernet(RevDartsForConditionalGeneration):
@@ -268,7 +278,7 @@ class RevDartsSupernet(RevDartsForConditionalGeneration):
 
     def named_arch_parameters(self) -> list[tuple[str, nn.Parameter]]:
         """(``"encoder.p0.s1"``-style name, α) pairs: p = layer (or block position when tied), s = split."""
-        return [(f"{k[0]}.p{k[1]}.s{k[2]}", self._alpha_table[k]) for k in self._alpha_keys]
+        return [(node_name(*k), self._alpha_table[k]) for k in self._alpha_keys]
 
     def weight_parameters(self) -> list[nn.Parameter]:
         """Every trainable parameter that is not an α (the θ of DARTS)."""
@@ -341,13 +351,13 @@ class RevDartsSupernet(RevDartsForConditionalGeneration):
         drawn = {}
         for key in self._alpha_keys:
             names = self.op_names(key[0])
-            candidates = [i for i, name in enumerate(names) if name not in exclude] or list(range(len(names)))
+            candidates = candidate_indices(names, exclude)
             pick = candidates[int(torch.randint(len(candidates), (1,), generator=generator))]
             mask = torch.zeros(len(names), dtype=torch.bool)
             mask[pick] = True
             for module in self.mixed_splits(*key):
                 module.op_mask = mask
-            drawn[f"{key[0]}.p{key[1]}.s{key[2]}"] = names[pick]
+            drawn[node_name(*key)] = names[pick]
         return drawn
 
     @torch.no_grad()
@@ -378,6 +388,6 @@ class RevDartsSupernet(RevDartsForConditionalGeneration):
         data = self.config.to_dict()
         for key in ("model_type", "transformers_version", "architectures", "auto_map"):
             data.pop(key, None)
-        data.update(encoder_genotype=geno.to_dict()["encoder"], decoder_genotype=geno.to_dict()["decoder"])
+        data.update(encoder_genotype=geno.encoder, decoder_genotype=geno.decoder)
         data.update(overrides)
         return RevDartsConfig(**data)
