@@ -35,6 +35,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tgt_lang", default="de")
     p.add_argument("--split", default="val", help="held-out split (the search's --eval_split)")
     p.add_argument("--selection", default="perturbation", choices=METHODS)
+    p.add_argument("--sampled_genotypes", type=int, default=200, help="--selection sampled: genotypes drawn")
+    p.add_argument("--seed", type=int, default=0, help="--selection sampled: the draw's seed (the search's --seed)")
     p.add_argument("--eval_batches", type=int, default=20)
     p.add_argument("--max_tokens", type=int, default=1500)
     p.add_argument("--max_length", type=int, default=64)
@@ -51,7 +53,8 @@ def main(argv: list[str] | None = None) -> int:
     stream = BatchStream(tokenize_pairs(tokenizer, src, tgt, a.max_length), a.max_tokens, seed=0, shuffle=False,
                          pad_id=tokenizer.pad_token_id)
     batches = [stream.next() for _ in range(min(a.eval_batches, len(stream)))]
-    selection = select_genotype(supernet, a.selection, batches=batches, progress=True)
+    selection = select_genotype(supernet, a.selection, batches=batches, progress=True, samples=a.sampled_genotypes,
+                                seed=a.seed)
     out = a.search / f"selection_{a.selection}.json"
     atomic_write_json(out, selection.to_dict())
     print(selection.genotype.to_json())

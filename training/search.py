@@ -398,12 +398,14 @@ def write_final_outputs(s: Search) -> None:
 
 
 def select(s: Search) -> dict[str, dict[str, Any]]:
-    """The argmax genotype, and with --selection perturbation also DARTS-PT's from the same supernet."""
+    """The argmax genotype, and with --selection perturbation or sampled also that method's from the same
+    supernet (on the held-out batches; sampled draws with the run's seed)."""
     selections = {"argmax": select_genotype(s.supernet, "argmax").to_dict()}
-    if s.args.search.selection == "perturbation":
+    method = s.args.search.selection
+    if method != "argmax":
         batches = [{k: v.to(s.accelerator.device) for k, v in b.items()} for b in s.eval_batches]
-        pt = select_genotype(s.supernet, "perturbation", batches=batches, progress=True)
-        selections["perturbation"] = pt.to_dict()
+        selections[method] = select_genotype(s.supernet, method, batches=batches, progress=True,
+                                             samples=s.args.search.sampled_genotypes, seed=s.args.run.seed).to_dict()
     return selections
 
 

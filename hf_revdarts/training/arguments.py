@@ -277,10 +277,14 @@ class SearchArguments:
     stop_argmax_fraction: float = field(default=0.5, metadata={"help": "stop when this share of nodes picks them"})
     selection: str = field(
         default="argmax",
-        metadata={"help": "how the genotype is derived: argmax of α (zero excluded, as DARTS) or perturbation "
-                  "(DARTS-PT: the op whose removal raises the held-out loss most); both are reported",
-                  "choices": ["argmax", "perturbation"]},
+        metadata={"help": "how the genotype is derived: argmax of α (zero excluded, as DARTS), perturbation "
+                  "(DARTS-PT: the op whose removal raises the held-out loss most) or sampled (of --sampled_genotypes "
+                  "genotypes drawn from the space and the argmax one, the lowest held-out loss of the supernet "
+                  "computing only that genotype); argmax is always reported beside it",
+                  "choices": ["argmax", "perturbation", "sampled"]},
     )
+    sampled_genotypes: int = field(default=200, metadata={
+        "help": "with --selection sampled: how many genotypes are drawn and scored (forward passes only)"})
     prune_below: float = field(
         default=0.0,
         metadata={"help": "skip the candidate ops whose softmax weight in a node has fallen below this (e.g. "
@@ -296,8 +300,9 @@ class SearchArguments:
         if self.warmup_sampling == "single_path" and self.arch_start_step == 0:
             raise ValueError("--warmup_sampling single_path samples the θ warm-up before α moves, but "
                              "--arch_start_step is 0 (no warm-up): give --arch_start_step N > 0")
-        if self.selection not in ("argmax", "perturbation"):
-            raise ValueError(f"--selection must be argmax or perturbation, got {self.selection!r}")
+        if self.selection not in ("argmax", "perturbation", "sampled"):
+            raise ValueError(f"--selection must be argmax, perturbation or sampled, got {self.selection!r}")
+        _positive(self, "sampled_genotypes")
         self.encoder_ops = _op_list(self.encoder_ops)
         self.decoder_ops = _op_list(self.decoder_ops)
         _positive(self, "eval_batches")

@@ -123,22 +123,32 @@ def test_two_process_run_has_identical_alpha_on_every_rank(tmp_path: Path, order
     assert init != final
 
 
-def test_rederive_from_a_saved_supernet_matches_the_search(tmp_path: Path) -> None:
-    """benchmarks/rederive.py rebuilds the search's held-out batches: DARTS-PT after the fact gives the genotype
-    the search itself derived with --selection perturbation."""
+@pytest.mark.parametrize("method", ["perturbation", "sampled"])
+def test_rederive_from_a_saved_supernet_matches_the_search(tmp_path: Path, method: str) -> None:
+    """benchmarks/rederive.py rebuilds the search's held-out batches: DARTS-PT (or sampled selection, with the
+    search's seed) after the fact gives the genotype the search itself derived with that --selection."""
     data = _tiny_dataset(tmp_path)
     out = tmp_path / "search"
-    res = _run([sys.executable, str(REPO / "training" / "search.py"),
-                *_script_args(data, out, steps=3, **{"--selection": "perturbation"})], launch.env())
+    extra = {"--selection": method, **({"--sampled_genotypes": "6"} if method == "sampled" else {})}
+    res = _run([sys.executable, str(REPO / "training" / "search.py"), *_script_args(data, out, steps=3, **extra)],
+               launch.env())
     assert res.returncode == 0, res.stderr[-3000:]
     again = _run([sys.executable, str(REPO / "benchmarks" / "rederive.py"), str(out), "--dataset", str(data),
-                  "--selection", "perturbation", "--eval_batches", "2", "--max_tokens", "96", "--max_length", "12",
-                  "--num_threads", "1"], launch.env())
+                  "--selection", method, "--eval_batches", "2", "--max_tokens", "96", "--max_length", "12",
+                  "--sampled_genotypes", "6", "--seed", "7", "--num_threads", "1"], launch.env())
     assert again.returncode == 0, again.stderr[-3000:]
-    searched = json.loads((out / "selection.json").read_text())["perturbation"]
-    rederived = json.loads((out / "selection_perturbation.json").read_text())
+    selections = json.loads((out / "selection.json").read_text())
+    searched = selections[method]
+    assert set(selections) == {"argmax", method}
+    rederived = json.loads((out / f"selection_{method}.json").read_text())
     assert rederived["genotype"] == searched["genotype"]
     assert rederived["base_loss"] == pytest.approx(searched["base_loss"], rel=1e-6)
+    if method == "sampled":  # six draws and the argmax genotype, best first, the winner derived
+        losses = [s["loss"] for s in searched["scored"]]
+        assert 2 <= len(losses) <= 7 and losses == sorted(losses)
+        assert searched["scored"][0]["genotype"] == searched["genotype"]
+        summary = json.loads((out / "search_summary.json").read_text())
+        assert summary["selection"] == "sampled" and summary["genotypes"]["sampled"] == searched["genotype"]
 
 
 def test_single_path_warm_up_runs_and_alpha_moves_only_after_it(tmp_path: Path) -> None:

@@ -11,7 +11,7 @@ import torch
 from hf_revdarts import Genotype
 from hf_revdarts.model.modeling_revdarts import shift_tokens_right
 from hf_revdarts.search import RevDartsSupernet, select_genotype
-from hf_revdarts.search.selection import heldout_nll, removed_op
+from hf_revdarts.search.selection import fixed_genotype, heldout_nll, removed_op, sample_genotypes, score_genotypes
 from testing.builders import padded_batch, set_alpha, tiny_search_config
 
 VOCAB = 200
@@ -105,3 +105,78 @@ def test_removed_op_masks_every_tied_layer() -> None:
         assert all(m.op_mask is not None and not bool(m.op_mask[3]) and int(m.op_mask.sum()) == 13 for m in tied)
         assert all(m.op_mask is None for m in model.mixed_splits("decoder", 0, 0))
     assert all(m.op_mask is None for m in tied)
+
+
+def _one_hot_alpha(model: RevDartsSupernet, genotype: Genotype) -> None:
+    """α of every node pushed onto the genotype's op: softmax gives it weight 1, the others exactly 0."""
+    with torch.no_grad():
+        for side, position, split in model.node_keys():
+            alpha = model.alpha_for(side, position, split)
+            alpha.fill_(-1e4)
+            alpha[model.op_names(side).index(genotype[side][position][split])] = 0.0
+
+
+def test_fixed_genotype_is_the_supernet_with_only_that_genotypes_ops() -> None:
+    torch.manual_seed(0)
+    model = RevDartsSupernet(tiny(layers=2, dropout=0.0)).eval()
+    genotype = sample_genotypes(model, 1, torch.Generator().manual_seed(3))[0]
+    batch = padded_batch(VOCAB)
+    with torch.no_grad():
+        mixed = model(**batch).logits
+        with fixed_genotype(model, genotype):
+            fixed = model(**batch).logits
+        assert all(m.op_mask is None for m in model.modules() if hasattr(m, "op_mask"))  # restored
+        _one_hot_alpha(model, genotype)
+        one_hot = model(**batch).logits
+    assert not torch.allclose(mixed, fixed, atol=1e-3)
+    torch.testing.assert_close(fixed, one_hot, rtol=0, atol=1e-5)
+    # the supernet's estimate is that forward's held-out loss
+    assert score_genotypes(model, [genotype], [batch])[0] == pytest.approx(heldout_nll(model, [batch]), abs=1e-6)
+
+
+def test_fixed_genotype_refuses_what_the_supernet_cannot_compute() -> None:
+    tied = RevDartsSupernet(tiny(layers=2), tie_blocks=1, encoder_ops=["zero", "conv_3", "glu"],
+                            decoder_ops=["conv_3", "conv_11"])
+    good = {"encoder": [["glu", "conv_3"]] * 2, "decoder": [["conv_3", "conv_11"]] * 2}
+    with fixed_genotype(tied, good):
+        pass
+    untied = {**good, "encoder": [["glu", "conv_3"], ["conv_3", "conv_3"]]}
+    with pytest.raises(ValueError, match=r"encoder\.p0\.s0 is tied across blocks of 1 layers.*'glu'.*'conv_3'"):
+        with fixed_genotype(tied, untied):
+            pass
+    with pytest.raises(ValueError, match=r"'conv_7' is not a candidate of the supernet"):
+        with fixed_genotype(tied, {**good, "encoder": [["conv_7", "conv_3"]] * 2}):
+            pass
+    with pytest.raises(ValueError, match="3 layers"):
+        with fixed_genotype(tied, {**good, "encoder": [["glu", "conv_3"]] * 3}):
+            pass
+    assert all(m.op_mask is None for m in tied.modules() if hasattr(m, "op_mask"))
+
+
+def test_sample_genotypes_are_distinct_reproducible_and_never_zero() -> None:
+    model = RevDartsSupernet(tiny(layers=2), tie_blocks=1, encoder_ops=["zero", "conv_3", "glu"],
+                             decoder_ops=["conv_3", "conv_11"])
+    drawn = sample_genotypes(model, 50, torch.Generator().manual_seed(0))
+    assert len(drawn) == 16 == len({g.to_json() for g in drawn})  # 2 candidates at each of 4 nodes: all of them
+    assert all(op != "zero" for g in drawn for *_, op in g.nodes())
+    assert all(g.encoder[0] == g.encoder[1] for g in drawn)  # the supernet's tying kept
+    first = sample_genotypes(model, 5, torch.Generator().manual_seed(7))
+    assert first == sample_genotypes(model, 5, torch.Generator().manual_seed(7))
+
+
+def test_sampled_selection_keeps_the_lowest_supernet_estimate() -> None:
+    torch.manual_seed(0)
+    model = RevDartsSupernet(tiny(layers=2, dropout=0.0), tie_blocks=1)
+    batches = [padded_batch(VOCAB, seed=s) for s in range(2)]
+    sel = select_genotype(model, "sampled", batches, samples=12, seed=1)
+    assert model.training and all(m.op_mask is None for m in model.modules() if hasattr(m, "op_mask"))
+    losses = [s["loss"] for s in sel.scored]
+    assert len(sel.scored) == 13 and losses == sorted(losses)  # 12 draws and the argmax genotype
+    assert sel.genotype == Genotype.from_dict(sel.scored[0]["genotype"])
+    argmax = model.genotype()
+    assert sel.base_loss == pytest.approx(next(s["loss"] for s in sel.scored if s["genotype"] == argmax), abs=0)
+    assert sel.base_loss >= losses[0]
+    assert score_genotypes(model, [sel.genotype], batches)[0] == pytest.approx(losses[0], abs=1e-6)
+    assert select_genotype(model, "sampled", batches, samples=12, seed=1).to_dict() == sel.to_dict()
+    with pytest.raises(ValueError, match="batches"):
+        select_genotype(model, "sampled")
