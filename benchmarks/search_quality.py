@@ -12,7 +12,8 @@ One command per language pair (Multi30k, ``../shared/data/multi30k`` relative to
     python benchmarks/search_quality.py --smoke                          # bundled sample, tiny, minutes
     python benchmarks/search_quality.py --pair en-de --search_variant long     # a variant of the search
     python benchmarks/search_quality.py --pair en-de --replicate random-r0    # a finished run again, here
-    python benchmarks/search_quality.py --pair en-de --publish           # then the zoo: model folder + card
+    python benchmarks/search_quality.py --pair en-de --rebuild standard-t0     # a recorded run's model, here
+    python benchmarks/search_quality.py --pair en-de --publish           # then the zoo: model_cards/<name>/
     python benchmarks/search_quality.py --pair en-de --scale wide --jobs 9   # d=576, 6+6, on a GPU: <pair>-wide/
 
 For a pair it (1) trains one joint tokenizer shared by every run, (2) runs S searches (seeds 0..S-1,
@@ -42,12 +43,14 @@ a table were trained on different machines, this says whether a gap is the genot
 and CUDA draw different dropout masks from one seed and run different kernels).
 
 ``--publish`` then builds the pair's zoo entry: the searched run whose averaged model has the lowest validation
-loss goes through ``training/publish.py`` (weights, tokenizer, code, card with this protocol's comparison table and
-the run's commands) into ``published/revdarts-multi30k-<pair>/`` (not in git), and its card into
-``model_cards/revdarts-multi30k-<pair>/``. With ``--zoo_steps N`` that run is first trained longer, from its last
+loss goes through ``training/publish.py`` into ``model_cards/revdarts-multi30k-<pair>/``, the complete Hub folder
+(weights, tokenizer, code, card with this protocol's comparison table and the run's commands) that the repository
+ships; ``--zoo_kind standard`` publishes the standard Transformer of the same recipe as
+``revdarts-multi30k-<pair>-standard``. With ``--zoo_steps N`` that run is first trained longer, from its last
 checkpoint to N updates with the same recipe (``zoo/zoo-<run>.json``), and the longer-trained model is published.
-Only a run whose model is on this machine can be published: when the best one trained elsewhere (a lent GPU) and
-its weights stayed there, ``--replicate`` it here first; its replica is then a candidate like the run it repeats.
+Only a run whose model is on this machine can be published: ``--rebuild RUN`` trains a recorded run again into its
+own work folder from its record alone (a fresh clone has the records, not the weights; its new record goes to
+``rebuilt/`` and should show the same test BLEU), and ``--replicate`` trains a GPU run again here as a new run.
 
 Resumable: a run whose ``<run>.json`` exists is skipped; an interrupted training run continues from its
 latest checkpoint (``--resume_from_checkpoint latest``), an interrupted search likewise. The summary is rebuilt
@@ -62,7 +65,6 @@ import json
 import logging
 import os
 import shlex
-import shutil
 import sys
 import threading
 from pathlib import Path
@@ -80,7 +82,7 @@ from hf_revdarts.protocol.plan import PairPlan, cpu_hours_left, zoo_choice, zoo_
 from hf_revdarts.protocol.recipe import ProtocolConfig, flag_list
 from hf_revdarts.protocol.record import RunRecord, repo_path
 from hf_revdarts.protocol.report import ReportSettings, write_summary
-from hf_revdarts.utils.atomic import atomic_folder, atomic_write_json, atomic_write_text
+from hf_revdarts.utils.atomic import atomic_write_json, atomic_write_text
 from hf_revdarts.utils.integrity import complete_checkpoints
 
 REPO = Path(__file__).resolve().parents[1]
@@ -164,9 +166,13 @@ class Protocol:
             return folder
         return joint_tokenizer(folder, self.data, self.src, self.tgt, self.splits["train"], self.recipe["vocab_size"])
 
-    def search(self, seed: int) -> RunRecord | None:
-        name = self.plan.search_name(seed)
-        result = self.results / f"{name}.json"
+    def search(self, seed: int, again: RunRecord | None = None, results: Path | None = None) -> RunRecord | None:
+        """Run (or resume) search ``seed`` of this protocol; ``again``: the recorded search to run again, with its
+        own variant's flags (``--rebuild``), its record written to ``results``."""
+        name = again.run if again else self.plan.search_name(seed)
+        variant, variant_flags = (again.search_variant, again.variant_flags or {}) if again else (
+            self.variant, self.variant_flags)
+        result = (results or self.results) / f"{name}.json"
         if result.is_file():
             logger.info("%s: done (%s)", name, rel(result))
             return RunRecord.load(result)
@@ -174,13 +180,14 @@ class Protocol:
         timing = self.timing(out)
         if not (out / "search_summary.json").is_file():
             flags = [*self.data_flags(), *self.run_flags(out, seed), *flag_list(
-                {**self.recipe["model"], **self.recipe["search"], **self.variant_flags}), *self.threads(),
+                {**self.recipe["model"], **self.recipe["search"], **variant_flags}), *self.threads(),
                 *self.restart_flags(out)]
             self.run("search.py", flags, out.parent / f"{out.name}.log", timing, "search")
             self.timing(out, timing)
         if self.args.dry_run:
             return None
-        record = search_record(name, self.pair, seed, self.variant, self.variant_flags, out, rel(out), timing)
+        record = search_record(name, self.pair, seed, variant, variant_flags, out, rel(out), timing)
+        result.parent.mkdir(parents=True, exist_ok=True)
         record.save(result)
         return record
 
@@ -255,15 +262,17 @@ class Protocol:
         self.results.mkdir(parents=True, exist_ok=True)
         self.tokenizer()
         jobs = Jobs(1 if self.args.dry_run else self.args.jobs)
-        if self.args.replicate:
+        if self.args.replicate or self.args.rebuild:
             for run in self.args.replicate:
                 jobs.submit(self.replicate, run)
+            for run in self.args.rebuild:
+                jobs.submit(self.rebuild, run)
         else:
             searches: dict[int, RunRecord | None] = {}
             for s in range(self.sizes["searches"]):
                 jobs.submit(lambda s: searches.__setitem__(s, self.search(s)), s)
             jobs.join()
-            for t in self.plan.trainings(searches):
+            for t in [] if self.args.searches_only else self.plan.trainings(searches):
                 jobs.submit(self.train, t.name, t.kind, t.genotype, t.seed, t.meta)
         jobs.join()
         if self.args.dry_run:
@@ -287,6 +296,46 @@ class Protocol:
                     "replica_of_device": record.device or "unrecorded",
                     "protocol_summary": rel(self.results / "summary.json")}, results=self.results / "replicas")
 
+    def rebuild(self, run: str) -> RunRecord | None:
+        """Run the recorded run ``run`` (``standard-t0``, ``replicas/<name>``, ``search-long-s0``) again into its
+        own work folder, from its record alone, so that its model is on this machine (for ``--publish`` and the
+        ranking diagnostic): same genotype, seed and recipe; a search with its variant's flags. The new record goes
+        to ``rebuilt/``; a test BLEU (a search: a genotype) that differs from the recorded one is reported."""
+        source = self.results / f"{run}.json"
+        if not source.is_file():
+            raise ValueError(f"--rebuild {run}: no finished run {rel(source)} to train again")
+        record = RunRecord.load(source)
+        if record.kind == "search":  # its supernet and α, for --publish's search picture and the ranking diagnostic
+            again = self.search(record.seed, again=record, results=self.results / "rebuilt")
+            if again is not None:
+                (logger.info if again.genotype == record.genotype else logger.warning)(
+                    "rebuilt %s: genotype %s the recorded one", run,
+                    "equal to" if again.genotype == record.genotype else "different from")
+            return again
+        if record.kind not in ("searched", "standard", "random", "replica"):
+            raise ValueError(f"--rebuild {run}: a {record.kind} run, neither a search nor a training run")
+        if record.continues:
+            raise ValueError(f"--rebuild {run}: a run that continues {record.continues} from a checkpoint; rebuild "
+                             f"{record.continues} and give --publish --zoo_steps {record.updates}")
+        work = self.work / record.run
+        if record.work_dir and (REPO / record.work_dir).resolve() != work.resolve():
+            raise ValueError(f"--rebuild {run}: its work folder {record.work_dir} is not this protocol's {rel(work)}; "
+                             "give the --work_dir and --scale it was run with")
+        meta = {k: getattr(record, k) for k in ("search", "search_genotype", "search_variant", "random_seed",
+                                                "replica_of", "replica_of_kind", "replica_of_device",
+                                                "protocol_summary") if getattr(record, k) is not None}
+        results = self.results / "rebuilt"
+        self.train(record.run, record.kind, self.plan.genotype_of(record), record.train_seed, meta, results=results,
+                   max_steps=record.updates)
+        if self.args.dry_run:
+            return None
+        again = RunRecord.load(results / f"{record.run}.json")
+        same = abs(again.bleu - record.bleu) < 0.005
+        (logger.info if same else logger.warning)(
+            "rebuilt %s: test BLEU %.2f, recorded %.2f (%s; recorded on %s, rebuilt on %s)", run, again.bleu,
+            record.bleu, "the same" if same else "different", record.device, again.device)
+        return again
+
     def train_longer(self, run: RunRecord, steps: int) -> RunRecord:
         """``zoo-<run>``: the protocol run ``run`` continued from its last checkpoint to ``steps`` updates with the
         same recipe and seed, then averaged and tested like every run (results in ``zoo/``, outside the table)."""
@@ -304,9 +353,9 @@ class Protocol:
         return RunRecord.load(result)
 
     def zoo_candidate(self) -> RunRecord:
-        """The run ``--publish`` takes: of the finished searched runs and their replicas whose model is on this
-        machine, the lowest validation loss of the averaged model. A run trained on a lent GPU may have left its
-        weights there; a ``--replicate`` of it here (same command) can then be published in its place."""
+        """The run ``--publish`` takes: of the finished runs of ``--zoo_kind`` (searched: with their replicas) whose
+        model is on this machine, the lowest validation loss of the averaged model. A run trained on a lent GPU, or
+        in an earlier sitting, left its weights there; ``--rebuild`` (or ``--replicate``) trains it again here."""
 
         def here(run: RunRecord) -> bool:
             folder = REPO / run.work_dir
@@ -314,32 +363,36 @@ class Protocol:
                 return bool(complete_checkpoints(folder)) or (self.results / "zoo" / f"zoo-{run.run}.json").is_file()
             return (folder / "averaged" / "config.json").is_file()
 
-        return zoo_choice(zoo_ranking(self.results), here, rel(self.results))
+        return zoo_choice(zoo_ranking(self.results, self.args.zoo_kind), here, rel(self.results))
+
+    def zoo_name(self) -> str:
+        name = f"revdarts-smoke-{self.pair}" if self.args.smoke else f"revdarts-multi30k-{self.pair}"
+        return name + (f"-{self.scale}" if self.scale else "") + ("-standard" if self.args.zoo_kind == "standard" else "")
 
     def publish(self) -> Path:
         """The pair's zoo entry: the ``zoo_candidate`` (trained longer with ``--zoo_steps``) goes through
-        training/publish.py into ``--published_dir/revdarts-multi30k-<pair>``; its card (README.md,
-        eval_results.json, genotype.png; no weights) replaces ``--model_cards_dir/revdarts-multi30k-<pair>``."""
+        training/publish.py into ``--model_cards_dir/<name>``: the complete Hub folder (weights, config and code,
+        tokenizer, card, scores), written atomically over the previous one."""
         from hf_revdarts.training.data import load_parallel_text
 
         best = self.zoo_candidate()
         if self.args.zoo_steps:
             best = self.train_longer(best, self.args.zoo_steps)
-        name = (f"revdarts-smoke-{self.pair}" if self.args.smoke else f"revdarts-multi30k-{self.pair}") + (
-            f"-{self.scale}" if self.scale else "")
-        run_dir, out = REPO / best.work_dir, Path(self.args.published_dir) / name
+        name = self.zoo_name()
+        run_dir, out = REPO / best.work_dir, Path(self.args.model_cards_dir) / name
+        # A rebuilt run's scores are its rebuild's (the same figures when it reproduces, checked by publish.py).
         pairs = len(load_parallel_text(self.data, self.src, self.tgt, self.splits["train"])[0])
         flags = ["--model", rel(run_dir / "averaged"), "--eval_results", rel(run_dir / "eval_test.json"),
-                 "--train_summary", rel(run_dir / "train_summary.json"), "--search_dir", rel(self.work / best.search),
-                 "--protocol_run", rel(best.source), "--output_dir", rel(out),
-                 "--model_name", name, "--overwrite", "--dataset_description",
+                 "--train_summary", rel(run_dir / "train_summary.json"), "--protocol_run", rel(best.source),
+                 "--output_dir", rel(out), "--model_name", name, "--overwrite", "--dataset_description",
                  f"{self.data.name}, {self.splits['train']} split ({pairs:,} {self.src}–{self.tgt} pairs); one joint BPE "
                  f"vocabulary of {self.recipe['vocab_size']:,} shared by every run of the protocol"]
+        # The search's folder where this machine ran it (its picture); else publish.py takes the search's cost
+        # from the search's record.
+        if best.search and (self.work / best.search / "search_summary.json").is_file():
+            flags += ["--search_dir", rel(self.work / best.search)]
         self.run("publish.py", flags, self.work / f"{name}.publish.log", {}, "publish")
-        with atomic_folder(Path(self.args.model_cards_dir) / name, overwrite=True) as tmp:
-            for file in ("README.md", "eval_results.json", "genotype.png"):
-                shutil.copyfile(out / file, tmp / file)
-        logger.info("publish: %s and its card in %s", rel(out), rel(Path(self.args.model_cards_dir) / name))
+        logger.info("publish: %s", rel(out))
         return out
 
 
@@ -365,6 +418,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--replicate", action="append", default=[], metavar="RUN",
                    help="train the finished run RUN (e.g. standard-t0) again on this machine and report both; "
                         "repeatable; runs nothing else")
+    p.add_argument("--searches_only", action="store_true",
+                   help="run the searches (and write their records), not the trainings: those can follow in another "
+                        "sitting or on another machine")
+    p.add_argument("--rebuild", action="append", default=[], metavar="RUN",
+                   help="train the recorded run RUN (standard-t0, replicas/searched-long-s0-t0-on-cpu, ...) again into its "
+                        "own work folder from its record alone, so that --publish finds its model here; the new record "
+                        "goes to rebuilt/; repeatable; runs nothing else")
     p.add_argument("--search_variant", choices=sorted(CONFIG.search_variants), default=None,
                    help="run the searches of this variant of the search recipe (the config's search_variants) and "
                         "train their genotypes; the standard and random runs are the base protocol's")
@@ -374,13 +434,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--zoo_steps", type=int, default=None,
                    help="with --publish: first train that run longer, from its last checkpoint to this many updates with "
                         "the same recipe (run zoo-<run>, results in zoo/), and publish that model")
-    p.add_argument("--published_dir", default=str(REPO / "published"), help="where --publish writes the model folder")
-    p.add_argument("--model_cards_dir", default=str(REPO / "model_cards"), help="where --publish puts the card")
+    p.add_argument("--zoo_kind", choices=("searched", "standard"), default="searched",
+                   help="with --publish: the kind of run published (standard: the Transformer baseline of the same size "
+                        "and recipe, as revdarts-multi30k-<pair>-standard)")
+    p.add_argument("--model_cards_dir", default=str(REPO / "model_cards"),
+                   help="the zoo: where --publish writes the complete model folder (weights, code, tokenizer, card)")
     p.add_argument("--smoke", action="store_true", help="bundled sample, tiny sizes, a few steps, every kind")
     p.add_argument("--scale", choices=sorted(CONFIG.scales), default=None,
                    help="the protocol at another model size (the config's scales; wide: d=576, 6+6 layers, for a GPU), "
                         "with runs and results of its own in <pair>-<scale>/")
     args = p.parse_args(argv)
+    if args.zoo_kind != "searched" and not args.publish:
+        p.error("--zoo_kind chooses the run --publish publishes: give --publish too")
     if args.zoo_steps is not None and not args.publish:
         p.error("--zoo_steps trains the model --publish publishes: give --publish too")
     if args.jobs < 1:

@@ -143,27 +143,28 @@ def cpu_hours_left(rows: list[dict[str, Any]], results: Path) -> str | None:
             "CPU-seconds per update of this pair's finished CPU trainings")
 
 
-def zoo_ranking(results: Path) -> list[RunRecord]:
-    """The zoo's candidates by the validation loss of their averaged model, lowest first: the finished searched
-    runs of a pair and the replicas of them (a replica keeps the search of the run it repeats)."""
+def zoo_ranking(results: Path, kind: str = "searched") -> list[RunRecord]:
+    """The zoo's candidates by the validation loss of their averaged model, lowest first: the finished runs of
+    ``kind`` (searched, standard) of a pair and the replicas of them (a replica keeps the search of the run it
+    repeats)."""
     runs, _ = load_runs(results)
-    candidates = [r for r in runs if r.kind == "searched"]
-    candidates += [again.with_search_of(first) for again, first in replica_pairs(results, runs) if first.kind == "searched"]
+    candidates = [r for r in runs if r.kind == kind]
+    candidates += [again.with_search_of(first) for again, first in replica_pairs(results, runs) if first.kind == kind]
     return sorted((r for r in candidates if r.val_loss is not None), key=lambda r: r.val_loss)
 
 
 def zoo_choice(ranked: list[RunRecord], here: Callable[[RunRecord], bool], results: str) -> RunRecord:
     """The first of ``ranked`` whose model is on this machine (``here``); says which better ones it passes over."""
     if not ranked:
-        raise RuntimeError(f"--publish: no finished searched run in {results} to publish")
-    logger.info("publish: searched runs by validation loss: %s", ", ".join(
+        raise RuntimeError(f"--publish: no finished run of that kind in {results} to publish")
+    logger.info("publish: candidates by validation loss: %s", ", ".join(
         f"{r.run} {r.val_loss:.3f}{'' if here(r) else ' (model not on this machine)'}" for r in ranked))
     available = [r for r in ranked if here(r)]
     if not available:
         raise RuntimeError(
-            f"--publish: no searched run of {results} has its model on this machine "
-            f"({', '.join(str(r.work_dir) for r in ranked)}); train one again here with --replicate "
-            f"{ranked[0].replica_of or ranked[0].run}")
+            f"--publish: no candidate of {results} has its model on this machine "
+            f"({', '.join(str(r.work_dir) for r in ranked)}); train one again here with --rebuild "
+            f"{ranked[0].run if not ranked[0].replica_of else 'replicas/' + ranked[0].run}")
     if available[0] is not ranked[0]:
         logger.warning("publish: %s has the lowest validation loss but its model is not on this machine; "
                        "publishing %s", ranked[0].run, available[0].run)

@@ -114,8 +114,8 @@ def test_smoke_protocol_runs_every_kind_and_resumes(tmp_path):
 
     # The zoo: the searched run with the lowest validation loss (never the test score) is trained longer from its
     # last checkpoint and published with the protocol's comparison; its card is kept.
-    cards, published = tmp_path / "cards", tmp_path / "published"
-    _protocol(tmp_path, "--publish", "--zoo_steps", "8", "--model_cards_dir", str(cards), "--published_dir", str(published))
+    cards = tmp_path / "cards"
+    _protocol(tmp_path, "--publish", "--zoo_steps", "8", "--model_cards_dir", str(cards))
     candidates = [json.loads((results / f"{r}.json").read_text()) for r in ("searched-s0-t0", "searched-long-s0-t0")]
     chosen = min(candidates, key=lambda r: r["val_averaged"]["val_loss"])
     best = json.loads((results / "zoo" / f"zoo-{chosen['run']}.json").read_text())
@@ -123,20 +123,24 @@ def test_smoke_protocol_runs_every_kind_and_resumes(tmp_path):
     assert f"--resume_from_checkpoint {chosen['work_dir']}/checkpoint-000004" in best["commands"][0]
     assert "--max_steps 8" in best["commands"][0]
     card = cards / "revdarts-smoke-en-de"
-    assert sorted(p.name for p in card.iterdir()) == ["README.md", "eval_results.json", "genotype.png"]
+    assert {"README.md", "eval_results.json", "genotype.png", "model.safetensors", "config.json", "tokenizer.json",
+            "modeling_revdarts.py"} <= {p.name for p in card.iterdir()}  # the complete Hub folder, in the zoo
     text = (card / "README.md").read_text()
     assert f"run `{chosen['run']}` of the hf_revdarts protocol trained longer, to 8 updates" in text
     assert chosen["commands"][0] in text and best["commands"][0] in text
     # Its training line names both sittings (they may be on different machines), not only the summed time.
     assert f"8 steps, {best['train_seconds'] / 60:.1f} min on 1 process(es): the first 4 on {chosen['device']}" in text
     assert f"the 4 more on {best['device']}" in text
-    assert json.loads((card / "eval_results.json").read_text())["bleu"] == best["test"]["bleu"]
+    scores = json.loads((card / "eval_results.json").read_text())
+    assert scores["bleu"] == best["test"]["bleu"] and scores["example"]["translation"] in text
+    assert (REPO / scores["protocol_run"]).resolve() == (results / "zoo" / f"zoo-{chosen['run']}.json").resolve()
+    assert (REPO / scores["protocol_hypotheses"]).read_text() == (results / "zoo" / f"{best['run']}.test.txt").read_text()
     from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
     from hf_revdarts.evaluation.translation import translate
     from hf_revdarts.training.data import load_parallel_text
 
-    folder = published / "revdarts-smoke-en-de"  # loads with the Auto classes and translates as the protocol did
+    folder = card  # loads with the Auto classes and translates as the protocol did
     model = AutoModelForSeq2SeqLM.from_pretrained(folder, trust_remote_code=True)
     tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=True)
     sources = load_parallel_text(REPO / "samples" / "en-de", "en", "de", "test", None, 8)[0]
@@ -159,6 +163,55 @@ def test_smoke_protocol_runs_every_kind_and_resumes(tmp_path):
     assert any("--resume_from_checkpoint latest" in c for c in resumed["commands"])
     assert "resumed from" in (run_dir.parent / f"{run_dir.name}.log").read_text()
     assert sorted(p.name for p in run_dir.glob("checkpoint-*"))[-1] == "checkpoint-000004"
+
+    # A fresh clone has the records, not the run folders: --rebuild trains a recorded run again from its record
+    # into its own folder (the same model: the same translations), and --zoo_kind standard publishes it.
+    shutil.rmtree(run_dir)
+    _protocol(tmp_path, "--rebuild", "standard-t0")
+    rebuilt = json.loads((results / "rebuilt" / "standard-t0.json").read_text())
+    assert rebuilt["kind"] == "standard" and rebuilt["test"]["bleu"] == resumed["test"]["bleu"]
+    assert (results / "rebuilt" / "standard-t0.test.txt").read_text() == (results / "standard-t0.test.txt").read_text()
+    _protocol(tmp_path, "--publish", "--zoo_kind", "standard", "--model_cards_dir", str(cards))
+    standard = json.loads((cards / "revdarts-smoke-en-de-standard" / "eval_results.json").read_text())
+    assert standard["bleu"] == resumed["test"]["bleu"] and standard["fingerprint"]["genotype"]["encoder"][0] == [
+        "self_attn", "ffn"]
+    assert "Search: not recorded" in (cards / "revdarts-smoke-en-de-standard" / "README.md").read_text()
+
+    # The ranking diagnostic: every trained genotype scored on each search's supernet, beside its own training.
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    out = subprocess.run([sys.executable, str(REPO / "benchmarks" / "supernet_ranking.py"), "--smoke", "--work_dir",
+                          str(tmp_path / "work"), "--results_dir", str(tmp_path / "results"), "--val_sentences", "8",
+                          "--num_threads", "1"], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    ranking = json.loads((results / "ranking.json").read_text())
+    assert ranking["searches"] == ["search-long-s0", "search-s0"]
+    runs = {run for g in ranking["genotypes"] for run in g["runs"]}
+    assert {"searched-s0-t0", "searched-long-s0-t0", "standard-t0", "random-r0"} <= runs
+    assert all(isinstance(v, float) for g in ranking["genotypes"] for v in g["supernet_estimates"].values())
+    assert set(ranking["against_val_loss"]) == {"supernet search-long-s0", "supernet search-s0", "parameter count",
+                                                "another training seed (ceiling)"}
+    module = _load_module(REPO / "benchmarks" / "supernet_ranking.py")
+    from transformers import AutoTokenizer
+
+    from hf_revdarts.search import RevDartsSupernet
+    from hf_revdarts.search.selection import score_genotypes
+
+    supernet = RevDartsSupernet.from_pretrained(work / "search-s0" / "supernet")
+    tokenizer = AutoTokenizer.from_pretrained(work / "search-s0" / "tokenizer")
+    batches = module.heldout_batches(tokenizer, REPO / "samples" / "en-de", "en", "de", "val", 8, 32)
+    row = next(g for g in ranking["genotypes"] if "standard-t0" in g["runs"])
+    standard = Genotype.standard(encoder_layers=2, decoder_layers=2)
+    assert score_genotypes(supernet, [standard], batches)[0] == pytest.approx(row["supernet_estimates"]["search-s0"],
+                                                                               abs=1e-5)
+
+
+def _load_module(path: Path):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"{path.stem}_under_test", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def _load_protocol_module():

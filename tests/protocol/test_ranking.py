@@ -1,0 +1,56 @@
+"""The ranking diagnostic's statistics (benchmarks/supernet_ranking.py): τ oriented so that +1 is a predictor that
+orders genotypes as training them alone does, for losses and for parameter counts alike; undefined τ is None;
+a proxy's stacked genotypes are unstacked to its block."""
+
+from __future__ import annotations
+
+import importlib.util
+from types import SimpleNamespace
+
+import pytest
+
+from hf_revdarts.model.genotype import Genotype
+from testing import REPO
+
+
+def _module():
+    spec = importlib.util.spec_from_file_location("supernet_ranking_under_test", REPO / "benchmarks" / "supernet_ranking.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+ranking_module = _module()
+
+
+def _rows(losses, params, seed1=None, bleu=None):
+    return [{"runs": [f"r{i}"], "kind": "random", "genotype": None, "parameters": p,
+             "val_loss": {0: v, **({1: seed1[i]} if seed1 else {})}, "bleu": {0: (bleu or losses)[i]}}
+            for i, (v, p) in enumerate(zip(losses, params))]
+
+
+def test_tau_is_plus_one_for_a_perfect_predictor_of_each_kind():
+    losses = [3.1, 3.4, 3.2, 3.6, 3.3]
+    rows = _rows(losses, params=[5, 2, 4, 1, 3], seed1=[3.0, 3.5, 3.1, 3.7, 3.2], bleu=[-v for v in losses])
+    result = ranking_module.ranking(rows, {"s": [v + 1.0 for v in losses], "partial": [1.0, None, 2.0, None, None]})
+    table = result["against_val_loss"]
+    assert table["supernet s"]["tau"] == pytest.approx(1.0) and table["supernet s"]["genotypes"] == 5
+    low, high = table["supernet s"]["ci95"]
+    assert low == pytest.approx(1.0) and high == pytest.approx(1.0)
+    assert table["parameter count"]["tau"] == pytest.approx(1.0)  # more parameters, lower loss: agreement
+    assert table["another training seed (ceiling)"]["tau"] == pytest.approx(1.0)
+    assert table["supernet partial"]["genotypes"] == 2 and table["supernet partial"]["ci95"] is None
+    assert result["parameters_vs_test_bleu"]["tau"] == pytest.approx(1.0)
+    assert result["val_loss_vs_test_bleu"]["tau"] == pytest.approx(1.0)
+    reversed_ = ranking_module.ranking(rows, {"s": [-v for v in losses]})["against_val_loss"]["supernet s"]
+    assert reversed_["tau"] == pytest.approx(-1.0)
+    assert ranking_module.tau([1.0, 1.0, 1.0], [1.0, 2.0, 3.0]) is None  # a constant ranking orders nothing
+
+
+def test_unstacked_takes_the_block_a_proxy_searched():
+    proxy = SimpleNamespace(config=SimpleNamespace(encoder_layers=2, decoder_layers=2))
+    block = {"encoder": [["conv_3", "glu"], ["ffn", "conv_7"]], "decoder": [["cross_attn", "glu"], ["ffn", "conv_3"]]}
+    stacked = Genotype.from_dict({side: rows * 2 for side, rows in block.items()})
+    assert ranking_module.unstacked(stacked, proxy) == Genotype.from_dict(block)
+    other = Genotype.from_dict({**stacked.to_dict(), "encoder": block["encoder"] + [["glu", "glu"], ["ffn", "conv_7"]]})
+    assert ranking_module.unstacked(other, proxy) is None
