@@ -26,6 +26,7 @@ from huggingface_hub import HfApi
 
 from hf_revdarts.evaluation.translation import load_model_folder, translate
 from hf_revdarts.protocol.card import ProtocolRun, training_cost
+from hf_revdarts.protocol.record import repo_path
 from hf_revdarts.search.visualize import plot_genotype
 from hf_revdarts.training.arguments import parse_args
 from hf_revdarts.training.cli import run_script
@@ -242,8 +243,11 @@ def card_extras(model: Any, tokenizer: Any, results: dict[str, Any], args: Publi
     }
 
 
-def write_folder(model: Any, tokenizer: Any, card: Any, results: dict[str, Any], args: PublishArguments) -> None:
-    """The published folder, atomically: weights, config and code, tokenizer, genotype.png, card, scores."""
+def write_folder(model: Any, tokenizer: Any, card: Any, results: dict[str, Any], args: PublishArguments,
+                 provenance: dict[str, Any] | None = None) -> None:
+    """The published folder, atomically: weights, config and code, tokenizer, genotype.png, card, scores.
+    ``provenance``: what eval_results.json records beside the scores so the folder can be checked against its
+    card (the card's example) and its protocol run (the run's record and committed test translations)."""
     name, dataset_name = _names(results, args)
     with atomic_folder(Path(args.output_dir), overwrite=True) as tmp:
         model.save_pretrained(tmp)
@@ -258,6 +262,7 @@ def write_folder(model: Any, tokenizer: Any, card: Any, results: dict[str, Any],
         scores = {k: v for k, v in results.items() if k != "hypotheses"}
         # The fingerprint of the weights and tokenizer as published, so the scores stay tied to this folder.
         atomic_write_json(tmp / "eval_results.json", {**scores, "model": name, "dataset": dataset_name,
+                                                      **(provenance or {}),
                                                       "fingerprint": fingerprint_model_folder(tmp)})
     logger.info(f"published {args.output_dir}")
 
@@ -282,6 +287,8 @@ def main(argv: list[str] | None = None) -> int:
     (args,) = parse_args((PublishArguments,), argv, description=__doc__)
     results, train, search = read_inputs(args)
     protocol = read_protocol(args, results)
+    if not search and protocol is not None and protocol.search is not None and protocol.search.search_summary:
+        search = protocol.search.search_summary  # the search's record keeps what its folder's summary held
     model, tokenizer = load_model_folder(args.model)
     assert_finite_state(model, "published model")
     probe = [t for t in [args.example, *results["hypotheses"][:8]] if t and t.strip()] or ["."]
@@ -293,7 +300,11 @@ def main(argv: list[str] | None = None) -> int:
             "show no translation. Give another --example (a model that translates everything to nothing has not "
             "learnt: check its BLEU)"
         )
-    write_folder(model, tokenizer, build_card(model, results, args, extra), results, args)
+    provenance: dict[str, Any] = {"example": {"source": extra["example_source"], "num_beams": 4,
+                                              "translation": extra["example_translation"]}}
+    if protocol is not None:  # paths inside the repository that ships the folder (the zoo: model_cards/)
+        provenance.update(protocol_run=repo_path(protocol.run.source, REPO), protocol_hypotheses=protocol.run.test.get("hypotheses"))
+    write_folder(model, tokenizer, build_card(model, results, args, extra), results, args, provenance)
     if args.push_to_hub:
         push(args, results)
     print(json.dumps({"published": str(args.output_dir), "bleu": results["bleu"],

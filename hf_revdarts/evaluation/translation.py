@@ -159,6 +159,7 @@ def evaluate_translation(
         "num_beams": num_beams,
         "length_penalty": length_penalty,
         "max_new_tokens": max_new_tokens,
+        "batch_size": batch_size,
         "translate_seconds": round(seconds, 1),
         **bleu_and_chrf(hypotheses, references),
         # how many sources were not translated whole (blank ones get "", long ones their first tokens' translation)

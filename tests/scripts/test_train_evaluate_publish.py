@@ -108,6 +108,28 @@ def test_model_card_parses_and_carries_the_measured_bleu(recipe_published, recip
     assert "![genotype](genotype.png)" in card.text
 
 
+def test_rescore_reproduces_the_card_and_refuses_what_is_not_it(recipe_published, script_data, tmp_path, capsys):
+    from testing.runs import rescore_script
+
+    scores = json.loads((recipe_published / "eval_results.json").read_text())
+    assert scores["example"]["source"] == "The man sees the ball." and scores["batch_size"] == 32
+    assert rescore_script.main(["--model", str(recipe_published), "--dataset", str(script_data)]) == 0
+    shown = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert shown["agrees"] and shown["bleu"] == scores["bleu"] and shown["sentences"] == 12
+    # A card whose figure is not the folder's fails with both figures named.
+    folder = tmp_path / "card"
+    shutil.copytree(recipe_published, folder)
+    (folder / "eval_results.json").write_text(json.dumps({**scores, "bleu": scores["bleu"] + 1.0}))
+    assert rescore_script.main(["--model", str(folder), "--dataset", str(script_data)]) == 1
+    assert not json.loads(capsys.readouterr().out.strip().splitlines()[-1])["agrees"]
+    # Weights that are not the scored ones are refused before anything is translated.
+    (folder / "eval_results.json").write_text(json.dumps(scores))
+    weights = folder / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-8] + bytes(8))
+    with pytest.raises(ValueError, match="model.safetensors differs"):
+        rescore_script.main(["--model", str(folder), "--dataset", str(script_data)])
+
+
 _FRESH = textwrap.dedent(
     """
     import json, sys
