@@ -20,8 +20,8 @@ For every genotype the protocol trained on the pair (standard, searched and rand
 Kendall's τ-b (scipy) of each predictor against the stand-alone losses, oriented so that +1 is perfect agreement
 (lower estimate, or more parameters, predicting lower loss), with a 95% bootstrap interval over genotypes; beside
 them the τ between two training seeds of the same genotypes (how well one training run ranks the next: the
-ceiling of any estimate) and the parameter count's τ with test BLEU. Writes ``ranking.json`` and ``ranking.md`` in
-the pair's results folder.
+ceiling of any estimate) and the parameter count's τ with test BLEU. Writes ``ranking/ranking.json`` and
+``ranking/ranking.md`` in the pair's results folder.
 """
 
 from __future__ import annotations
@@ -169,13 +169,13 @@ def markdown(pair: str, rows: list[dict[str, Any]], estimates: dict[str, list[fl
     p, v = result["parameters_vs_test_bleu"], result["val_loss_vs_test_bleu"]
     lines += ["", f"Against test BLEU: parameter count τ {fmt(p['tau'], 2)} {interval(p['ci95'])}; stand-alone "
               f"validation loss τ {fmt(v['tau'], 2)} {interval(v['ci95'])}.", "",
-              "| runs | kind | parameters | stand-alone val loss | test BLEU | " + " | ".join(estimates) + " |",
+              "| runs | kind | parameters | stand-alone val loss | test BLEU |" + "".join(f" {s} |" for s in estimates),
               "|---|---|---|---|---|" + "---|" * len(estimates)]
     for i, r in enumerate(rows):
-        cells = [fmt(values[i]) for values in estimates.values()]
+        cells = "".join(f" {fmt(values[i])} |" for values in estimates.values())
         lines.append(f"| {', '.join(r['runs'])} | {r['kind']} | {r['parameters'] / 1e6:.2f}M | "
                      f"{fmt(float(np.mean(list(r['val_loss'].values()))))} | "
-                     f"{float(np.mean(list(r['bleu'].values()))):.2f} | " + " | ".join(cells) + " |")
+                     f"{float(np.mean(list(r['bleu'].values()))):.2f} |" + cells)
     return "\n".join(lines) + "\n"
 
 
@@ -222,10 +222,12 @@ def main(argv: list[str] | None = None) -> int:
                      "val_loss": {str(k): v for k, v in r["val_loss"].items()},
                      "test_bleu": {str(k): v for k, v in r["bleu"].items()},
                      "supernet_estimates": {s: estimates[s][i] for s in searches}} for i, r in enumerate(rows)]
-    atomic_write_json(results / "ranking.json", {"pair": pair, "val_sentences": args.val_sentences,
+    # In a folder of its own: the pair's folder holds run records only (``load_runs`` reads every JSON there).
+    (results / "ranking").mkdir(parents=True, exist_ok=True)
+    atomic_write_json(results / "ranking" / "ranking.json", {"pair": pair, "val_sentences": args.val_sentences,
                                                  "searches": searches, **result, "genotypes": per_genotype})
     text = markdown(pair, rows, estimates, result, args.val_sentences)
-    atomic_write_text(results / "ranking.md", text)
+    atomic_write_text(results / "ranking" / "ranking.md", text)
     print(text)
     return 0
 

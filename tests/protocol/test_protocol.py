@@ -183,7 +183,8 @@ def test_smoke_protocol_runs_every_kind_and_resumes(tmp_path):
                           str(tmp_path / "work"), "--results_dir", str(tmp_path / "results"), "--val_sentences", "8",
                           "--num_threads", "1"], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
-    ranking = json.loads((results / "ranking.json").read_text())
+    ranking = json.loads((results / "ranking" / "ranking.json").read_text())
+    _protocol(tmp_path, "--report")  # the pair's folder still holds run records only
     assert ranking["searches"] == ["search-long-s0", "search-s0"]
     runs = {run for g in ranking["genotypes"] for run in g["runs"]}
     assert {"searched-s0-t0", "searched-long-s0-t0", "standard-t0", "random-r0"} <= runs
