@@ -1,0 +1,207 @@
+#!/usr/bin/env python
+"""Random search with successive halving: the practitioner's alternative to running the search.
+
+    python benchmarks/random_search.py --pair en-de --candidates 8 --first_budget 500 --jobs 2 --num_threads 1
+    python benchmarks/random_search.py --pair en-de --dry_run        # the schedule, its updates, nothing run
+    python benchmarks/random_search.py --smoke                       # bundled sample, tiny, a minute
+
+Draws ``--candidates`` genotypes uniformly from the protocol's search space (``hf_revdarts.protocol.recipe.
+random_genotype``, seeds 1000·(seed+1)+i, apart from the protocol's own random runs), trains each with the
+protocol's recipe to ``--first_budget`` updates, keeps the best ``1/eta`` on validation loss, continues those to
+``eta`` times the budget, ... until one is left, and trains it on to the recipe's budget
+(``hf_revdarts.protocol.halving``). The survivor's model is then exactly a recipe training of its genotype: its
+last checkpoints are averaged and the test split translated once, as every protocol run. Only validation loss
+decides anything.
+
+Compute: the schedule's updates (printed; 8 candidates from 500 updates with eta 2: 10,000 updates, 2.5 recipe
+trainings), to be set beside a search's CPU-hours plus one training. Writes
+``benchmarks/results/<pair>/random_search/random-search-s<seed>.json`` (the schedule, every candidate's genotype,
+parameters and validation loss per rung, the survivor's test scores, CPU and wall seconds) and the survivor's test
+translations beside it; checkpoints under ``runs/protocol/<pair>/random-search-s<seed>/``. Resumable: a finished
+rung of a candidate is not trained again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shlex
+import sys
+from pathlib import Path
+from typing import Any
+
+from hf_revdarts.protocol.execution import Jobs, joint_tokenizer, machine, run_logged
+from hf_revdarts.protocol.halving import halving_schedule, schedule_updates, survivors
+from hf_revdarts.protocol.recipe import ProtocolConfig, flag_list, random_genotype
+from hf_revdarts.protocol.record import repo_path
+from hf_revdarts.utils.atomic import atomic_write_json, atomic_write_text
+from hf_revdarts.utils.integrity import complete_checkpoints
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIG = ProtocolConfig.load(REPO / "configs" / "protocol" / "multi30k.yaml")
+logger = logging.getLogger("random_search")
+
+
+class RandomSearch:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.pair = "en-de" if args.smoke else args.pair
+        self.src, self.tgt = self.pair.split("-")
+        name = f"{self.pair}-smoke" if args.smoke else self.pair
+        self.data = Path(args.data) if args.data else REPO / (CONFIG.smoke["dataset"] if args.smoke else CONFIG.dataset)
+        self.splits = CONFIG.smoke["splits"] if args.smoke else CONFIG.splits
+        self.recipe = CONFIG.recipe_for(args.smoke)
+        self.run = f"random-search-s{args.seed}"
+        self.work = Path(args.work_dir) / name / self.run
+        self.results = Path(args.results_dir) / name / "random_search"
+        final = int(self.recipe["train"]["--max_steps"])
+        self.rungs = halving_schedule(args.candidates, args.first_budget or max(1, final // 8), final, args.eta)
+        self.timing: dict[str, Any] = {"commands": []}
+
+    def candidate(self, i: int) -> tuple[str, Path]:
+        name, k = f"c{i}", 1000 * (self.args.seed + 1) + i
+        path = self.work / f"{name}.genotype.json"
+        if not self.args.dry_run:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_json(path, random_genotype(self.recipe, k).to_dict())
+        return name, path
+
+    def script(self, script: str, flags: list[str], log: Path, stage: str) -> None:
+        shown = " ".join(shlex.quote(c) for c in ["python", f"training/{script}", *flags])
+        self.timing["commands"].append(shown)
+        if self.args.dry_run:
+            print(shown)
+            return
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep))
+        run_logged([sys.executable, str(REPO / "training" / script), *flags], shown, log, REPO, env, stage, self.timing)
+
+    def train(self, name: str, genotype: Path, budget: int, final: bool) -> None:
+        """Train (or continue) candidate ``name`` to ``budget`` updates; the final rung averages its checkpoints."""
+        out = self.work / name
+        summary = out / "train_summary.json"
+        if summary.is_file() and json.loads(summary.read_text())["steps"] >= budget:
+            return
+        train = {**self.recipe["train"], "--max_steps": budget}
+        if not final:  # a short rung writes too few checkpoints to average; it is judged by its validation loss
+            train.pop("--average_checkpoints")
+            train["--eval_every"] = self.rungs[0].budget
+        rel = lambda p: repo_path(p, REPO)  # noqa: E731
+        flags = ["--dataset", rel(self.data), "--src_lang", self.src, "--tgt_lang", self.tgt, "--genotype", rel(genotype),
+                 "--tokenizer", rel(self.work.parent / "tokenizer"), "--output_dir", rel(out), "--seed", "0",
+                 "--train_split", self.splits["train"], "--eval_split", self.splits["val"],
+                 *flag_list(self.recipe["model"]), *flag_list(train)]
+        flags += ["--num_threads", str(self.args.num_threads)] if self.args.num_threads else []
+        flags += ["--resume_from_checkpoint", "latest"] if complete_checkpoints(out) else []
+        self.script("train.py", flags, self.work / f"{name}.log", "train")
+
+    def val_loss(self, name: str, budget: int) -> float:
+        history = json.loads((self.work / name / "train_summary.json").read_text())["history"]
+        at = [h["val_loss"] for h in history if h["step"] == budget]
+        if not at:
+            raise RuntimeError(f"{name} has no validation loss at step {budget} (its eval_every must divide it)")
+        return float(at[-1])
+
+    def execute(self) -> dict[str, Any] | None:
+        logger.info("schedule: %s; %d updates in all (%.2f recipe trainings)",
+                    ", ".join(f"{r.candidates} to {r.budget}" for r in self.rungs), schedule_updates(self.rungs),
+                    schedule_updates(self.rungs) / self.rungs[-1].budget)
+        if not self.args.dry_run:
+            joint_tokenizer(self.work.parent / "tokenizer", self.data, self.src, self.tgt, self.splits["train"],
+                            self.recipe["vocab_size"])
+        candidates = dict(self.candidate(i) for i in range(self.args.candidates))
+        alive, losses = list(candidates), {name: {} for name in candidates}
+        jobs = Jobs(1 if self.args.dry_run else self.args.jobs)
+        for k, rung in enumerate(self.rungs):
+            if k > 0:  # a dry run has no losses: it shows the first candidates' commands
+                before = self.rungs[k - 1].budget
+                alive = alive[:rung.candidates] if self.args.dry_run else survivors(
+                    {n: losses[n][before] for n in alive}, rung.candidates)
+            for name in alive:
+                jobs.submit(self.train, name, candidates[name], rung.budget, k == len(self.rungs) - 1)
+            jobs.join()
+            if self.args.dry_run:
+                continue
+            for name in alive:
+                losses[name][rung.budget] = self.val_loss(name, rung.budget)
+            logger.info("rung %d (%d updates): %s", k, rung.budget,
+                        ", ".join(f"{n} {losses[n][rung.budget]:.3f}" for n in alive))
+        if self.args.dry_run:
+            return None
+        (best,) = alive
+        out = self.work / best
+        test_json = out / "eval_test.json"
+        if not test_json.is_file():
+            flags = ["--dataset", repo_path(self.data, REPO), "--src_lang", self.src, "--tgt_lang", self.tgt,
+                     "--model", repo_path(out / "averaged", REPO), "--split", self.splits["test"],
+                     "--output", repo_path(test_json, REPO), *flag_list(self.recipe["evaluate"])]
+            flags += ["--num_threads", str(self.args.num_threads)] if self.args.num_threads else []
+            self.script("evaluate.py", flags, self.work / f"{best}.log", "evaluate")
+        return self.record(candidates, losses, best, json.loads(test_json.read_text()))
+
+    def record(self, candidates: dict[str, Path], losses: dict[str, dict[int, float]], best: str,
+               test: dict[str, Any]) -> dict[str, Any]:
+        summary = json.loads((self.work / best / "train_summary.json").read_text())
+        self.results.mkdir(parents=True, exist_ok=True)
+        hypotheses = self.results / f"{self.run}.test.txt"
+        atomic_write_text(hypotheses, "\n".join(test["hypotheses"]) + "\n")
+        stages = {k: v for k, v in self.timing.items() if isinstance(v, dict)}
+        record = {
+            "run": self.run, "kind": "random_search", "pair": self.pair, "seed": self.args.seed, "eta": self.args.eta,
+            "schedule": [{"candidates": r.candidates, "budget": r.budget} for r in self.rungs],
+            "updates_total": schedule_updates(self.rungs),
+            "candidates": [{"name": n, "genotype": json.loads(p.read_text()),
+                            "parameters": json.loads((self.work / n / "train_summary.json").read_text())["parameters"],
+                            "val_loss": {str(b): v for b, v in losses[n].items()}} for n, p in candidates.items()],
+            "survivor": best, "genotype": summary["genotype"], "parameters": summary["parameters"],
+            "val_averaged": {k: (summary.get("averaged") or {}).get(k) for k in ("steps", "val_loss", "bleu")},
+            "test": {k: test.get(k) for k in ("split", "num_beams", "length_penalty", "bleu", "bleu_signature",
+                                              "bleu_lowercase", "chrf", "chrf_signature")}
+            | {"sentences": len(test["hypotheses"]), "hypotheses": repo_path(hypotheses, REPO)},
+            "device": machine(), "stages": stages,
+            "cpu_seconds": round(sum(v["cpu_seconds"] for v in stages.values()), 1),
+            "wall_seconds": round(sum(v["wall_seconds"] for v in stages.values()), 1),
+            "note": "wall/CPU seconds of this sitting's stages; a rung finished in an earlier sitting is not counted",
+            "commands": self.timing["commands"],
+        }
+        atomic_write_json(self.results / f"{self.run}.json", record)
+        logger.info("%s: survivor %s, test BLEU %.2f, %d updates in all", self.run, best, test["bleu"],
+                    record["updates_total"])
+        return record
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--pair", choices=sorted(CONFIG.pairs), default="en-de")
+    p.add_argument("--smoke", action="store_true", help="bundled sample, the smoke recipe's tiny sizes")
+    p.add_argument("--candidates", type=int, default=8, help="genotypes drawn")
+    p.add_argument("--first_budget", type=int, default=None, help="updates of the first rung (default: 1/8 of the recipe's)")
+    p.add_argument("--eta", type=int, default=2, help="1/eta of the candidates survive each rung")
+    p.add_argument("--seed", type=int, default=0, help="which draw of candidates (the run's name)")
+    p.add_argument("--data", default=None)
+    p.add_argument("--work_dir", default=str(REPO / "runs" / "protocol"))
+    p.add_argument("--results_dir", default=str(REPO / "benchmarks" / "results"))
+    p.add_argument("--jobs", type=int, default=1)
+    p.add_argument("--num_threads", type=int, default=0)
+    p.add_argument("--dry_run", action="store_true", help="print the schedule and commands, run nothing")
+    args = p.parse_args(argv)
+    for key, least in (("candidates", 1), ("eta", 2), ("jobs", 1), ("seed", 0)):
+        if getattr(args, key) < least:
+            p.error(f"--{key} must be >= {least}")
+    if args.first_budget is not None and args.first_budget < 1:
+        p.error("--first_budget must be >= 1")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    record = RandomSearch(parse_args(argv)).execute()
+    if record is not None:
+        print(json.dumps({k: record[k] for k in ("run", "survivor", "updates_total", "cpu_seconds")} | {
+            "test_bleu": record["test"]["bleu"]}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
