@@ -323,7 +323,8 @@ class Protocol:
                              "give the --work_dir and --scale it was run with")
         meta = {k: getattr(record, k) for k in ("search", "search_genotype", "search_variant", "random_seed",
                                                 "replica_of", "replica_of_kind", "replica_of_device",
-                                                "protocol_summary") if getattr(record, k) is not None}
+                                                ) if getattr(record, k) is not None}
+        meta.update(rebuilt_from=rel(source), protocol_summary=rel(self.results / "summary.json"))
         results = self.results / "rebuilt"
         self.train(record.run, record.kind, self.plan.genotype_of(record), record.train_seed, meta, results=results,
                    max_steps=record.updates)
@@ -363,7 +364,10 @@ class Protocol:
                 return bool(complete_checkpoints(folder)) or (self.results / "zoo" / f"zoo-{run.run}.json").is_file()
             return (folder / "averaged" / "config.json").is_file()
 
-        return zoo_choice(zoo_ranking(self.results, self.args.zoo_kind), here, rel(self.results))
+        best = zoo_choice(zoo_ranking(self.results, self.args.zoo_kind), here, rel(self.results))
+        # Trained again here from its record (--rebuild): the model on this machine is the rebuild's, with its scores.
+        rebuilt = self.results / "rebuilt" / f"{best.run}.json"
+        return RunRecord.load(rebuilt).with_search_of(best) if rebuilt.is_file() else best
 
     def zoo_name(self) -> str:
         name = f"revdarts-smoke-{self.pair}" if self.args.smoke else f"revdarts-multi30k-{self.pair}"

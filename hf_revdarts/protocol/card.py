@@ -31,6 +31,7 @@ class ProtocolRun:
     search: RunRecord | None = None
     continued: RunRecord | None = None
     original: RunRecord | None = None
+    rebuilt: RunRecord | None = None
 
     @classmethod
     def load(cls, path: str | os.PathLike, root: str | os.PathLike) -> ProtocolRun:
@@ -50,7 +51,8 @@ class ProtocolRun:
         search_name = run.search or (original.search if original else None)
         search_path = results / f"{search_name}.json" if search_name else None
         search = RunRecord.load(search_path) if search_path and search_path.is_file() else None
-        return cls(run, _read_summary(summary_path), search, continued, original)
+        rebuilt = RunRecord.load(Path(root) / run.rebuilt_from) if run.rebuilt_from else None
+        return cls(run, _read_summary(summary_path), search, continued, original, rebuilt)
 
     def check_describes(self, pair: str, split: str, bleu: float, evaluation: str) -> None:
         """Refuse to show this run on the card of another model: the pair, test split and BLEU of the
@@ -78,7 +80,11 @@ class ProtocolRun:
         which = (f"run `{continues}` of the hf_revdarts protocol trained longer, to {run.updates} updates from its "
                  f"last checkpoint with the same recipe (as `{run.run}`)" if continues
                  else f"run `{run.run}` of the hf_revdarts protocol")
-        if original and not continues:
+        if self.rebuilt is not None:  # the same command again from the record, where the record's model is not
+            which = (f"run `{run.run}` of the hf_revdarts protocol trained again from its record "
+                     f"(`--rebuild`) on {run.device or 'an unrecorded device'}: {run.bleu:.2f} BLEU, the record "
+                     f"{self.rebuilt.bleu:.2f} (trained on {self.rebuilt.device or 'an unrecorded device'})")
+        elif original and not continues:
             which = (f"run `{original.run}` of the hf_revdarts protocol trained again with the same command on "
                      f"{run.device or 'an unrecorded device'} (as `{run.run}`: {run.bleu:.2f} BLEU; the table's run, "
                      f"trained on {original.device or 'an unrecorded device'}, scored {original.bleu:.2f})")

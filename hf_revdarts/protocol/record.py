@@ -30,7 +30,7 @@ _TYPES: dict[str, Any] = {
     "format": int, "run": str, "kind": str, "pair": str, "seed": int, "train_seed": int, "search": str,
     "search_genotype": Genotype, "search_variant": str, "variant_flags": dict, "random_seed": int,
     "drawn_genotype": Genotype, "replica_of": str, "replica_of_kind": str, "replica_of_device": str,
-    "continues": str, "protocol_summary": str, "genotype": Genotype, "search_steps": int, "stopped_early": bool,
+    "continues": str, "rebuilt_from": str, "protocol_summary": str, "genotype": Genotype, "search_steps": int, "stopped_early": bool,
     "search_summary": dict, "arch_parameters": dict, "parameters": int, "updates": int, "train_seconds": _NUMBER, "val_best": dict,
     "val_history": list, "val_averaged": dict, "test": dict, "dataset": str, "work_dir": str, "device": str,
     "wall_seconds": _NUMBER, "cpu_seconds": _NUMBER, "stages": dict, "timing_note": str, "commands": list,
@@ -84,6 +84,7 @@ class RunRecord:
     replica_of_kind: str | None = None
     replica_of_device: str | None = None
     continues: str | None = None
+    rebuilt_from: str | None = None
     protocol_summary: str | None = None
     genotype: Genotype | None = None
     search_steps: int | None = None

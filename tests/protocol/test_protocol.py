@@ -175,7 +175,9 @@ def test_smoke_protocol_runs_every_kind_and_resumes(tmp_path):
     standard = json.loads((cards / "revdarts-smoke-en-de-standard" / "eval_results.json").read_text())
     assert standard["bleu"] == resumed["test"]["bleu"] and standard["fingerprint"]["genotype"]["encoder"][0] == [
         "self_attn", "ffn"]
-    assert "Search: not recorded" in (cards / "revdarts-smoke-en-de-standard" / "README.md").read_text()
+    text = (cards / "revdarts-smoke-en-de-standard" / "README.md").read_text()
+    assert "Search: not recorded" in text
+    assert rebuilt["rebuilt_from"].endswith("standard-t0.json") and "trained again from its record" in text
 
     # The ranking diagnostic: every trained genotype scored on each search's supernet, beside its own training.
     env = dict(os.environ, PYTHONPATH=str(REPO))
