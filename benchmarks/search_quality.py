@@ -364,7 +364,8 @@ class Protocol:
                 return bool(complete_checkpoints(folder)) or (self.results / "zoo" / f"zoo-{run.run}.json").is_file()
             return (folder / "averaged" / "config.json").is_file()
 
-        best = zoo_choice(zoo_ranking(self.results, self.args.zoo_kind), here, rel(self.results))
+        kind = self.args.zoo_kind
+        best = zoo_choice(zoo_ranking(self.results, kind), here, rel(self.results), kind)
         # Trained again here from its record (--rebuild): the model on this machine is the rebuild's, with its scores.
         rebuilt = self.results / "rebuilt" / f"{best.run}.json"
         return RunRecord.load(rebuilt).with_search_of(best) if rebuilt.is_file() else best

@@ -153,16 +153,17 @@ def zoo_ranking(results: Path, kind: str = "searched") -> list[RunRecord]:
     return sorted((r for r in candidates if r.val_loss is not None), key=lambda r: r.val_loss)
 
 
-def zoo_choice(ranked: list[RunRecord], here: Callable[[RunRecord], bool], results: str) -> RunRecord:
+def zoo_choice(ranked: list[RunRecord], here: Callable[[RunRecord], bool], results: str,
+               kind: str = "searched") -> RunRecord:
     """The first of ``ranked`` whose model is on this machine (``here``); says which better ones it passes over."""
     if not ranked:
-        raise RuntimeError(f"--publish: no finished run of that kind in {results} to publish")
+        raise RuntimeError(f"--publish: no finished {kind} run in {results} to publish")
     logger.info("publish: candidates by validation loss: %s", ", ".join(
         f"{r.run} {r.val_loss:.3f}{'' if here(r) else ' (model not on this machine)'}" for r in ranked))
     available = [r for r in ranked if here(r)]
     if not available:
         raise RuntimeError(
-            f"--publish: no candidate of {results} has its model on this machine "
+            f"--publish: no {kind} run of {results} has its model on this machine "
             f"({', '.join(str(r.work_dir) for r in ranked)}); train one again here with --rebuild "
             f"{ranked[0].run if not ranked[0].replica_of else 'replicas/' + ranked[0].run}")
     if available[0] is not ranked[0]:

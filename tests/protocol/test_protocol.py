@@ -382,7 +382,7 @@ def test_publish_refuses_what_it_cannot_do_before_training_anything(tmp_path, ca
     run = {"run": "searched-s0-t0", "kind": "searched", "search": "search-s0", "train_seed": 0, "updates": 4000,
            "val_averaged": {"val_loss": 3.4}, "work_dir": str(tmp_path / "gone")}
     (protocol.results / "searched-s0-t0.json").write_text(json.dumps(run))
-    with pytest.raises(RuntimeError, match=r"no searched run .* has its model on this machine .* --replicate searched-s0-t0"):
+    with pytest.raises(RuntimeError, match=r"no searched run .* has its model on this machine .* --rebuild searched-s0-t0"):
         protocol.publish()
     (tmp_path / "gone" / "checkpoint-004000").mkdir(parents=True)
     (tmp_path / "gone" / "checkpoint-004000" / "train_state.json").write_text("{}")

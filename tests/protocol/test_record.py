@@ -44,8 +44,10 @@ def test_a_pairs_runs_searches_and_replicas():
     runs, searches = load_runs(RESULTS / "en-de")
     assert [r.run for r in searches] == ["search-long-s0", "search-s0", "search-s1"]
     assert {r.row for r in runs} == {"searched", "searched-long", "standard", "random"}
-    (copy, original), = replica_pairs(RESULTS / "en-de", runs)
-    assert (copy.run, original.run, copy.kind) == ("standard-t0-on-cpu", "standard-t0", "replica")
+    pairs = replica_pairs(RESULTS / "en-de", runs)
+    assert sorted((copy.run, original.run, copy.kind) for copy, original in pairs) == [
+        ("searched-long-s0-t0-on-cpu", "searched-long-s0-t0", "replica"),
+        ("standard-t0-on-cpu", "standard-t0", "replica"), ("standard-t1-on-cpu", "standard-t1", "replica")]
     assert find_run(RESULTS / "en-fr", "searched-long-s0-t0-on-cpu", "the replica").replica_of == "searched-long-s0-t0"
     with pytest.raises(FileNotFoundError, match="the replicated run standard-t9: no standard-t9.json in"):
         find_run(RESULTS / "en-de", "standard-t9", "the replicated run")
