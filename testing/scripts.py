@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import sys
+from pathlib import Path
 from types import ModuleType
 
 from testing import REPO
@@ -14,7 +15,12 @@ def load_script(name: str) -> ModuleType:
     module_name = f"revdarts_script_{name}"
     if module_name in sys.modules:
         return sys.modules[module_name]
-    spec = importlib.util.spec_from_file_location(module_name, REPO / "training" / f"{name}.py")
+    return load_file(REPO / "training" / f"{name}.py", module_name)
+
+
+def load_file(path: Path, module_name: str) -> ModuleType:
+    """Import the script ``path`` afresh as ``module_name`` (e.g. a benchmark, whose helpers a test calls)."""
+    spec = importlib.util.spec_from_file_location(module_name, path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[module_name] = module  # dataclasses resolve their annotations through sys.modules
     spec.loader.exec_module(module)

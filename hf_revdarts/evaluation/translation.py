@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -84,6 +85,14 @@ def load_model_folder(folder: str | os.PathLike) -> tuple[torch.nn.Module, Any]:
 
 
 @torch.no_grad()
+def translation_batches(sentences: Sequence[str], batch_size: int) -> list[list[int]]:
+    """The batches ``translate`` makes, as sentence indices: blank sentences left out, the others sorted by length
+    in characters (ties in order) so that padding stays small, cut into ``batch_size``. A batch's translations
+    depend on what is padded together, so a check that repeats some of them repeats these batches."""
+    order = sorted((i for i, s in enumerate(sentences) if s.strip()), key=lambda i: len(sentences[i]))
+    return [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
+
+
 def translate(
     model: Any,
     tokenizer: Any,
@@ -117,14 +126,10 @@ def translate(
                        "tokens only (sentences %s)", len(truncated), len(sentences), limit, limit, truncated[:10])
     if report is not None:
         report.update(empty_sources=empty, truncated_sources=truncated)
-    skip = set(empty)
-    order = sorted((i for i in range(len(sentences)) if i not in skip), key=lambda i: len(sentences[i]))
     out: list[str] = [""] * len(sentences)
-    starts = range(0, len(order), batch_size)
     # generate warns about a beam-only setting under greedy decoding, so it is passed with beams only.
     beam_settings = {"length_penalty": length_penalty} if num_beams > 1 else {}
-    for start in tqdm(starts, desc="translate", disable=not progress):
-        idx = order[start : start + batch_size]
+    for idx in tqdm(translation_batches(sentences, batch_size), desc="translate", disable=not progress):
         enc = tokenizer(
             [sentences[i] for i in idx], return_tensors="pt", padding=True, truncation=True, max_length=limit,
         ).to(device)

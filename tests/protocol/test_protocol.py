@@ -18,6 +18,7 @@ import pytest
 from hf_revdarts.model.genotype import Genotype
 from hf_revdarts.protocol.plan import PairPlan
 from hf_revdarts.protocol.record import RunRecord
+from testing.scripts import load_file
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "benchmarks" / "search_quality.py"
@@ -193,7 +194,7 @@ def test_smoke_protocol_runs_every_kind_and_resumes(tmp_path):
     assert all(isinstance(v, float) for g in ranking["genotypes"] for v in g["supernet_estimates"].values())
     assert set(ranking["against_val_loss"]) == {"supernet search-long-s0", "supernet search-s0", "parameter count",
                                                 "another training seed (ceiling)"}
-    module = _load_module(REPO / "benchmarks" / "supernet_ranking.py")
+    module = load_file(REPO / "benchmarks" / "supernet_ranking.py", "supernet_ranking_under_test")
     from transformers import AutoTokenizer
 
     from hf_revdarts.search import RevDartsSupernet
@@ -208,22 +209,8 @@ def test_smoke_protocol_runs_every_kind_and_resumes(tmp_path):
                                                                                abs=1e-5)
 
 
-def _load_module(path: Path):
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(f"{path.stem}_under_test", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def _load_protocol_module():
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("search_quality_under_test", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_file(SCRIPT, "search_quality_under_test")
 
 
 def test_seeds_deriving_one_genotype_share_its_trainings_and_jobs_run_concurrently(tmp_path, monkeypatch):

@@ -4,23 +4,15 @@ a proxy's stacked genotypes are unstacked to its block."""
 
 from __future__ import annotations
 
-import importlib.util
 from types import SimpleNamespace
 
 import pytest
 
 from hf_revdarts.model.genotype import Genotype
 from testing import REPO
+from testing.scripts import load_file
 
-
-def _module():
-    spec = importlib.util.spec_from_file_location("supernet_ranking_under_test", REPO / "benchmarks" / "supernet_ranking.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-ranking_module = _module()
+ranking_module = load_file(REPO / "benchmarks" / "supernet_ranking.py", "supernet_ranking_under_test")
 
 
 def _rows(losses, params, seed1=None, bleu=None):

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from hf_revdarts.evaluation.translation import translation_batches
 from hf_revdarts.model import REMOTE_CODE_FILES
 from testing import REPO
 
@@ -36,13 +37,6 @@ def _lines(path: Path) -> list[str]:
     opener = gzip.open if path.suffix == ".gz" else open
     with opener(path, "rt", encoding="utf-8") as f:
         return [line.rstrip("\n") for line in f]
-
-
-def _evaluation_batches(sources: list[str], batch_size: int) -> list[list[int]]:
-    """The batches of sentence indices ``hf_revdarts.evaluation.translation.translate`` makes: blank sources left
-    out, the rest sorted by length in characters (ties in order), cut into ``batch_size``."""
-    order = sorted((i for i, s in enumerate(sources) if s.strip()), key=lambda i: len(sources[i]))
-    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
 
 
 def test_the_zoo_has_models():
@@ -77,7 +71,7 @@ def test_zoo_entry_loads_without_hf_revdarts_and_translates_as_its_run(folder, t
     sources = _lines(split)
     committed = _lines(REPO / card["protocol_hypotheses"])
     assert len(committed) == len(sources)
-    batches = _evaluation_batches(sources, card.get("batch_size", 32))
+    batches = translation_batches(sources, card.get("batch_size", 32))
     chosen = [batches[0], batches[len(batches) // 2], batches[-1]][:CHECKED_BATCHES]
     request = tmp_path / "request.json"
     request.write_text(json.dumps({"batches": [[sources[i] for i in batch] for batch in chosen]}))
