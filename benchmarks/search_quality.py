@@ -80,7 +80,7 @@ from hf_revdarts.protocol.execution import (
 )
 from hf_revdarts.protocol.plan import PairPlan, cpu_hours_left, zoo_choice, zoo_ranking
 from hf_revdarts.protocol.recipe import ProtocolConfig, flag_list
-from hf_revdarts.protocol.record import RunRecord, repo_path
+from hf_revdarts.protocol.record import RunRecord, load_runs, repo_path
 from hf_revdarts.protocol.report import ReportSettings, write_summary
 from hf_revdarts.utils.atomic import atomic_write_json, atomic_write_text
 from hf_revdarts.utils.integrity import complete_checkpoints
@@ -182,6 +182,8 @@ class Protocol:
             flags = [*self.data_flags(), *self.run_flags(out, seed), *flag_list(
                 {**self.recipe["model"], **self.recipe["search"], **variant_flags}), *self.threads(),
                 *self.restart_flags(out)]
+            if self.args.shared_warmup and seed > 0 and not again:  # only the α phase: s0's θ warm-up
+                flags += ["--warmup_from", rel(self.work / self.plan.search_name(0))]
             self.run("search.py", flags, out.parent / f"{out.name}.log", timing, "search")
             self.timing(out, timing)
         if self.args.dry_run:
@@ -269,14 +271,16 @@ class Protocol:
                 jobs.submit(self.rebuild, run)
         else:
             searches: dict[int, RunRecord | None] = {}
-            for s in range(self.sizes["searches"]):
+            if self.args.shared_warmup and self.sizes["searches"] > 0:
+                searches[0] = self.search(0)  # its warm-up, before the seeds that start from it
+            for s in range(1 if self.args.shared_warmup else 0, self.sizes["searches"]):
                 jobs.submit(lambda s: searches.__setitem__(s, self.search(s)), s)
             jobs.join()
             for t in [] if self.args.searches_only else self.plan.trainings(searches):
                 jobs.submit(self.train, t.name, t.kind, t.genotype, t.seed, t.meta)
         jobs.join()
-        if self.args.dry_run:
-            return None
+        if self.args.dry_run or (self.args.searches_only and not load_runs(self.results)[0]):
+            return None  # no training run yet: no table to write
         summary = self.summarize()
         if self.args.publish:
             self.publish()
@@ -426,6 +430,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--searches_only", action="store_true",
                    help="run the searches (and write their records), not the trainings: those can follow in another "
                         "sitting or on another machine")
+    p.add_argument("--shared_warmup", action="store_true",
+                   help="searches s1, s2, ... run only their α phase, from search s0's θ warm-up (--warmup_from)")
     p.add_argument("--rebuild", action="append", default=[], metavar="RUN",
                    help="train the recorded run RUN (standard-t0, replicas/searched-long-s0-t0-on-cpu, ...) again into its "
                         "own work folder from its record alone, so that --publish finds its model here; the new record "

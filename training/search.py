@@ -28,6 +28,7 @@ from typing import Any
 
 import torch
 from accelerate.logging import get_logger
+from accelerate.utils import set_seed
 
 from hf_revdarts.memory import apply_memory_mode
 from hf_revdarts.model.genotype import Genotype, validate_search_space
@@ -76,11 +77,13 @@ from hf_revdarts.training.training_utils import (
     prepare_tokenizer,
     run_environment,
     run_steps,
+    save_checkpoint,
     shutdown,
     start_run,
     unscaled_backward,
 )
 from hf_revdarts.utils.guards import NonFiniteError
+from hf_revdarts.utils.integrity import complete_checkpoints, load_state_checked
 
 logger = get_logger("revdarts.search")
 
@@ -128,6 +131,7 @@ class Search:
     divergence: DivergenceGuard
     start: float = field(default_factory=time.time)
     pruned_ops: int = 0  # (node, op) pairs skipped in the last step (--prune_below)
+    warmup: dict[str, Any] = field(default_factory=dict)  # --warmup_from: the checkpoint and its CPU seconds
 
 
 def parse_search_args(argv: list[str] | None = None) -> SearchArgs:
@@ -170,7 +174,50 @@ def check_inputs(args: SearchArgs) -> tuple[Texts, Path | None]:
     texts = Texts(train, arch, load_split(args.dataset, args.data.eval_split, args.data.max_eval_examples))
     output_dir = Path(args.run.output_dir)
     resume = args.run.resume_from_checkpoint
+    if args.search.warmup_from is not None:
+        warmup_checkpoint(args.search.warmup_from, args.search.arch_start_step)  # named now, not after set-up
     return texts, find_checkpoint(output_dir, resume, run.max_steps) if resume else None
+
+
+def warmup_checkpoint(spec: str, arch_start_step: int) -> Path:
+    """The θ warm-up --warmup_from names (a checkpoint folder, or a search folder whose ``warmup/`` holds one),
+    checked whole and ending at this run's --arch_start_step."""
+    path = Path(spec)
+    if not (path / "train_state.json").is_file():
+        kept = complete_checkpoints(path / "warmup")
+        if not kept:
+            raise FileNotFoundError(f"--warmup_from {spec}: neither a checkpoint folder nor a search folder with "
+                                    "a warmup/checkpoint-* (searches with --arch_start_step > 0 keep one)")
+        path = kept[-1]
+    path = find_checkpoint(path.parent, str(path))
+    step = json.loads((path / "train_state.json").read_text(encoding="utf-8"))["step"]
+    if step != arch_start_step:
+        raise ValueError(f"--warmup_from {spec}: its warm-up ends at step {step}, this run's α phase starts at "
+                         f"--arch_start_step {arch_start_step}; give the warm-up's value")
+    return path
+
+
+def start_from_warmup(s: Search, spec: str) -> None:
+    """θ, its Adam moments and learning-rate schedule from the shared warm-up; α (drawn at construction from
+    this run's seed), the data order and the RNG stay this run's own, so α-phase seeds differ as separate
+    searches would after the warm-up. Refuses a warm-up trained on another tokenizer's ids."""
+    path = warmup_checkpoint(spec, s.args.search.arch_start_step)
+    ours = s.output_dir / "tokenizer" / "tokenizer.json"
+    for theirs in (path.parent / "tokenizer" / "tokenizer.json", path.parent.parent / "tokenizer" / "tokenizer.json"):
+        if theirs.is_file() and ours.is_file() and theirs.read_bytes() != ours.read_bytes():
+            raise ValueError(f"--warmup_from {spec}: its tokenizer ({theirs.parent}) is not this run's: the warm-up "
+                             "learned other token ids; give the same --tokenizer")
+    own_alpha = [a.detach().clone() for a in s.supernet.arch_parameters()]
+    load_state_checked(s.accelerator, path)  # also restores the warm-up run's RNG states, reseeded below
+    with torch.no_grad():
+        for a, own in zip(s.supernet.arch_parameters(), own_alpha):
+            a.copy_(own)
+    set_seed(s.args.run.seed + s.args.search.arch_start_step)
+    warmup = json.loads((path / "train_state.json").read_text(encoding="utf-8"))
+    s.state.step, s.state.loss_reference = warmup["step"], dict(warmup.get("loss_reference", {}))
+    s.warmup = {"warmup_from": str(path), "warmup_seconds": float(warmup.get("train_seconds", 0.0))}
+    logger.info(f"θ warm-up from {path} (step {s.state.step}); α, data order and RNG from --seed {s.args.run.seed}",
+                main_process_only=True)
 
 
 def setup(args: SearchArgs, texts: Texts, resume_path: Path | None) -> Search:
@@ -246,6 +293,7 @@ def arch_lr(args: SearchArgs) -> float:
 def search_step(s: Search) -> dict[str, float]:
     """One DARTS step: α on held-out batches (from step --arch_start_step on), then θ on training batches.
     A step whose loss or gradients are NaN/inf is skipped (α and θ each have their ``NonFiniteGuard``)."""
+    started = time.perf_counter()
     accum, device, step = s.args.run.gradient_accumulation_steps, s.accelerator.device, s.state.step + 1
     lr = s.scheduler.get_last_lr()[0]
     # Pruning reads α: before the first α step it would only read the random initialisation.
@@ -283,6 +331,10 @@ def search_step(s: Search) -> dict[str, float]:
     s.weight_optimizer.zero_grad(set_to_none=True)
     s.arch_optimizer.zero_grad(set_to_none=True)  # the θ backward also reached α; α moves only on held-out data
     s.state.step += 1
+    s.state.train_seconds += time.perf_counter() - started  # checkpointed: what a shared warm-up cost
+    if s.state.step == s.args.search.arch_start_step:
+        # Kept apart from the rotated checkpoints: other α-phase seeds can start from it (--warmup_from).
+        save_checkpoint(s.accelerator, s.output_dir / "warmup", s.state, 0)
     if pruned is not None:
         s.pruned_ops = pruned
         logs["pruned_ops"] = float(pruned)
@@ -291,8 +343,8 @@ def search_step(s: Search) -> dict[str, float]:
 
 def search_loop(s: Search) -> None:
     """Steps until --max_steps or the collapse guard stops; evaluations and checkpoints on their schedule."""
-    if s.state.step == 0 and not s.state.history:
-        evaluate(s)  # the starting point of the α history
+    if not s.state.history:
+        evaluate(s)  # the starting point of the α history (at --arch_start_step after --warmup_from)
     s.model.train()
     run_steps(s.accelerator, s.state, s.args.run, s.output_dir, lambda: search_step(s), lambda: evaluate(s), "search",
               model=s.supernet, memory_report=lambda meter: memory_report(s.memory, s.supernet.config, s.state, meter))
@@ -392,6 +444,7 @@ def write_final_outputs(s: Search) -> None:
         "non_finite_steps_skipped": s.state.skipped_steps(),
         "prune_below": s.args.search.prune_below,
         "pruned_ops_at_end": s.pruned_ops,
+        **s.warmup,
     }
     atomic_write_json(s.output_dir / "search_summary.json", summary)
     print(json.dumps(summary))
@@ -428,6 +481,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_search_args(argv)
     texts, resume_path = check_inputs(args)
     search = setup(args, texts, resume_path)
+    if args.search.warmup_from is not None and resume_path is None:
+        start_from_warmup(search, args.search.warmup_from)
     try:
         search_loop(search)
     except NonFiniteError as e:

@@ -271,6 +271,13 @@ class SearchArguments:
                   "single_path (one candidate per node drawn uniformly each step, as SPOS: about one model step)",
                   "choices": ["full", "single_path"]},
     )
+    warmup_from: str | None = field(
+        default=None,
+        metadata={"help": "start at --arch_start_step from another search's θ warm-up (its folder, whose warmup/ "
+                  "holds the checkpoint every search with --arch_start_step > 0 keeps, or that checkpoint): θ, "
+                  "its optimiser and schedule from there; α, data order and RNG from this run's --seed. Several "
+                  "α-phase seeds then share one warm-up"},
+    )
     second_order: bool = field(default=False, metadata={"help": "unrolled (finite-difference) DARTS gradient for α"})
     warn_share: float = field(default=0.3, metadata={"help": "warn when mean α mass on zero/identity exceeds it"})
     stop_share: float = field(default=0.6, metadata={"help": "stop when mean α mass on zero/identity exceeds it"})
@@ -297,6 +304,8 @@ class SearchArguments:
             raise ValueError(f"--prune_below must be in [0, 1), got {self.prune_below}")
         if self.warmup_sampling not in ("full", "single_path"):
             raise ValueError(f"--warmup_sampling must be full or single_path, got {self.warmup_sampling!r}")
+        if self.warmup_from is not None and self.arch_start_step == 0:
+            raise ValueError("--warmup_from needs --arch_start_step > 0: the step the warm-up ended at")
         if self.warmup_sampling == "single_path" and self.arch_start_step == 0:
             raise ValueError("--warmup_sampling single_path samples the θ warm-up before α moves, but "
                              "--arch_start_step is 0 (no warm-up): give --arch_start_step N > 0")

@@ -439,3 +439,14 @@ def test_status_says_where_each_run_stands_and_writes_nothing(tmp_path, capsys):
                          ["standard-t0", "done, BLEU 12.35"], ["random-r0", "not started"]]
     assert lines[4][0] == "6" and "0.0 CPU-hours at the 1.80 CPU-seconds per update" in lines[4][1]  # 2 + 4 left
     assert sorted(p for p in tmp_path.rglob("*")) == before  # no genotype drawn, no folder made
+
+
+def test_shared_warmup_runs_the_first_search_then_only_the_alpha_phase_of_the_others(tmp_path):
+    """--shared_warmup: search s0 whole, then s1 from s0's kept warm-up checkpoint; s1's record says so."""
+    _protocol(tmp_path, "--search_variant", "full", "--searches", "2", "--shared_warmup", "--searches_only")
+    results = tmp_path / "results" / "en-de-smoke"
+    first, second = (json.loads((results / f"search-full-s{s}.json").read_text()) for s in (0, 1))
+    assert "warmup_from" not in first["search_summary"] and "--warmup_from" not in first["commands"][0]
+    assert second["search_summary"]["warmup_from"].endswith("search-full-s0/warmup/checkpoint-000002")
+    assert "--warmup_from" in second["commands"][0] and second["search_steps"] == 4
+    assert not (results / "searched-full-s0-t0.json").exists()  # --searches_only

@@ -167,3 +167,42 @@ def test_single_path_warm_up_runs_and_alpha_moves_only_after_it(tmp_path: Path) 
     summary = json.loads((out / "search_summary.json").read_text())
     assert all(v is not None for v in (summary["val_loss_first"], summary["val_loss_last"]))
     Genotype.load(out / "genotype.json").validate(1, 1)
+
+
+def test_alpha_phase_seeds_share_one_warm_up(tmp_path: Path) -> None:
+    """--warmup_from: a second search starts its α phase from the first one's kept warm-up checkpoint. With the
+    same seed it sees the same supernet there (same validation loss at the hand-over); with another seed its α
+    is its own; a warm-up that ends at another step is refused before any work."""
+    search_script = load_script("search")
+    data = _tiny_dataset(tmp_path)
+    sp = {"--warmup_sampling": "single_path", "--arch_start_step": "3"}
+    first = tmp_path / "first"
+    assert search_script.main(_script_args(data, first, steps=6, **sp)) == 0
+    assert (first / "warmup" / "checkpoint-000003" / "train_state.json").is_file(), "the warm-up is kept"
+    history = json.loads((first / "alpha_history.json").read_text())
+    at_handover = next(h for h in history if h["step"] == 3)
+
+    same = tmp_path / "same"
+    assert search_script.main(_script_args(data, same, steps=6, **sp, **{"--warmup_from": str(first)})) == 0
+    shared = json.loads((same / "alpha_history.json").read_text())
+    assert [h["step"] for h in shared] == [3, 6], "the α phase only: the warm-up is not repeated"
+    assert shared[0]["val_loss"] == pytest.approx(at_handover["val_loss"], abs=1e-6)
+    assert shared[0]["softmax"] == at_handover["softmax"]
+    summary = json.loads((same / "search_summary.json").read_text())
+    assert summary["steps"] == 6 and summary["warmup_from"].endswith("checkpoint-000003")
+    assert summary["warmup_seconds"] > 0
+
+    other = tmp_path / "other"
+    args = _script_args(data, other, steps=6, **sp, **{"--warmup_from": str(first), "--seed": "8"})
+    assert search_script.main(args) == 0
+    own = json.loads((other / "alpha_history.json").read_text())
+    assert own[0]["softmax"] != at_handover["softmax"], "another seed keeps its own α"
+    assert own[0]["val_loss"] != pytest.approx(at_handover["val_loss"], abs=1e-9)
+
+    refused = tmp_path / "refused"
+    late = {**sp, "--arch_start_step": "4", "--warmup_from": str(first)}
+    with pytest.raises(ValueError, match="ends at step 3"):
+        search_script.main(_script_args(data, refused, steps=6, **late))
+    with pytest.raises(FileNotFoundError, match="warmup"):
+        search_script.main(_script_args(data, refused, steps=6, **sp, **{"--warmup_from": str(tmp_path)}))
+    assert not refused.exists()
