@@ -3,7 +3,7 @@
 
 One command per language pair (Multi30k, ``../shared/data/multi30k`` relative to the repository):
 
-    python benchmarks/search_quality.py --pair en-de                     # S=2 searches, T=2 seeds, K=4 random
+    python benchmarks/search_quality.py --pair en-de                     # S=3 searches, T=2 seeds, K=4 random
     python benchmarks/search_quality.py --pair en-fr                     # S=1, T=1, K=2
     python benchmarks/search_quality.py --pair en-de --jobs 2 --num_threads 1   # 2 CPU cores: two runs at once
     python benchmarks/search_quality.py --pair en-de --dry_run           # print the commands only

@@ -26,7 +26,10 @@ TINY = ["--d_model", "48", "--num_heads", "2", "--vocab_size", "300", "--max_tok
 TINY_SEARCH = ["--d_model", "48", "--num_heads", "2", "--vocab_size", "300", "--max_tokens", "200", "--max_length",
                "16", "--warmup_steps", "2", "--num_threads", "1", "--encoder_layers", "1", "--decoder_layers", "1",
                "--tie_blocks", "0", "--eval_batches", "2", "--no_figures", "--max_train_examples", "120",
-               "--stop_share", "1.0", "--stop_argmax_fraction", "1.0"]
+               "--stop_share", "1.0", "--stop_argmax_fraction", "1.0",
+               # a few steps of the plain DARTS step from the start (the default recipe warms θ up for 1000)
+               "--lr", "5e-4", "--eval_every", "25", "--arch_start_step", "0", "--warmup_sampling", "full",
+               "--prune_below", "0", "--selection", "argmax"]
 
 # The small-data recipe's extra flags (dropout in attention and ffn, averaging of the last 2 checkpoints), and the
 # tiny sizes its runs use (each run names its genotype and depth).

@@ -87,11 +87,14 @@ from hf_revdarts.utils.integrity import complete_checkpoints, load_state_checked
 
 logger = get_logger("revdarts.search")
 
-# The search's defaults where they differ from the shared schema's (which are train.py's): a small supernet.
+# The search's defaults where they differ from the shared schema's (which are train.py's): the default recipe
+# (configs/multi30k-en-de-search.yaml): the supernet at the size the protocol trains (d=192, 4+4, α tied in blocks
+# of 2), a single-path θ warm-up of 1000 steps, then 300 α steps with pruning, DARTS-PT's genotype.
 SEARCH_DEFAULTS = {
-    "max_train_examples": 6000, "max_eval_examples": 400, "vocab_size": 2000, "max_length": 40, "max_tokens": 800,
-    "d_model": 96, "num_heads": 2, "encoder_layers": 2, "decoder_layers": 2,
-    "max_steps": 150, "lr": 5e-4, "warmup_steps": 50, "max_grad_norm": 0.0, "eval_every": 25, "save_every": 100,
+    "max_eval_examples": 400, "vocab_size": 8000, "max_length": 40, "max_tokens": 4096,
+    "d_model": 192, "num_heads": 4, "encoder_layers": 4, "decoder_layers": 4,
+    "max_steps": 1300, "lr": 1.5e-3, "warmup_steps": 400, "max_grad_norm": 0.0, "eval_every": 100, "save_every": 100,
+    "arch_start_step": 1000, "warmup_sampling": "single_path", "prune_below": 0.01, "selection": "perturbation",
 }
 
 

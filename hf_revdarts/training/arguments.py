@@ -4,12 +4,12 @@ Arguments are dataclasses read by ``transformers.HfArgumentParser``, as in trans
 every field is a command-line flag (``--name``) and a key of a config file. A script is run with flags,
 with a YAML or JSON file, or both (flags override the file, the file overrides the script's defaults)::
 
-    python training/search.py configs/multi30k-en-de-search.yaml --max_steps 50
+    python training/search.py configs/multi30k-en-de-search.yaml --max_steps 400 --arch_start_step 300
 
 Adding a flag is adding a field (with its ``help``) to the dataclass it belongs to. The search and the
 training share ``DatasetArguments``, ``DataArguments``, ``ModelArguments`` and ``RunArguments``; what only
 one of them reads is in ``SearchArguments`` / ``TrainArguments``. Each script sets its own defaults for
-shared fields where they differ (a small supernet for the search, a model to train for train.py).
+shared fields where they differ (the default search recipe for search.py, a model to train for train.py).
 """
 
 from __future__ import annotations
@@ -387,10 +387,16 @@ def _file_value(path: Path, key: str, value: Any, action: Any) -> Any:
     return converted if many else converted[0]
 
 
-def read_config_file(path: str | os.PathLike, known: set[str] | dict[str, Any]) -> dict[str, Any]:
+def read_config_file(
+    path: str | os.PathLike, known: set[str] | dict[str, Any], _extended_by: tuple[Path, ...] = ()
+) -> dict[str, Any]:
     """The flat ``{flag: value}`` mapping of a YAML or JSON config file; unknown keys are an error, and with
-    ``known`` the parser's actions by name, each value is converted and checked as its flag would be."""
+    ``known`` the parser's actions by name, each value is converted and checked as its flag would be. A file
+    with ``extends: <file>`` (relative to it) holds that file's values with its own on top: one recipe for
+    several language pairs."""
     path = Path(path)
+    if path.resolve() in _extended_by:
+        raise ValueError(f"config file {path} extends itself (through {' -> '.join(map(str, _extended_by))})")
     if not path.is_file():
         raise FileNotFoundError(f"config file {path} does not exist")
     try:
@@ -408,6 +414,9 @@ def read_config_file(path: str | os.PathLike, known: set[str] | dict[str, Any]) 
     data = {} if data is None else data
     if not isinstance(data, dict):
         raise ValueError(f"config file {path} must hold a mapping of flag names to values, got {type(data).__name__}")
+    base = data.pop("extends", None)
+    if base is not None and not isinstance(base, str):
+        raise ValueError(f"config file {path}: extends must name a config file, got {base!r}")
     unknown = sorted(set(data) - set(known))
     if unknown:
         hints = {k: difflib.get_close_matches(k, known, n=1) for k in unknown}
@@ -415,6 +424,8 @@ def read_config_file(path: str | os.PathLike, known: set[str] | dict[str, Any]) 
         raise ValueError(f"config file {path} has unknown keys: {said}")
     if isinstance(known, dict):
         data = {k: _file_value(path, k, v, known[k]) for k, v in data.items()}
+    if base is not None:
+        data = {**read_config_file(path.parent / base, known, (*_extended_by, path.resolve())), **data}
     return data
 
 

@@ -313,8 +313,8 @@ def test_search_variant_changes_the_search_only(tmp_path):
     commands = [line for line in dry.splitlines() if line.startswith("python training/")]
     searches = [c for c in commands if c.startswith("python training/search.py")]
     trains = [c for c in commands if c.startswith("python training/train.py")]
-    assert len(searches) == 2 and len(trains) == 4  # S=2 searches, T=2 seeds each; no standard or random run
-    assert [f"en-de/search-long-s{i} " in c for i, c in enumerate(searches)] == [True, True]  # its own folders
+    assert len(searches) == 3 and len(trains) == 6  # S=3 searches, T=2 seeds each; no standard or random run
+    assert [f"en-de/search-long-s{i} " in c for i, c in enumerate(searches)] == [True] * 3  # its own folders
     assert all("--d_model 96 " in c and "--max_steps 1300 " in c and "--arch_start_step 1000 " in c for c in searches)
     assert all("--d_model 192 " in c and "--max_steps 4000 " in c and "search-long-s" in c for c in trains)
 
@@ -326,13 +326,13 @@ def test_scale_wide_is_the_same_protocol_at_d576_in_folders_of_its_own(tmp_path)
     commands = [line for line in dry.splitlines() if line.startswith("python training/")]
     searches = [c for c in commands if c.startswith("python training/search.py")]
     trains = [c for c in commands if c.startswith("python training/train.py")]
-    assert len(searches) == 2 and len(trains) == 4
+    assert len(searches) == 3 and len(trains) == 6
     assert all("/en-de-wide/search-long-s" in c and "--d_model 288 " in c and "--max_steps 1300 " in c for c in searches)
     wide = "--d_model 576 --encoder_layers 6 --decoder_layers 6 --num_heads 8 "
     assert all("/en-de-wide/searched-long-s" in c and wide in c and "--max_steps 4000 " in c for c in trains)
     base = _protocol_real(tmp_path, "--pair", "en-de", "--scale", "wide", "--dry_run")
     trains = [c for c in base.splitlines() if c.startswith("python training/train.py")]
-    assert len(trains) == 2 * 2 + 2 + 4 and all(wide in c and "/en-de-wide/" in c for c in trains)
+    assert len(trains) == 3 * 2 + 2 + 4 and all(wide in c and "/en-de-wide/" in c for c in trains)
     assert not (tmp_path / "results" / "en-de").exists()  # the d=192 protocol's folders are not touched
 
     # The model each scale names can be built (the command line alone would not show it: d=512 cannot split in 3).
@@ -443,10 +443,10 @@ def test_status_says_where_each_run_stands_and_writes_nothing(tmp_path, capsys):
 
 def test_shared_warmup_runs_the_first_search_then_only_the_alpha_phase_of_the_others(tmp_path):
     """--shared_warmup: search s0 whole, then s1 from s0's kept warm-up checkpoint; s1's record says so."""
-    _protocol(tmp_path, "--search_variant", "full", "--searches", "2", "--shared_warmup", "--searches_only")
+    _protocol(tmp_path, "--searches", "2", "--shared_warmup", "--searches_only")
     results = tmp_path / "results" / "en-de-smoke"
-    first, second = (json.loads((results / f"search-full-s{s}.json").read_text()) for s in (0, 1))
+    first, second = (json.loads((results / f"search-s{s}.json").read_text()) for s in (0, 1))
     assert "warmup_from" not in first["search_summary"] and "--warmup_from" not in first["commands"][0]
-    assert second["search_summary"]["warmup_from"].endswith("search-full-s0/warmup/checkpoint-000002")
+    assert second["search_summary"]["warmup_from"].endswith("search-s0/warmup/checkpoint-000002")
     assert "--warmup_from" in second["commands"][0] and second["search_steps"] == 4
-    assert not (results / "searched-full-s0-t0.json").exists()  # --searches_only
+    assert not (results / "searched-s0-t0.json").exists()  # --searches_only

@@ -42,8 +42,8 @@ def test_every_committed_record_loads_and_saves_back_to_its_own_text(path, tmp_p
 
 def test_a_pairs_runs_searches_and_replicas():
     runs, searches = load_runs(RESULTS / "en-de")
-    assert [r.run for r in searches] == ["search-long-s0", "search-s0", "search-s1"]
-    assert {r.row for r in runs} == {"searched", "searched-long", "standard", "random"}
+    assert [r.run for r in searches] == ["search-fast-s0", "search-fast-s1", "search-long-s0", "search-s0", "search-s1"]
+    assert {r.row for r in runs} == {"searched", "searched-fast", "searched-long", "standard", "random"}
     pairs = replica_pairs(RESULTS / "en-de", runs)
     assert sorted((copy.run, original.run, copy.kind) for copy, original in pairs) == [
         ("searched-long-s0-t0-on-cpu", "searched-long-s0-t0", "replica"),
@@ -103,20 +103,46 @@ def test_require_names_what_a_reader_needs():
 CONFIG = ProtocolConfig.load(REPO / "configs" / "protocol" / "multi30k.yaml")
 
 
-def test_the_recipe_is_the_train_and_search_configs_at_the_protocols_budget():
-    train = yaml.safe_load((REPO / "configs" / "multi30k-en-de-train.yaml").read_text())
-    search = yaml.safe_load((REPO / "configs" / "multi30k-en-de-search.yaml").read_text())
-    r = CONFIG.recipe_for()
-    assert r["model"] == {f"--{k}": train[k] for k in ("d_model", "encoder_layers", "decoder_layers", "num_heads")}
-    assert all(r["train"][f"--{k}"] == train[k] for k in ("dropout", "lr", "warmup_steps", "max_tokens", "memory_mode",
-                                                           "save_every", "checkpoints_total_limit", "bleu_sentences"))
-    assert r["train"]["--max_steps"] == 4000 != train["max_steps"]  # the protocol's budget
-    assert r["average_last"] == r["train"]["--average_checkpoints"] == train["average_checkpoints"]
+def _flags(values: dict) -> list[str]:
+    return [x for k, v in values.items() for x in ([k] if v is None else [k, str(v)])]
+
+
+@pytest.mark.parametrize("pair", ["en-de", "en-fr", "en-cs"])
+def test_the_documented_configs_are_the_protocols_recipe(pair):
+    """The README's Multi30k commands (configs/multi30k-<pair>-{search,train}.yaml) run exactly the protocol's base
+    search and training: every setting the scripts parse is the same (data paths and seeds aside)."""
+    from testing.scripts import load_script
+
+    src, tgt = pair.split("-")
+    r, here = CONFIG.recipe_for(), ["--dataset", "d", "--output_dir", "o", "--src_lang", src, "--tgt_lang", tgt,
+                                    "--train_split", "train", "--eval_split", "val"]
+    for script, parse, proto, extra in (("search", "parse_search_args", {**r["model"], **r["search"]}, []),
+                                        ("train", "parse_train_args", {**r["model"], **r["train"]}, ["--genotype", "g"])):
+        parse = getattr(load_script(script), parse)
+        documented = parse([str(REPO / "configs" / f"multi30k-{pair}-{script}.yaml"), *here, *extra])
+        protocol = parse([*_flags(proto), *here, *extra])
+        assert documented == protocol, script
+    assert r["vocab_size"] == 8000 and r["train"]["--max_steps"] == 4000
+    assert r["average_last"] == r["train"]["--average_checkpoints"]
     assert list(r["train"])[-1] == "--average_checkpoints"
-    assert all(r["search"][f"--{k}"] == search[k] for k in ("tie_blocks", "max_steps", "arch_start_step", "selection"))
-    assert r["vocab_size"] == search["vocab_size"] == 8000
-    assert CONFIG.pairs["en-de"] == {"searches": 2, "seeds": 2, "random": 4}
+    assert CONFIG.pairs["en-de"] == {"searches": 3, "seeds": 2, "random": 4}
     assert CONFIG.recipe_for(max_steps=77)["train"]["--max_steps"] == 77 and CONFIG.recipe["train"]["--max_steps"] == 4000
+
+
+def test_the_variants_are_the_recipes_they_were_run_with():
+    """fast (the recipe documented until 2026-12) and long keep the flags their recorded runs had."""
+    base = {**CONFIG.recipe_for()["model"], **CONFIG.recipe_for()["search"]}
+    fast = {**base, **CONFIG.variant_flags("fast")}
+    assert (fast["--max_steps"], fast["--arch_start_step"], fast["--max_tokens"], fast["--lr"]) == (150, 30, 1500, 5e-4)
+    assert (fast["--warmup_sampling"], fast["--prune_below"], fast["--selection"]) == ("full", 0.0, "argmax")
+    long = {**base, **CONFIG.variant_flags("long")}
+    assert (long["--d_model"], long["--encoder_layers"], long["--max_steps"], long["--arch_start_step"]) == (96, 2, 1300, 1000)
+    assert (long["--warmup_sampling"], long["--selection"], base["--warmup_sampling"]) == ("full", "argmax", "single_path")
+    for name in ("search-fast-s0", "search-long-s0"):  # the recorded commands hold these flags
+        command = RunRecord.load(REPO / "benchmarks" / "results" / "en-fr" / f"{name}.json").commands[0]
+        variant = {"search-fast-s0": fast, "search-long-s0": long}[name]
+        implicit = ("--lr", "--warmup_sampling", "--prune_below", "--memory_mode")  # their defaults then
+        assert all(f"{k} {v} " in command + " " for k, v in variant.items() if k not in implicit), name
 
 
 def test_smoke_scale_and_variants_change_the_recipe():
@@ -127,7 +153,7 @@ def test_smoke_scale_and_variants_change_the_recipe():
     assert list(wide["model"].items()) == [("--d_model", 576), ("--encoder_layers", 6), ("--decoder_layers", 6),
                                            ("--num_heads", 8)]
     assert CONFIG.variant_flags("long")["--d_model"] == 96 and CONFIG.variant_flags("long", scale="wide")["--d_model"] == 288
-    assert CONFIG.variant_flags(None) == {} and CONFIG.variant_flags("long", smoke=True)["--max_steps"] == 4
+    assert CONFIG.variant_flags(None) == {} and CONFIG.variant_flags("fast", smoke=True)["--max_steps"] == 3
     drawn = random_genotype(CONFIG.recipe_for(), 3)
     assert drawn == random_genotype(CONFIG.recipe_for(), 3) and len(drawn.encoder) == 4
     assert "zero" not in drawn.to_json() and drawn.encoder[:2] == drawn.encoder[2:]  # a tied block of 2, stacked
@@ -137,7 +163,7 @@ def test_a_bad_protocol_config_is_refused_naming_the_file(tmp_path):
     text = (REPO / "configs" / "protocol" / "multi30k.yaml").read_text()
     cases = {
         "lacks": text.replace("evaluate: {num_beams", "evaluation: {num_beams"),
-        "neither in": text.replace("set: {max_steps: 4000, max_eval_examples: 500}", "set: {max_steps: 4000}"),
+        "neither in": text.replace("save_every, vocab_size, lr,", "save_every, vocab_size, lr, batch_size,"),
         "must give": text.replace("en-fr: {searches: 1, seeds: 1, random: 2}", "en-fr: {searches: 1, seeds: 1}"),
     }
     for message, content in cases.items():

@@ -119,4 +119,4 @@ def test_a_replicas_card_sits_in_the_row_of_the_run_it_repeats_and_refuses_anoth
     with pytest.raises(ValueError, match="is a en-fr run tested on test_2016_flickr, --eval_results e.json a en-de"):
         protocol.check_describes("en-de", "test_2016_flickr", 53.77, "--eval_results e.json")
     with pytest.raises(ValueError, match="lacks .*not a training run of benchmarks/search_quality.py"):
-        ProtocolRun.load(RESULTS / "en-fr" / "search-s0.json", REPO)
+        ProtocolRun.load(RESULTS / "en-fr" / "search-fast-s0.json", REPO)

@@ -145,7 +145,7 @@ def test_train_flags_are_checked_when_parsed(flags, error, message):
     (["--arch_lr", "0"], "--arch_lr must be a finite number > 0"),
     (["--tie_blocks", "-1"], "--tie_blocks must be a finite number >= 0"),
     (["--arch_start_step", "-1"], "--arch_start_step must be"),
-    (["--arch_start_step", "150"], r"--arch_start_step 150 >= --max_steps 150: α would never be updated"),
+    (["--arch_start_step", "1300"], r"--arch_start_step 1300 >= --max_steps 1300: α would never be updated"),
     (["--arch_split", "train"], "--arch_split train is the training split: α would be fit on the data θ trains on"),
 ])
 def test_search_flags_are_checked_before_any_work(script_data, tmp_path, flags, message):
@@ -211,6 +211,27 @@ def test_config_files_name_themselves(tmp_path):
     assert args.run.lr == 1e-3 and args.run.max_steps == 7 and args.run.overwrite_output_dir is True
     with pytest.raises(ValueError, match=r"ok\.yaml\) must be the first argument"):
         train_script.parse_train_args(["--output_dir", "o", str(tmp_path / "ok.yaml")])
+
+
+def test_a_config_file_extends_another(tmp_path):
+    """extends: the other file's values with this one's on top (the per-pair recipes); a loop or a bad value of
+    the base is named."""
+    (tmp_path / "base.yaml").write_text("output_dir: o\nlr: 1e-3\nmax_steps: 7\n")
+    (tmp_path / "pair.yaml").write_text("extends: base.yaml\nmax_steps: 9\n")
+    args = train_script.parse_train_args([str(tmp_path / "pair.yaml")])
+    assert (args.run.lr, args.run.max_steps, args.run.output_dir) == (1e-3, 9, "o")
+    assert train_script.parse_train_args([str(tmp_path / "pair.yaml"), "--max_steps", "3"]).run.max_steps == 3
+    (tmp_path / "loop.yaml").write_text("extends: loop2.yaml\n")
+    (tmp_path / "loop2.yaml").write_text("extends: loop.yaml\n")
+    with pytest.raises(ValueError, match=r"loop\.yaml extends itself"):
+        train_script.parse_train_args([str(tmp_path / "loop.yaml")])
+    (tmp_path / "bad.yaml").write_text("output_dir: o\nmax_steps: many\n")
+    (tmp_path / "child.yaml").write_text("extends: bad.yaml\n")
+    with pytest.raises(ValueError, match=r"bad\.yaml: --max_steps 'many'"):
+        train_script.parse_train_args([str(tmp_path / "child.yaml")])
+    (tmp_path / "gone.yaml").write_text("extends: nowhere.yaml\n")
+    with pytest.raises(FileNotFoundError, match="nowhere.yaml does not exist"):
+        train_script.parse_train_args([str(tmp_path / "gone.yaml")])
 
 
 # ---------------------------------------------------------------- publish and evaluate inputs, Hub-format data

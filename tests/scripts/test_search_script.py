@@ -44,7 +44,8 @@ def _script_args(data: Path, out: Path, steps: int = 6, **extra: str) -> list[st
         "--decoder_layers": "1", "--tie_blocks": "0", "--vocab_size": str(VOCAB), "--max_length": "12",
         "--max_tokens": "96", "--eval_batches": "2", "--warmup_steps": "2", "--arch_lr": "3e-2",
         "--lr": "1e-3", "--seed": "7", "--no_figures": "", "--num_threads": "1",
-        "--stop_share": "1.0", "--stop_argmax_fraction": "1.0",
+        "--stop_share": "1.0", "--stop_argmax_fraction": "1.0", "--arch_start_step": "0", "--warmup_sampling": "full",
+        "--prune_below": "0", "--selection": "argmax", "--max_train_examples": "6000",
     }
     args.update(extra)
     out_list = []
