@@ -200,6 +200,12 @@ def warmup_checkpoint(spec: str, arch_start_step: int) -> Path:
     return path
 
 
+def warmup_origin(path: Path) -> dict[str, Any]:
+    """What the search summary says of a shared warm-up: its checkpoint and, where it was timed, its seconds."""
+    seconds = json.loads((path / "train_state.json").read_text(encoding="utf-8")).get("train_seconds")
+    return {"warmup_from": str(path), **({"warmup_seconds": float(seconds)} if seconds else {})}
+
+
 def start_from_warmup(s: Search, spec: str) -> None:
     """θ, its Adam moments and learning-rate schedule from the shared warm-up; α (drawn at construction from
     this run's seed), the data order and the RNG stay this run's own, so α-phase seeds differ as separate
@@ -218,7 +224,7 @@ def start_from_warmup(s: Search, spec: str) -> None:
     set_seed(s.args.run.seed + s.args.search.arch_start_step)
     warmup = json.loads((path / "train_state.json").read_text(encoding="utf-8"))
     s.state.step, s.state.loss_reference = warmup["step"], dict(warmup.get("loss_reference", {}))
-    s.warmup = {"warmup_from": str(path), "warmup_seconds": float(warmup.get("train_seconds", 0.0))}
+    s.warmup = warmup_origin(path)
     logger.info(f"θ warm-up from {path} (step {s.state.step}); α, data order and RNG from --seed {s.args.run.seed}",
                 main_process_only=True)
 
@@ -486,6 +492,8 @@ def main(argv: list[str] | None = None) -> int:
     search = setup(args, texts, resume_path)
     if args.search.warmup_from is not None and resume_path is None:
         start_from_warmup(search, args.search.warmup_from)
+    elif args.search.warmup_from is not None:  # resumed: θ is past the warm-up, its origin still goes on record
+        search.warmup = warmup_origin(warmup_checkpoint(args.search.warmup_from, args.search.arch_start_step))
     try:
         search_loop(search)
     except NonFiniteError as e:
