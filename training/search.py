@@ -81,9 +81,11 @@ from hf_revdarts.training.training_utils import (
     shutdown,
     start_run,
     unscaled_backward,
+    warmup_checkpoint,
+    warmup_origin,
 )
 from hf_revdarts.utils.guards import NonFiniteError
-from hf_revdarts.utils.integrity import complete_checkpoints, load_state_checked
+from hf_revdarts.utils.integrity import load_state_checked
 
 logger = get_logger("revdarts.search")
 
@@ -180,30 +182,6 @@ def check_inputs(args: SearchArgs) -> tuple[Texts, Path | None]:
     if args.search.warmup_from is not None:
         warmup_checkpoint(args.search.warmup_from, args.search.arch_start_step)  # named now, not after set-up
     return texts, find_checkpoint(output_dir, resume, run.max_steps) if resume else None
-
-
-def warmup_checkpoint(spec: str, arch_start_step: int) -> Path:
-    """The θ warm-up --warmup_from names (a checkpoint folder, or a search folder whose ``warmup/`` holds one),
-    checked whole and ending at this run's --arch_start_step."""
-    path = Path(spec)
-    if not (path / "train_state.json").is_file():
-        kept = complete_checkpoints(path / "warmup")
-        if not kept:
-            raise FileNotFoundError(f"--warmup_from {spec}: neither a checkpoint folder nor a search folder with "
-                                    "a warmup/checkpoint-* (searches with --arch_start_step > 0 keep one)")
-        path = kept[-1]
-    path = find_checkpoint(path.parent, str(path))
-    step = json.loads((path / "train_state.json").read_text(encoding="utf-8"))["step"]
-    if step != arch_start_step:
-        raise ValueError(f"--warmup_from {spec}: its warm-up ends at step {step}, this run's α phase starts at "
-                         f"--arch_start_step {arch_start_step}; give the warm-up's value")
-    return path
-
-
-def warmup_origin(path: Path) -> dict[str, Any]:
-    """What the search summary says of a shared warm-up: its checkpoint and, where it was timed, its seconds."""
-    seconds = json.loads((path / "train_state.json").read_text(encoding="utf-8")).get("train_seconds")
-    return {"warmup_from": str(path), **({"warmup_seconds": float(seconds)} if seconds else {})}
 
 
 def start_from_warmup(s: Search, spec: str) -> None:

@@ -190,6 +190,30 @@ def find_checkpoint(output_dir: str | os.PathLike, spec: str, max_steps: int | N
     return path
 
 
+def warmup_checkpoint(spec: str, arch_start_step: int) -> Path:
+    """The θ warm-up --warmup_from names (a checkpoint folder, or a search folder whose ``warmup/`` holds one),
+    checked whole and ending at this run's --arch_start_step."""
+    path = Path(spec)
+    if not (path / "train_state.json").is_file():
+        kept = complete_checkpoints(path / "warmup")
+        if not kept:
+            raise FileNotFoundError(f"--warmup_from {spec}: neither a checkpoint folder nor a search folder with "
+                                    "a warmup/checkpoint-* (searches with --arch_start_step > 0 keep one)")
+        path = kept[-1]
+    path = find_checkpoint(path.parent, str(path))
+    step = json.loads((path / "train_state.json").read_text(encoding="utf-8"))["step"]
+    if step != arch_start_step:
+        raise ValueError(f"--warmup_from {spec}: its warm-up ends at step {step}, this run's α phase starts at "
+                         f"--arch_start_step {arch_start_step}; give the warm-up's value")
+    return path
+
+
+def warmup_origin(path: Path) -> dict[str, Any]:
+    """What the search summary says of a shared warm-up: its checkpoint and, where it was timed, its seconds."""
+    seconds = json.loads((path / "train_state.json").read_text(encoding="utf-8")).get("train_seconds")
+    return {"warmup_from": str(path), **({"warmup_seconds": float(seconds)} if seconds else {})}
+
+
 class _SharedTensorNote(logging.Filter):
     # safetensors cannot hold one tensor twice, so accelerate drops the tied copies (lm_head = embedding, the
     # α of tied layers) and says so at every checkpoint; load_state ties them again.
