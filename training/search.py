@@ -145,8 +145,9 @@ def parse_search_args(argv: list[str] | None = None) -> SearchArgs:
 
 
 # ---------------------------------------------------------------- set-up ------------------------------------
-def check_inputs(args: SearchArgs) -> tuple[Texts, Path | None]:
-    """Every input check before any work: output folder, search space, sizes, data, the checkpoint to resume."""
+def check_inputs(args: SearchArgs) -> tuple[Texts, Path | None, Path | None]:
+    """Every input check before any work: output folder, search space, sizes, data, the checkpoint to resume and
+    the warm-up to start from (both resolved and verified here, once)."""
     run = args.run
     check_output_dir(run.output_dir, run.overwrite_output_dir, run.resume_from_checkpoint, kind="search")
     if args.search.arch_start_step >= run.max_steps:
@@ -179,20 +180,19 @@ def check_inputs(args: SearchArgs) -> tuple[Texts, Path | None]:
     texts = Texts(train, arch, load_split(args.dataset, args.data.eval_split, args.data.max_eval_examples))
     output_dir = Path(args.run.output_dir)
     resume = args.run.resume_from_checkpoint
-    if args.search.warmup_from is not None:
-        warmup_checkpoint(args.search.warmup_from, args.search.arch_start_step)  # named now, not after set-up
-    return texts, find_checkpoint(output_dir, resume, run.max_steps) if resume else None
+    warmup = args.search.warmup_from
+    return (texts, find_checkpoint(output_dir, resume, run.max_steps) if resume else None,
+            warmup_checkpoint(warmup, args.search.arch_start_step) if warmup is not None else None)
 
 
-def start_from_warmup(s: Search, spec: str) -> None:
+def start_from_warmup(s: Search, path: Path) -> None:
     """θ, its Adam moments and learning-rate schedule from the shared warm-up; α (drawn at construction from
     this run's seed), the data order and the RNG stay this run's own, so α-phase seeds differ as separate
     searches would after the warm-up. Refuses a warm-up trained on another tokenizer's ids."""
-    path = warmup_checkpoint(spec, s.args.search.arch_start_step)
     ours = s.output_dir / "tokenizer" / "tokenizer.json"
     for theirs in (path.parent / "tokenizer" / "tokenizer.json", path.parent.parent / "tokenizer" / "tokenizer.json"):
         if theirs.is_file() and ours.is_file() and theirs.read_bytes() != ours.read_bytes():
-            raise ValueError(f"--warmup_from {spec}: its tokenizer ({theirs.parent}) is not this run's: the warm-up "
+            raise ValueError(f"--warmup_from {path}: its tokenizer ({theirs.parent}) is not this run's: the warm-up "
                              "learned other token ids; give the same --tokenizer")
     own_alpha = [a.detach().clone() for a in s.supernet.arch_parameters()]
     load_state_checked(s.accelerator, path)  # also restores the warm-up run's RNG states, reseeded below
@@ -466,12 +466,12 @@ def write_failure_summary(s: Search, error: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     args = parse_search_args(argv)
-    texts, resume_path = check_inputs(args)
+    texts, resume_path, warmup_path = check_inputs(args)
     search = setup(args, texts, resume_path)
-    if args.search.warmup_from is not None and resume_path is None:
-        start_from_warmup(search, args.search.warmup_from)
-    elif args.search.warmup_from is not None:  # resumed: θ is past the warm-up, its origin still goes on record
-        search.warmup = warmup_origin(warmup_checkpoint(args.search.warmup_from, args.search.arch_start_step))
+    if warmup_path is not None and resume_path is None:
+        start_from_warmup(search, warmup_path)
+    elif warmup_path is not None:  # resumed: θ is past the warm-up, its origin still goes on record
+        search.warmup = warmup_origin(warmup_path)
     try:
         search_loop(search)
     except NonFiniteError as e:

@@ -84,7 +84,6 @@ def load_model_folder(folder: str | os.PathLike) -> tuple[torch.nn.Module, Any]:
     return model.eval(), tokenizer
 
 
-@torch.no_grad()
 def translation_batches(sentences: Sequence[str], batch_size: int) -> list[list[int]]:
     """The batches ``translate`` makes, as sentence indices: blank sentences left out, the others sorted by length
     in characters (ties in order) so that padding stays small, cut into ``batch_size``. A batch's translations
@@ -93,6 +92,7 @@ def translation_batches(sentences: Sequence[str], batch_size: int) -> list[list[
     return [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
 
 
+@torch.no_grad()
 def translate(
     model: Any,
     tokenizer: Any,
