@@ -364,8 +364,10 @@ class Protocol:
 
         def here(run: RunRecord) -> bool:
             folder = REPO / run.work_dir
-            if self.args.zoo_steps:  # continued from its checkpoints, or already continued
-                return bool(complete_checkpoints(folder)) or (self.results / "zoo" / f"zoo-{run.run}.json").is_file()
+            if self.args.zoo_steps:  # continued from its checkpoints, or already continued here (a zoo record of
+                # a run continued on another machine does not put its model here)
+                continued = self.work / f"zoo-{run.run}"
+                return bool(complete_checkpoints(folder)) or (continued / "averaged" / "config.json").is_file()
             return (folder / "averaged" / "config.json").is_file()
 
         kind = self.args.zoo_kind
