@@ -26,36 +26,31 @@ length penalty (``training/evaluate.py``). Model selection and early decisions u
 split is translated once per run, at the end. The recipe (sizes, budgets, flags, search variants, scales) is
 ``configs/protocol/multi30k.yaml``; the records, comparisons and report are ``hf_revdarts.protocol``.
 
-Outputs, under ``--results_dir/<pair>/`` (default ``benchmarks/results``; paths inside are relative to the
-repository): one ``<run>.json`` per search/training run (+ ``<run>.test.txt``, its test translations),
-``summary.json`` and ``summary.md`` (mean ± std per kind, parameters, updates, wall and CPU time, paired
-bootstrap searched vs standard) and ``bleu_per_kind.png``. Working folders (checkpoints, logs) go under
-``--work_dir`` (default ``runs/protocol``, ignored by git).
+Outputs, under ``--results_dir/<pair>/`` (default ``benchmarks/results``): one ``<run>.json`` per run (+
+``<run>.test.txt``, its test translations), ``summary.json``/``.md`` (mean ± std per kind, parameters, updates, wall
+and CPU time, paired bootstrap) and ``bleu_per_kind.png``; checkpoints and logs under ``--work_dir`` (not in git).
 
 ``--search_variant NAME`` runs the searches of a variant of the search recipe (what was tried to make the
 search win) and trains their genotypes with the same recipe, as runs ``search-NAME-s*`` and
 ``searched-NAME-s*-t*``; the standard and random runs are the base protocol's, so the variant gets a row and a
 paired bootstrap of its own in the same table.
 
-``--replicate RUN`` trains a finished run again with its own command (genotype, seed, recipe) on this
-machine, into ``replicas/<RUN>-on-<cpu|gpu>.json``, and the summary sets the two side by side: when the kinds of
-a table were trained on different machines, this says whether a gap is the genotype's or the machine's (CPU
-and CUDA draw different dropout masks from one seed and run different kernels).
+``--replicate RUN`` trains a finished run again with its own command on this machine, into
+``replicas/<RUN>-on-<cpu|gpu>.json``, beside it in the summary: whether a gap is the genotype's or the machine's.
 
 ``--publish`` then builds the pair's zoo entry: the searched run whose averaged model has the lowest validation
 loss goes through ``training/publish.py`` into ``model_cards/revdarts-multi30k-<pair>/``, the complete Hub folder
 (weights, tokenizer, code, card with this protocol's comparison table and the run's commands) that the repository
 ships; ``--zoo_kind standard`` publishes the standard Transformer of the same recipe as
 ``revdarts-multi30k-<pair>-standard``. With ``--zoo_steps N`` that run is first trained longer, from its last
-checkpoint to N updates with the same recipe (``zoo/zoo-<run>.json``), and the longer-trained model is published.
+checkpoint to N updates with the same recipe (``zoo/zoo-<run>.json``), its beam size and length penalty chosen on
+``val`` (the config's ``zoo_decoding`` grid, ``training/tune_decoding.py``), and that model is published.
 Only a run whose model is on this machine can be published: ``--rebuild RUN`` trains a recorded run again into its
 own work folder from its record alone (a fresh clone has the records, not the weights; its new record goes to
 ``rebuilt/`` and should show the same test BLEU), and ``--replicate`` trains a GPU run again here as a new run.
 
-Resumable: a run whose ``<run>.json`` exists is skipped; an interrupted training run continues from its
-latest checkpoint (``--resume_from_checkpoint latest``), an interrupted search likewise. The summary is rebuilt
-after every finished run, so it always holds what has finished; run the same command again until every run has.
-The pairs can run in separate sittings or in parallel.
+Resumable: a run whose ``<run>.json`` exists is skipped; an interrupted run continues from its latest checkpoint.
+The summary is rebuilt after every finished run; run the same command again until every run has.
 """
 
 from __future__ import annotations
@@ -194,10 +189,10 @@ class Protocol:
         return record
 
     def train(self, name: str, kind: str, genotype: str, seed: int, meta: dict[str, Any], results: Path | None = None,
-              max_steps: int | None = None, start_from: Path | None = None) -> None:
+              max_steps: int | None = None, start_from: Path | None = None, tune: bool = False) -> None:
         """Train (or resume) run ``name`` with the recipe, average, translate the test split once, record it.
-        ``meta``: record fields of its kind; ``max_steps``/``start_from``: a longer budget, continuing another
-        run's checkpoint (the zoo)."""
+        ``meta``: record fields of its kind; ``max_steps``/``start_from``: a longer budget, continuing another run's
+        checkpoint (the zoo), ``tune``: decoding chosen on val (``zoo_decoding``)."""
         results = results or self.results
         result = results / f"{name}.json"
         max_steps = max_steps or int(self.recipe["train"]["--max_steps"])
@@ -230,10 +225,19 @@ class Protocol:
                 raise RuntimeError(f"{rel(out)}: train.py finished without writing averaged/ (--average_checkpoints)")
             timing["averaged_checkpoints"] = (summary.get("averaged") or {}).get("checkpoints")
             self.timing(out, timing)
-        test_json = out / "eval_test.json"
+        test_json, tuned, decoding = out / "eval_test.json", out / "decoding.json", self.recipe["evaluate"]
+        if tune and self.recipe["zoo_decoding"] and not test_json.is_file() and not tuned.is_file():
+            shared = {k: v for k, v in decoding.items() if k in ("--max_new_tokens", "--max_examples")}
+            flags = [*self.data_flags(), "--model", rel(out / "averaged"), "--split", self.splits["val"],
+                     "--output", rel(tuned), *flag_list({**shared, **self.recipe["zoo_decoding"]}), *self.threads()]
+            self.run("tune_decoding.py", flags, log, timing, "tune")
+            self.timing(out, timing)
+        if tune and self.recipe["zoo_decoding"]:
+            decoding = {**{k: v for k, v in decoding.items() if k not in ("--num_beams", "--length_penalty")},
+                        "--decoding": rel(tuned)}
         if not test_json.is_file():
             flags = [*self.data_flags(), "--model", rel(out / "averaged"), "--split", self.splits["test"],
-                     "--output", rel(test_json), *flag_list(self.recipe["evaluate"]), *self.threads()]
+                     "--output", rel(test_json), *flag_list(decoding), *self.threads()]
             self.run("evaluate.py", flags, log, timing, "evaluate")
             self.timing(out, timing)
         if self.args.dry_run:
@@ -354,7 +358,8 @@ class Protocol:
                                              "replica_of", "replica_of_kind")}
         self.train(f"zoo-{run.run}", run.kind, self.plan.genotype_of(run), run.train_seed,
                    {**meta, "continues": run.run, "protocol_summary": rel(self.results / "summary.json")},
-                   results=self.results / "zoo", max_steps=steps, start_from=checkpoints[-1] if checkpoints else None)
+                   results=self.results / "zoo", max_steps=steps, start_from=checkpoints[-1] if checkpoints else None,
+                   tune=True)
         return RunRecord.load(result)
 
     def zoo_candidate(self) -> RunRecord:

@@ -19,6 +19,7 @@ search_script = load_script("search")
 evaluate_script = load_script("evaluate")
 publish_script = load_script("publish")
 rescore_script = load_script("rescore")
+tune_script = load_script("tune_decoding")
 
 TINY = ["--d_model", "48", "--num_heads", "2", "--vocab_size", "300", "--max_tokens", "400", "--max_length", "24",
         "--warmup_steps", "4", "--lr", "3e-3", "--bleu_sentences", "8", "--num_threads", "1",

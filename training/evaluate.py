@@ -21,12 +21,13 @@ from typing import Any
 
 import torch
 
+from hf_revdarts.evaluation.decoding import read_decoding
 from hf_revdarts.evaluation.translation import evaluate_translation, load_model_folder
 from hf_revdarts.training.arguments import DatasetArguments, parse_args
 from hf_revdarts.training.cli import run_script
 from hf_revdarts.training.model_health import check_model_health
 from hf_revdarts.training.training_utils import atomic_write_json, load_split, remove_stale_temporaries
-from hf_revdarts.utils.integrity import fingerprint_model_folder
+from hf_revdarts.utils.integrity import check_fingerprint, fingerprint_model_folder
 
 
 @dataclass
@@ -42,6 +43,12 @@ class EvaluateArguments:
     batch_size: int = field(default=32, metadata={"help": "sentences per generate call"})
     output: str | None = field(default=None, metadata={"help": "JSON results file (default: <model>/eval_<split>.json)"})
     num_threads: int = field(default=0, metadata={"help": "torch threads (0: torch's default)"})
+    decoding: str | None = field(default=None, metadata={
+        "help": "the beam size and length penalty chosen on another split by training/tune_decoding.py (its JSON); "
+                "replaces --num_beams and --length_penalty"})
+
+    # What --decoding chose, and on which split (recorded with the scores).
+    tuned: dict[str, Any] | None = field(default=None, init=False)
 
     def __post_init__(self) -> None:
         # Checked before any data is read or any model loaded (generate and sacreBLEU fail deep inside otherwise).
@@ -80,6 +87,22 @@ class EvaluateArguments:
                 f"--output {output} exists and is not a result of evaluate.py (no bleu_signature in it): refusing "
                 "to overwrite it; give another --output"
             )
+        if self.decoding is not None:
+            self._take_decoding()
+
+    def _take_decoding(self) -> None:
+        """The tuned setting, from a tuning of this very model on another split than the one scored."""
+        if (self.num_beams, self.length_penalty) != (4, 1.0):
+            raise ValueError(f"--decoding {self.decoding} gives the beam size and length penalty: leave out --num_beams "
+                             f"{self.num_beams} and --length_penalty {self.length_penalty:g}")
+        tuned = read_decoding(self.decoding)
+        if tuned["split"] == self.split:
+            raise ValueError(f"--decoding {self.decoding} was chosen on {self.split}, the split to score: a score on "
+                             "the split the decoding was tuned on is not a held-out score; tune on val")
+        check_fingerprint(self.model, tuned.get("fingerprint"), what=f"the decoding tuned in --decoding {self.decoding}")
+        self.num_beams, self.length_penalty = tuned["chosen"]["num_beams"], tuned["chosen"]["length_penalty"]
+        self.tuned = {"file": str(self.decoding), "split": tuned["split"], "chosen_by": tuned.get("chosen_by"),
+                      "chosen": tuned["chosen"], "grid": tuned.get("grid")}
 
 
 def check_direction(data: DatasetArguments, args: EvaluateArguments) -> None:
@@ -127,6 +150,7 @@ def write_results(
         "src_lang": data.src_lang,
         "tgt_lang": data.tgt_lang,
         **scores,
+        **({"decoding": args.tuned} if args.tuned else {}),
     }
     output = Path(args.output) if args.output else Path(args.model) / f"eval_{args.split}.json"
     output.parent.mkdir(parents=True, exist_ok=True)

@@ -111,6 +111,24 @@ def _names(results: dict[str, Any], args: PublishArguments) -> tuple[str, str]:
     return args.model_name or Path(args.output_dir).name, args.dataset_id or Path(results["dataset"]).name
 
 
+def decoding_line(results: dict[str, Any]) -> str:
+    """How the card's figures were decoded, and where that setting was chosen (``evaluate.py --decoding``)."""
+    beams, penalty = results.get("num_beams"), results.get("length_penalty", 1.0)
+    line = (f"beam search with {beams} beams, length penalty {penalty:g}" if beams and beams > 1 else "greedy search"
+            ) + f", at most {results.get('max_new_tokens', 64)} new tokens"
+    tuned = results.get("decoding")
+    if tuned:
+        grid = tuned.get("grid") or []
+        recipe = next((g for g in grid if (g["num_beams"], g["length_penalty"]) == (4, 1.0)), None)
+        line += (f"; chosen on the {tuned['split']} split among {len(grid)} settings (beams "
+                 f"{'/'.join(str(b) for b in sorted({g['num_beams'] for g in grid}))}, length penalties "
+                 f"{'/'.join(f'{p:g}' for p in sorted({g['length_penalty'] for g in grid}))}) by its BLEU")
+        chosen = (tuned.get("chosen") or {}).get("bleu")
+        if recipe is not None and chosen is not None:
+            line += f": {chosen:.2f} there, against {recipe['bleu']:.2f} with 4 beams and length penalty 1"
+    return line + ". The folder's `generation_config.json` holds this setting, so a plain `generate` decodes so."
+
+
 def build_card(model: Any, results: dict[str, Any], args: PublishArguments, extra: dict[str, Any]) -> Any:
     """The model card (``huggingface_hub.ModelCard``) from the template in model_cards/."""
     from huggingface_hub import EvalResult, ModelCard, ModelCardData
@@ -170,6 +188,7 @@ def build_card(model: Any, results: dict[str, Any], args: PublishArguments, extr
         bleu=f"{results['bleu']:.2f}",
         chrf=f"{results['chrf']:.2f}",
         bleu_signature=sig,
+        decoding=decoding_line(results),
         dataset_description=args.dataset_description or f"{dataset_name} ({src}→{tgt})",
         search_cost=extra["search_cost"],
         train_cost=extra["train_cost"],
@@ -249,6 +268,12 @@ def write_folder(model: Any, tokenizer: Any, card: Any, results: dict[str, Any],
     ``provenance``: what eval_results.json records beside the scores so the folder can be checked against its
     card (the card's example) and its protocol run (the run's record and committed test translations)."""
     name, dataset_name = _names(results, args)
+    # A plain generate() or pipeline("translation") of the folder decodes as the card's figures were measured.
+    gen, beams = model.generation_config, results.get("num_beams")
+    if beams:
+        gen.num_beams, gen.max_new_tokens = beams, results.get("max_new_tokens", gen.max_new_tokens)
+        if beams > 1:
+            gen.length_penalty = results.get("length_penalty", 1.0)
     with atomic_folder(Path(args.output_dir), overwrite=True) as tmp:
         model.save_pretrained(tmp)
         save_tokenizer(tokenizer, tmp)

@@ -122,7 +122,8 @@ def training_record(name: str, kind: str, pair: str, seed: int, meta: dict[str, 
               "num_beams": test.get("num_beams"), "length_penalty": test.get("length_penalty"),
               **{k: test[k] for k in ("bleu", "bleu_signature", "bleu_lowercase", "bleu_lowercase_signature")},
               "chrf": test.get("chrf"), "chrf_signature": test.get("chrf_signature"),
-              "sentences": len(test["hypotheses"]), "hypotheses": hypotheses},
+              "sentences": len(test["hypotheses"]), "hypotheses": hypotheses,
+              **({"decoding": test["decoding"]} if test.get("decoding") else {})},
         dataset=dataset, work_dir=work_dir, **timing_fields(timing))
 
 

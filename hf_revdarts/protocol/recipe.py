@@ -22,6 +22,7 @@ from ..model.genotype import Genotype
 
 SIZES = ("searches", "seeds", "random")
 SECTIONS = ("dataset", "pairs", "splits", "train", "search", "evaluate", "search_variants", "scales", "smoke")
+OPTIONAL = ("zoo_decoding",)
 
 
 def dashed(values: Mapping[str, Any]) -> dict[str, Any]:
@@ -30,10 +31,10 @@ def dashed(values: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def flag_list(flags: Mapping[str, Any]) -> list[str]:
-    """Flags as command-line words; a ``None`` value is a flag without a value."""
+    """Flags as command-line words; a ``None`` value is a flag without a value, a list one with several."""
     out: list[str] = []
     for key, value in flags.items():
-        out += [key] if value is None else [key, str(value)]
+        out += [key] if value is None else [key, *map(str, value)] if isinstance(value, list) else [key, str(value)]
     return out
 
 
@@ -80,7 +81,7 @@ class ProtocolConfig:
         path = Path(path)
         data = _read_yaml(path)
         missing = [s for s in SECTIONS if s not in data]
-        unknown = [s for s in data if s not in SECTIONS]
+        unknown = [s for s in data if s not in SECTIONS + OPTIONAL]
         if missing or unknown:
             raise ValueError(f"{path}: " + "; ".join(
                 ([f"lacks {', '.join(missing)}"] if missing else []) + ([f"unknown {', '.join(unknown)}"] if unknown else [])))
@@ -100,12 +101,13 @@ class ProtocolConfig:
             "train": train_flags,
             "search": search_flags,
             "evaluate": dashed(data["evaluate"]),
+            "zoo_decoding": dashed(data.get("zoo_decoding") or {}),
         }
         scales = {name: {"model": dashed(s.get("model", {})),
                          "search_variants": {v: dashed(f) for v, f in s.get("search_variants", {}).items()}}
                   for name, s in data["scales"].items()}
         smoke = dict(data["smoke"])
-        for key in ("model", "train", "search", "evaluate"):
+        for key in ("model", "train", "search", "evaluate", "zoo_decoding"):
             smoke[key] = dashed(smoke.get(key, {}))
         smoke["search_variants"] = {v: dashed(f) for v, f in smoke.get("search_variants", {}).items()}
         return cls(path=path, dataset=data["dataset"], pairs=data["pairs"], splits=data["splits"], recipe=recipe,
@@ -120,6 +122,7 @@ class ProtocolConfig:
                 r[key] = copy.deepcopy(self.smoke[key])
             r["train"].update(self.smoke["train"])
             r["evaluate"].update(self.smoke["evaluate"])
+            r["zoo_decoding"].update(self.smoke["zoo_decoding"])
             r["search"] = copy.deepcopy(self.smoke["search"])
         if scale:
             r["model"].update(self.scales[scale]["model"])

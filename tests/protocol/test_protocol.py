@@ -123,6 +123,12 @@ def test_smoke_protocol_runs_every_kind_and_resumes(tmp_path):
     assert best["continues"] == chosen["run"] and best["updates"] == 8 and best["genotype"] == chosen["genotype"]
     assert f"--resume_from_checkpoint {chosen['work_dir']}/checkpoint-000004" in best["commands"][0]
     assert "--max_steps 8" in best["commands"][0]
+    # Its decoding is chosen on val over the config's grid, and the test split translated once, with the choice.
+    tune, evaluate = best["commands"][1:]
+    assert tune.startswith("python training/tune_decoding.py") and "--split val" in tune
+    assert "--num_beams 2 --length_penalty 0.8 1.0" in tune and "--decoding" in evaluate and "--num_beams" not in evaluate
+    assert best["test"]["decoding"]["split"] == "val" and len(best["test"]["decoding"]["grid"]) == 2
+    assert best["test"]["length_penalty"] == best["test"]["decoding"]["chosen"]["length_penalty"]
     card = cards / "revdarts-smoke-en-de"
     assert {"README.md", "eval_results.json", "genotype.png", "model.safetensors", "config.json", "tokenizer.json",
             "modeling_revdarts.py"} <= {p.name for p in card.iterdir()}  # the complete Hub folder, in the zoo
@@ -146,7 +152,10 @@ def test_smoke_protocol_runs_every_kind_and_resumes(tmp_path):
     tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=True)
     sources = load_parallel_text(REPO / "samples" / "en-de", "en", "de", "test", None, 8)[0]
     expected = (results / "zoo" / f"{best['run']}.test.txt").read_text().split("\n")[:8]
-    assert translate(model.eval(), tokenizer, sources, num_beams=2, max_new_tokens=16) == expected
+    assert translate(model.eval(), tokenizer, sources, num_beams=2, max_new_tokens=16,
+                     length_penalty=best["test"]["length_penalty"]) == expected
+    assert "chosen on the val split among 2 settings" in text
+    assert model.generation_config.length_penalty == best["test"]["length_penalty"]  # a plain generate decodes so
     assert {run: (results / f"{run}.json").read_text() for run in RUNS} == first  # publishing trains nothing
 
     # Interrupt the standard run after its first checkpoint: results, summary, final checkpoint gone.
@@ -450,3 +459,29 @@ def test_shared_warmup_runs_the_first_search_then_only_the_alpha_phase_of_the_ot
     assert second["search_summary"]["warmup_from"].endswith("search-s0/warmup/checkpoint-000002")
     assert "--warmup_from" in second["commands"][0] and second["search_steps"] == 4
     assert not (results / "searched-s0-t0.json").exists()  # --searches_only
+
+
+def test_a_zoo_record_of_a_run_continued_elsewhere_does_not_put_its_model_here(tmp_path):
+    """With --zoo_steps a run counts as here when its checkpoints are (to continue them) or its continuation's model
+    is; the zoo record of a continuation trained on a lent GPU is neither, and publishing it would fail late."""
+    sq = _load_protocol_module()
+    args = sq.parse_args(["--publish", "--zoo_steps", "8000", "--work_dir", str(tmp_path / "work"),
+                          "--results_dir", str(tmp_path / "results")])
+    protocol = sq.Protocol(args)
+    (protocol.results / "zoo").mkdir(parents=True)
+
+    def run(name: str, val_loss: float) -> dict[str, Any]:
+        return {"run": name, "kind": "searched", "search": "search-s0", "train_seed": 0, "updates": 4000,
+                "val_averaged": {"val_loss": val_loss}, "work_dir": str(tmp_path / "work" / name)}
+
+    for record in (run("searched-s0-t0", 2.90), run("searched-s1-t0", 2.80)):
+        (protocol.results / f"{record['run']}.json").write_text(json.dumps(record))
+    (protocol.results / "zoo" / "zoo-searched-s1-t0.json").write_text("{}")  # continued on another machine
+    checkpoint = tmp_path / "work" / "searched-s0-t0" / "checkpoint-004000"
+    checkpoint.mkdir(parents=True)
+    (checkpoint / "train_state.json").write_text("{}")  # written last: a complete checkpoint
+    assert protocol.zoo_candidate().run == "searched-s0-t0"  # s1 ranks first, but nothing of it is here
+    averaged = protocol.work / "zoo-searched-s1-t0" / "averaged"  # its continuation's model, here after all
+    averaged.mkdir(parents=True)
+    (averaged / "config.json").write_text("{}")
+    assert protocol.zoo_candidate().run == "searched-s1-t0"
