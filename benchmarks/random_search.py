@@ -26,13 +26,11 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
-import shlex
 import sys
 from pathlib import Path
 from typing import Any
 
-from hf_revdarts.protocol.execution import Jobs, joint_tokenizer, machine, run_logged
+from hf_revdarts.protocol.execution import Jobs, joint_tokenizer, machine, run_script
 from hf_revdarts.protocol.halving import halving_schedule, schedule_updates, survivors
 from hf_revdarts.protocol.recipe import ProtocolConfig, flag_list, random_genotype
 from hf_revdarts.protocol.record import repo_path
@@ -69,13 +67,9 @@ class RandomSearch:
         return name, path
 
     def script(self, script: str, flags: list[str], log: Path, stage: str) -> None:
-        shown = " ".join(shlex.quote(c) for c in ["python", f"training/{script}", *flags])
-        self.timing["commands"].append(shown)
+        shown = run_script(REPO, script, flags, log, self.timing, stage, self.args.dry_run)
         if self.args.dry_run:
             print(shown)
-            return
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep))
-        run_logged([sys.executable, str(REPO / "training" / script), *flags], shown, log, REPO, env, stage, self.timing)
 
     def train(self, name: str, genotype: Path, budget: int, final: bool) -> None:
         """Train (or continue) candidate ``name`` to ``budget`` updates; the final rung averages its checkpoints."""

@@ -58,8 +58,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
-import shlex
 import sys
 import threading
 from pathlib import Path
@@ -69,7 +67,7 @@ from hf_revdarts.protocol.execution import (
     Jobs,
     joint_tokenizer,
     machine_kind,
-    run_logged,
+    run_script,
     search_record,
     training_record,
 )
@@ -81,7 +79,6 @@ from hf_revdarts.utils.atomic import atomic_write_json, atomic_write_text
 from hf_revdarts.utils.integrity import complete_checkpoints
 
 REPO = Path(__file__).resolve().parents[1]
-TRAINING = REPO / "training"
 CONFIG = ProtocolConfig.load(REPO / "configs" / "protocol" / "multi30k.yaml")
 logger = logging.getLogger("search_quality")
 
@@ -129,15 +126,9 @@ class Protocol:
 
     def run(self, script: str, flags: list[str], log: Path, timing: dict[str, Any], stage: str) -> None:
         """Run a training script (a dry run prints its command); its command and time go into ``timing``."""
-        shown = " ".join(shlex.quote(c) for c in ["python", f"training/{script}", *flags])
-        timing.setdefault("commands", []).append(shown)
+        shown = run_script(REPO, script, flags, log, timing, stage, self.args.dry_run)
         if self.args.dry_run:
             print(shown)
-            return
-        logger.info("%s: %s", stage, shown)
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
-        run_logged([sys.executable, str(TRAINING / script), *flags], shown, log, REPO, env, stage, timing)
 
     @staticmethod
     def restart_flags(out: Path) -> list[str]:

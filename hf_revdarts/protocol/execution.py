@@ -7,7 +7,9 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shlex
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -91,6 +93,21 @@ def run_logged(command: list[str], shown: str, log: Path, cwd: Path, env: dict[s
     t = timing.setdefault(stage, {"wall_seconds": 0.0, "cpu_seconds": 0.0})
     t["wall_seconds"] = round(t["wall_seconds"] + time.time() - start, 1)
     t["cpu_seconds"] = round(t["cpu_seconds"] + usage.ru_utime + usage.ru_stime, 1)
+
+
+def run_script(repo: Path, script: str, flags: list[str], log: Path, timing: dict[str, Any], stage: str,
+               dry_run: bool = False) -> str:
+    """Run ``training/<script>`` of ``repo`` with ``flags`` (``run_logged``; the repository's package first on the
+    path), its command added to ``timing["commands"]``. Returns the command as shown; a dry run only returns it."""
+    shown = " ".join(shlex.quote(c) for c in ["python", f"training/{script}", *flags])
+    timing.setdefault("commands", []).append(shown)
+    if dry_run:
+        return shown
+    logger.info("%s: %s", stage, shown)
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(repo), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    run_logged([sys.executable, str(repo / "training" / script), *flags], shown, log, repo, env, stage, timing)
+    return shown
 
 
 def timing_fields(timing: dict[str, Any]) -> dict[str, Any]:
