@@ -13,7 +13,7 @@ One command per language pair (Multi30k, ``../shared/data/multi30k`` relative to
     python benchmarks/search_quality.py --pair en-de --search_variant long     # a variant of the search
     python benchmarks/search_quality.py --pair en-de --replicate random-r0    # a finished run again, here
     python benchmarks/search_quality.py --pair en-de --rebuild standard-t0     # a recorded run's model, here
-    python benchmarks/search_quality.py --pair en-de --publish           # then the zoo: model_cards/<name>/
+    python benchmarks/search_quality.py --pair en-de --publish           # the zoo, from finished runs: model_cards/<name>/
     python benchmarks/search_quality.py --pair en-de --scale wide --jobs 9   # d=576, 6+6, on a GPU: <pair>-wide/
 
 For a pair it (1) trains one joint tokenizer shared by every run, (2) runs S searches (seeds 0..S-1,
@@ -38,10 +38,10 @@ paired bootstrap of its own in the same table.
 ``--replicate RUN`` trains a finished run again with its own command on this machine, into
 ``replicas/<RUN>-on-<cpu|gpu>.json``, beside it in the summary: whether a gap is the genotype's or the machine's.
 
-``--publish`` then builds the pair's zoo entry: the searched run whose averaged model has the lowest validation
-loss goes through ``training/publish.py`` into ``model_cards/revdarts-multi30k-<pair>/``, the complete Hub folder
-(weights, tokenizer, code, card with this protocol's comparison table and the run's commands) that the repository
-ships; ``--zoo_kind standard`` publishes the standard Transformer of the same recipe as
+``--publish`` builds the pair's zoo entry from the finished runs (it starts none of the plan's missing runs): the
+searched run whose averaged model has the lowest validation loss goes through ``training/publish.py`` into
+``model_cards/revdarts-multi30k-<pair>/``, the complete Hub folder (weights, tokenizer, code, card with this
+protocol's comparison table and the run's commands) that the repository ships; ``--zoo_kind standard`` publishes the standard Transformer of the same recipe as
 ``revdarts-multi30k-<pair>-standard``. With ``--zoo_steps N`` that run is first trained longer, from its last
 checkpoint to N updates with the same recipe (``zoo/zoo-<run>.json``), its beam size and length penalty chosen on
 ``val`` (the config's ``zoo_decoding`` grid, ``training/tune_decoding.py``), and that model is published.
@@ -254,7 +254,8 @@ class Protocol:
     # ---- the protocol ------------------------------------------------------------------------------------
     def execute(self) -> dict[str, Any] | None:
         """The searches (waited for: their genotypes are trained), then every training run of the plan; with
-        ``--replicate``, only those runs again. Then the summary, and the zoo with ``--publish``."""
+        ``--replicate``/``--rebuild``, only those runs again. Then the summary; with ``--publish`` only the summary
+        and the zoo, from the runs that have finished."""
         self.work.mkdir(parents=True, exist_ok=True)
         self.results.mkdir(parents=True, exist_ok=True)
         self.tokenizer()
@@ -264,7 +265,7 @@ class Protocol:
                 jobs.submit(self.replicate, run)
             for run in self.args.rebuild:
                 jobs.submit(self.rebuild, run)
-        else:
+        elif not self.args.publish:  # the zoo is made of finished runs: publishing starts none of the plan's
             searches: dict[int, RunRecord | None] = {}
             if self.args.shared_warmup and self.sizes["searches"] > 0:
                 searches[0] = self.search(0)  # its warm-up, before the seeds that start from it
@@ -438,8 +439,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="run the searches of this variant of the search recipe (the config's search_variants) and "
                         "train their genotypes; the standard and random runs are the base protocol's")
     p.add_argument("--publish", action="store_true",
-                   help="then publish the searched run with the lowest validation loss (training/publish.py, with the "
-                        "protocol's comparison in its card) and put its card in --model_cards_dir")
+                   help="publish the finished searched run with the lowest validation loss (training/publish.py, with "
+                        "the protocol's comparison in its card) into --model_cards_dir; runs none of the plan's runs")
     p.add_argument("--zoo_steps", type=int, default=None,
                    help="with --publish: first train that run longer, from its last checkpoint to this many updates with "
                         "the same recipe (run zoo-<run>, results in zoo/), and publish that model")

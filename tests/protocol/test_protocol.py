@@ -485,3 +485,20 @@ def test_a_zoo_record_of_a_run_continued_elsewhere_does_not_put_its_model_here(t
     averaged.mkdir(parents=True)
     (averaged / "config.json").write_text("{}")
     assert protocol.zoo_candidate().run == "searched-s1-t0"
+
+
+def test_publish_starts_none_of_the_plans_missing_runs(tmp_path, monkeypatch):
+    """The zoo is made of finished runs: with a search seed or a training of the plan still missing (en-de plans S=3,
+    T=2), --publish publishes what has finished instead of first starting hours of other runs."""
+    sq = _load_protocol_module()
+    args = sq.parse_args(["--pair", "en-de", "--publish", "--work_dir", str(tmp_path / "work"),
+                          "--results_dir", str(tmp_path / "results")])
+    protocol = sq.Protocol(args)
+    published = []
+    monkeypatch.setattr(sq.Protocol, "tokenizer", lambda self: tmp_path / "tok")
+    monkeypatch.setattr(sq.Protocol, "search", lambda *a: pytest.fail("--publish started a search"))
+    monkeypatch.setattr(sq.Protocol, "train", lambda *a, **k: pytest.fail("--publish started a training"))
+    monkeypatch.setattr(sq.Protocol, "summarize", lambda self: {"kinds": {}})
+    monkeypatch.setattr(sq.Protocol, "publish", lambda self: published.append(self.pair))
+    protocol.execute()
+    assert published == ["en-de"]
