@@ -46,6 +46,9 @@ class ProtocolRun:
             summary_path = path.parent.parent / "summary.json" if run.replica_of else path.parent / "summary.json"
         results = summary_path.parent
         continued = find_run(results, run.continues, "the continued run") if run.continues else None
+        if continued is not None and (results / "rebuilt" / f"{continued.run}.json").is_file():
+            # Trained again here from its record (--rebuild) before it was continued: that sitting is the first part.
+            continued = RunRecord.load(results / "rebuilt" / f"{continued.run}.json")
         copied = run.replica_of or (continued.replica_of if continued else None)
         original = find_run(results, copied, "the replicated run") if copied else None
         search_name = run.search or (original.search if original else None)

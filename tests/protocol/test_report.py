@@ -107,6 +107,21 @@ def test_a_zoo_runs_card_names_the_run_it_continues_its_search_and_both_sittings
         "6 steps, 1.0 min on 1 process(es)"
 
 
+def test_a_zoo_run_continuing_a_rebuilt_run_counts_the_rebuild_as_its_first_sitting():
+    """En→Cs: the protocol run was trained in an earlier sitting, trained again here from its record (--rebuild),
+    then continued to 8000 updates: the card's first part is the rebuild that was continued, not the first run."""
+    path = RESULTS / "en-cs" / "zoo" / "zoo-searched-long-s0-t0.json"
+    protocol = ProtocolRun.load(path, REPO)
+    rebuilt = json.loads((RESULTS / "en-cs" / "rebuilt" / "searched-long-s0-t0.json").read_text())
+    assert protocol.continued.source == RESULTS / "en-cs" / "rebuilt" / "searched-long-s0-t0.json"
+    zoo = json.loads(path.read_text())
+    cost = training_cost({"steps": 8000, "train_seconds": zoo["train_seconds"]}, protocol)
+    first, more = rebuilt["train_seconds"] / 60, (zoo["train_seconds"] - rebuilt["train_seconds"]) / 60
+    assert f"the first 4000 on CPU: 2 cores ({first:.1f} min), the 4000 more on CPU: 2 cores ({more:.1f} min)" in cost
+    assert 50 < more < 80  # the continuation's own hour, not the difference to another sitting's time
+    assert protocol.continued.commands[0] in protocol.comparison()[1]
+
+
 def test_a_replicas_card_sits_in_the_row_of_the_run_it_repeats_and_refuses_another_models_scores():
     protocol = ProtocolRun.load(RESULTS / "en-fr" / "replicas" / "searched-long-s0-t0-on-cpu.json", REPO)
     assert protocol.original.run == "searched-long-s0-t0" and protocol.search.run == "search-long-s0"
