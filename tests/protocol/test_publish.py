@@ -1,0 +1,61 @@
+"""The zoo side of the protocol's runner (benchmarks/search_quality.py --publish): which run is "here" to be
+published, and that publishing starts none of the plan's missing runs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from testing.scripts import load_file
+
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "search_quality.py"
+
+
+def _load_protocol_module():
+    return load_file(SCRIPT, "search_quality_under_test")
+
+
+def test_a_zoo_record_of_a_run_continued_elsewhere_does_not_put_its_model_here(tmp_path):
+    """With --zoo_steps a run counts as here when its checkpoints are (to continue them) or its continuation's model
+    is; the zoo record of a continuation trained on a lent GPU is neither, and publishing it would fail late."""
+    sq = _load_protocol_module()
+    args = sq.parse_args(["--publish", "--zoo_steps", "8000", "--work_dir", str(tmp_path / "work"),
+                          "--results_dir", str(tmp_path / "results")])
+    protocol = sq.Protocol(args)
+    (protocol.results / "zoo").mkdir(parents=True)
+
+    def run(name: str, val_loss: float) -> dict[str, Any]:
+        return {"run": name, "kind": "searched", "search": "search-s0", "train_seed": 0, "updates": 4000,
+                "val_averaged": {"val_loss": val_loss}, "work_dir": str(tmp_path / "work" / name)}
+
+    for record in (run("searched-s0-t0", 2.90), run("searched-s1-t0", 2.80)):
+        (protocol.results / f"{record['run']}.json").write_text(json.dumps(record))
+    (protocol.results / "zoo" / "zoo-searched-s1-t0.json").write_text("{}")  # continued on another machine
+    checkpoint = tmp_path / "work" / "searched-s0-t0" / "checkpoint-004000"
+    checkpoint.mkdir(parents=True)
+    (checkpoint / "train_state.json").write_text("{}")  # written last: a complete checkpoint
+    assert protocol.zoo_candidate().run == "searched-s0-t0"  # s1 ranks first, but nothing of it is here
+    averaged = protocol.work / "zoo-searched-s1-t0" / "averaged"  # its continuation's model, here after all
+    averaged.mkdir(parents=True)
+    (averaged / "config.json").write_text("{}")
+    assert protocol.zoo_candidate().run == "searched-s1-t0"
+
+
+def test_publish_starts_none_of_the_plans_missing_runs(tmp_path, monkeypatch):
+    """The zoo is made of finished runs: with a search seed or a training of the plan still missing (en-de plans S=3,
+    T=2), --publish publishes what has finished instead of first starting hours of other runs."""
+    sq = _load_protocol_module()
+    args = sq.parse_args(["--pair", "en-de", "--publish", "--work_dir", str(tmp_path / "work"),
+                          "--results_dir", str(tmp_path / "results")])
+    protocol = sq.Protocol(args)
+    published = []
+    monkeypatch.setattr(sq.Protocol, "tokenizer", lambda self: tmp_path / "tok")
+    monkeypatch.setattr(sq.Protocol, "search", lambda *a: pytest.fail("--publish started a search"))
+    monkeypatch.setattr(sq.Protocol, "train", lambda *a, **k: pytest.fail("--publish started a training"))
+    monkeypatch.setattr(sq.Protocol, "summarize", lambda self: {"kinds": {}})
+    monkeypatch.setattr(sq.Protocol, "publish", lambda self: published.append(self.pair))
+    protocol.execute()
+    assert published == ["en-de"]
