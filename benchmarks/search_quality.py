@@ -217,13 +217,14 @@ class Protocol:
             timing["averaged_checkpoints"] = (summary.get("averaged") or {}).get("checkpoints")
             self.timing(out, timing)
         test_json, tuned, decoding = out / "eval_test.json", out / "decoding.json", self.recipe["evaluate"]
-        if tune and self.recipe["zoo_decoding"] and not test_json.is_file() and not tuned.is_file():
+        tune = tune and bool(self.recipe["zoo_decoding"])
+        if tune and not test_json.is_file() and not tuned.is_file():
             shared = {k: v for k, v in decoding.items() if k in ("--max_new_tokens", "--max_examples")}
             flags = [*self.data_flags(), "--model", rel(out / "averaged"), "--split", self.splits["val"],
                      "--output", rel(tuned), *flag_list({**shared, **self.recipe["zoo_decoding"]}), *self.threads()]
             self.run("tune_decoding.py", flags, log, timing, "tune")
             self.timing(out, timing)
-        if tune and self.recipe["zoo_decoding"]:
+        if tune:
             decoding = {**{k: v for k, v in decoding.items() if k not in ("--num_beams", "--length_penalty")},
                         "--decoding": rel(tuned)}
         if not test_json.is_file():

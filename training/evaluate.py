@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from hf_revdarts.evaluation.decoding import read_decoding
+from hf_revdarts.evaluation.decoding import check_translation_settings, is_result_file, read_decoding
 from hf_revdarts.evaluation.translation import evaluate_translation, load_model_folder
 from hf_revdarts.training.arguments import DatasetArguments, parse_args
 from hf_revdarts.training.cli import run_script
@@ -51,35 +51,16 @@ class EvaluateArguments:
     tuned: dict[str, Any] | None = field(default=None, init=False)
 
     def __post_init__(self) -> None:
-        # Checked before any data is read or any model loaded (generate and sacreBLEU fail deep inside otherwise).
-        for name in ("num_beams", "max_new_tokens", "batch_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"--{name} must be >= 1, got {getattr(self, name)}")
-        if self.max_examples is not None and self.max_examples < 1:
-            raise ValueError(f"--max_examples must be >= 1 (or left out for all), got {self.max_examples}")
-        if self.num_threads < 0:
-            raise ValueError(f"--num_threads must be >= 0, got {self.num_threads}")
-        if not (Path(self.model) / "config.json").is_file():
-            what = "does not exist" if not Path(self.model).exists() else "is not a model folder (no config.json)"
-            raise FileNotFoundError(f"--model {self.model} {what}")
-        if self.output is not None and Path(self.output).is_dir():
-            raise IsADirectoryError(f"--output {self.output} is a folder; give the path of the JSON file to write")
+        if self.num_beams < 1:
+            raise ValueError(f"--num_beams must be >= 1, got {self.num_beams}")
+        check_translation_settings(self.model, self.max_new_tokens, self.batch_size, self.max_examples,
+                                   self.num_threads, self.output)
         if not math.isfinite(self.length_penalty):
             raise ValueError(f"--length_penalty must be a finite number, got {self.length_penalty}")
         if self.num_beams == 1 and self.length_penalty != 1.0:
             raise ValueError(
                 f"--length_penalty {self.length_penalty:g} applies to beam search only, and --num_beams 1 is greedy: "
                 "it would be recorded but not used. Give --num_beams 2 or more, or leave --length_penalty out"
-            )
-        config = Path(self.model) / "config.json"
-        try:
-            limit = json.loads(config.read_text(encoding="utf-8")).get("max_position_embeddings")
-        except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
-            limit = None  # named with its error when the model is loaded
-        if isinstance(limit, int) and self.max_new_tokens > limit:
-            raise ValueError(
-                f"--max_new_tokens {self.max_new_tokens} would run the decoder past its position limit "
-                f"(max_position_embeddings={limit} in {config}): give at most {limit}"
             )
         output = Path(self.output) if self.output is not None else None
         if output is not None and output.is_file() and not _is_evaluation(output):
@@ -128,11 +109,7 @@ def check_direction(data: DatasetArguments, args: EvaluateArguments) -> None:
 
 def _is_evaluation(path: Path) -> bool:
     """Whether ``path`` holds results this script wrote (and may replace)."""
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        return False
-    return isinstance(data, dict) and "bleu_signature" in data
+    return is_result_file(path, "bleu_signature")
 
 
 def write_results(

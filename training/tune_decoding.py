@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from hf_revdarts.evaluation.decoding import TIE, choose
+from hf_revdarts.evaluation.decoding import TIE, check_translation_settings, choose, is_result_file
 from hf_revdarts.evaluation.translation import evaluate_translation, load_model_folder
 from hf_revdarts.training.arguments import DatasetArguments, parse_args
 from hf_revdarts.training.cli import run_script
@@ -32,6 +32,7 @@ from hf_revdarts.training.training_utils import atomic_write_json, load_split
 from hf_revdarts.utils.integrity import fingerprint_model_folder
 
 logger = logging.getLogger("revdarts.tune_decoding")
+
 
 @dataclass
 class TuneArguments:
@@ -57,15 +58,11 @@ class TuneArguments:
             raise ValueError(f"--num_beams must list beam sizes >= 1, got {self.num_beams}")
         if not self.length_penalty or not all(math.isfinite(p) for p in self.length_penalty):
             raise ValueError(f"--length_penalty must list finite numbers, got {self.length_penalty}")
-        for name in ("max_new_tokens", "batch_size", "num_threads"):
-            if getattr(self, name) < (0 if name == "num_threads" else 1):
-                raise ValueError(f"--{name} must be >= {0 if name == 'num_threads' else 1}, got {getattr(self, name)}")
-        if self.max_examples is not None and self.max_examples < 1:
-            raise ValueError(f"--max_examples must be >= 1 (or left out for all), got {self.max_examples}")
-        if not (Path(self.model) / "config.json").is_file():
-            raise FileNotFoundError(f"--model {self.model} is not a model folder (no config.json)")
-        if Path(self.output).is_dir():
-            raise IsADirectoryError(f"--output {self.output} is a folder; give the path of the JSON file to write")
+        check_translation_settings(self.model, self.max_new_tokens, self.batch_size, self.max_examples,
+                                   self.num_threads, self.output)
+        if Path(self.output).is_file() and not is_result_file(self.output, "chosen"):
+            raise FileExistsError(f"--output {self.output} exists and is not a result of tune_decoding.py (no chosen "
+                                  "setting in it): refusing to overwrite it; give another --output")
 
     def grid(self) -> list[tuple[int, float]]:
         """(beams, length penalty) pairs; greedy search has no length penalty, so beam 1 is tried once."""

@@ -87,3 +87,10 @@ def test_tuning_on_a_test_split_or_scoring_the_tuned_split_is_refused(tuned, rec
     with pytest.raises(Exception, match=r"decoding tuned in --decoding"):
         evaluate_script.main(["--model", str(other), *common[2:], "--decoding", str(tuned)])
     assert not (tmp_path / "e.json").exists()
+    notes = tmp_path / "notes.json"  # not a tuning: never overwritten
+    notes.write_text('{"mine": 1}')
+    with pytest.raises(FileExistsError, match=r"notes\.json exists and is not a result of tune_decoding\.py"):
+        _tune(model, script_data, notes)
+    with pytest.raises(ValueError, match=r"--max_new_tokens 999 would run the decoder past its position limit"):
+        _tune(model, script_data, tmp_path / "d.json", "--max_new_tokens", "999")
+    assert notes.read_text() == '{"mine": 1}' and not (tmp_path / "d.json").exists()
