@@ -56,6 +56,7 @@ The summary is rebuilt after every finished run; run the same command again unti
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import sys
@@ -276,6 +277,8 @@ class Protocol:
             for t in [] if self.args.searches_only else self.plan.trainings(searches):
                 jobs.submit(self.train, t.name, t.kind, t.genotype, t.seed, t.meta)
         jobs.join()
+        if self.args.dry_run and self.args.publish:
+            self.publish()  # the zoo's commands: continue, tune, evaluate, publish
         if self.args.dry_run or (self.args.searches_only and not load_runs(self.results)[0]):
             return None  # no training run yet: no table to write
         summary = self.summarize()
@@ -353,6 +356,9 @@ class Protocol:
                    {**meta, "continues": run.run, "protocol_summary": rel(self.results / "summary.json")},
                    results=self.results / "zoo", max_steps=steps, start_from=checkpoints[-1] if checkpoints else None,
                    tune=True)
+        if self.args.dry_run and not result.is_file():  # where the continuation will be, for publish's command
+            return dataclasses.replace(run, run=f"zoo-{run.run}", work_dir=rel(self.work / f"zoo-{run.run}"),
+                                       source=result)
         return RunRecord.load(result)
 
     def zoo_candidate(self) -> RunRecord:

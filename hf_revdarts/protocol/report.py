@@ -2,8 +2,9 @@
 (table, significance, replicas, searched genotypes) and ``bleu_per_kind.png``; beside the pairs' folders
 ``overview.json``/``overview.md``, every pair's searched rows against the goal.
 
-The goal a searched row is judged on: its mean over training seeds at least the standard Transformer's + 1.0
-BLEU with pooled paired-bootstrap p < 0.05, and above the mean of the random genotypes.
+The goal a searched row is judged on: its mean over training seeds at least the standard Transformer's + 2.0
+BLEU with pooled paired-bootstrap p < 0.05, and above the mean of the random genotypes by at least 2 standard
+errors of that difference (``GOAL_OVER_STANDARD``, ``GOAL_OVER_RANDOM_SE``).
 """
 
 from __future__ import annotations
@@ -28,6 +29,9 @@ from .compare import (
 from .record import RunRecord, load_runs, replica_pairs, repo_path
 
 logger = logging.getLogger(__name__)
+# The search's goal (the overview's verdicts): BLEU over the standard Transformer, and standard errors over the
+# random genotypes' mean.
+GOAL_OVER_STANDARD, GOAL_OVER_RANDOM_SE = 2.0, 2.0
 SHORT_RECIPE = ("--d_model", "--encoder_layers", "--decoder_layers", "--max_steps", "--max_tokens", "--dropout", "--lr",
                 "--warmup_steps")
 
@@ -202,6 +206,16 @@ def write_summary(settings: ReportSettings) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------- every pair ---------------------------
+def beats_random(minus_random: float | None, se: float | None) -> bool | None:
+    """The goal over the random genotypes' mean: a gain of ``GOAL_OVER_RANDOM_SE`` standard errors. A gain whose
+    SE is unknown (one run of a kind) decides nothing yet; no gain at all fails whatever the noise."""
+    if minus_random is None:
+        return None
+    if minus_random <= 0:
+        return False
+    return minus_random >= GOAL_OVER_RANDOM_SE * se if se else None
+
+
 def overview_rows(summary: dict[str, Any], plan: dict[str, int] | None = None) -> list[dict[str, Any]]:
     """One row per searched row of a pair's summary: its BLEU beside standard and random, and the goal.
     ``plan``: the pair's planned sizes (default: those the summary was run with)."""
@@ -211,6 +225,7 @@ def overview_rows(summary: dict[str, Any], plan: dict[str, int] | None = None) -
         sig = (summary["significance"] if kind == "searched" else summary.get("significance_variants", {}).get(kind, {}))
         pooled = sig.get("pooled")
         minus_rand = summary.get("minus_random_mean", {}).get(kind)
+        se = summary.get("minus_random_mean_se", {}).get(kind)
         minus_standard = round(k[kind]["bleu_mean"] - k["standard"]["bleu_mean"], 2) if "standard" in k else None
         rows.append({
             "pair": summary["pair"] + (f" ({summary['scale']})" if summary.get("scale") else ""), "row": kind,
@@ -222,9 +237,9 @@ def overview_rows(summary: dict[str, Any], plan: dict[str, int] | None = None) -
             "random_planned": sizes.get("random"),
             "minus_standard": minus_standard, "p_value": pooled["p_value"] if pooled else None,
             "minus_random_mean": minus_rand,
-            "minus_random_mean_se": summary.get("minus_random_mean_se", {}).get(kind),
-            "beats_standard": (minus_standard >= 1.0 and pooled["p_value"] < 0.05) if pooled else None,
-            "beats_random_mean": (minus_rand > 0) if minus_rand is not None else None,
+            "minus_random_mean_se": se,
+            "beats_standard": (minus_standard >= GOAL_OVER_STANDARD and pooled["p_value"] < 0.05) if pooled else None,
+            "beats_random_mean": beats_random(minus_rand, se),
         })
     return rows
 
@@ -253,11 +268,14 @@ def write_overview(results_root: Path, pairs: dict[str, dict[str, int]]) -> list
         "# Does the search pay? Every pair of the protocol",
         "",
         "Built from each pair's `summary.json` (`benchmarks/search_quality.py`); cased sacreBLEU on test_2016_flickr. "
-        "Goal: searched mean ≥ standard mean + 1.0 BLEU with paired bootstrap p < 0.05 (pooled over the training "
-        "seeds), and above the mean of the random genotypes (SE: standard error of that difference between runs). \"—\": not measured yet.",
+        f"Goal: searched mean ≥ standard mean + {GOAL_OVER_STANDARD:.1f} BLEU with paired bootstrap p < 0.05 (pooled "
+        f"over the training seeds), and above the mean of the random genotypes by ≥ {GOAL_OVER_RANDOM_SE:.0f} standard "
+        "errors of that difference between runs (in brackets: the difference in SE). \"—\": not measured yet (one "
+        "run of a kind has no SE).",
         "",
         "| pair | searched row | searched BLEU (runs) | standard (runs of T) | random mean (runs of K) | "
-        "Δ standard (p) | Δ random mean (SE) | ≥ standard + 1 | > random |",
+        f"Δ standard (p) | Δ random mean (in SE) | ≥ standard + {GOAL_OVER_STANDARD:.0f} | "
+        f"≥ random + {GOAL_OVER_RANDOM_SE:.0f} SE |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:

@@ -116,6 +116,10 @@ def test_smoke_protocol_runs_every_kind_and_resumes(tmp_path):
     # The zoo: the searched run with the lowest validation loss (never the test score) is trained longer from its
     # last checkpoint and published with the protocol's comparison; its card is kept.
     cards = tmp_path / "cards"
+    dry = _protocol(tmp_path, "--publish", "--zoo_steps", "8", "--model_cards_dir", str(cards), "--dry_run")
+    scripts = [line.split()[1] for line in dry.splitlines() if line.startswith("python training/")]
+    assert scripts == [f"training/{s}.py" for s in ("train", "tune_decoding", "evaluate", "publish")], dry[-2000:]
+    assert not (results / "zoo").exists() and not cards.exists()
     _protocol(tmp_path, "--publish", "--zoo_steps", "8", "--model_cards_dir", str(cards))
     candidates = [json.loads((results / f"{r}.json").read_text()) for r in ("searched-s0-t0", "searched-long-s0-t0")]
     chosen = min(candidates, key=lambda r: r["val_averaged"]["val_loss"])

@@ -125,7 +125,7 @@ def test_the_documented_configs_are_the_protocols_recipe(pair):
     assert r["vocab_size"] == 8000 and r["train"]["--max_steps"] == 4000
     assert r["average_last"] == r["train"]["--average_checkpoints"]
     assert list(r["train"])[-1] == "--average_checkpoints"
-    assert CONFIG.pairs["en-de"] == {"searches": 3, "seeds": 2, "random": 4}
+    assert CONFIG.pairs["en-de"] == {"searches": 3, "seeds": 2, "random": 8}
     assert CONFIG.recipe_for(max_steps=77)["train"]["--max_steps"] == 77 and CONFIG.recipe["train"]["--max_steps"] == 4000
 
 
