@@ -3,7 +3,7 @@
 
 One command per language pair (Multi30k, ``../shared/data/multi30k`` relative to the repository):
 
-    python benchmarks/search_quality.py --pair en-de                     # S=3 searches, T=2 seeds, K=4 random
+    python benchmarks/search_quality.py --pair en-de                     # S=3 searches, T=2 seeds, K=8 random
     python benchmarks/search_quality.py --pair en-fr                     # S=1, T=1, K=2
     python benchmarks/search_quality.py --pair en-de --jobs 2 --num_threads 1   # 2 CPU cores: two runs at once
     python benchmarks/search_quality.py --pair en-de --dry_run           # print the commands only
@@ -40,14 +40,14 @@ paired bootstrap of its own in the same table.
 
 ``--publish`` builds the pair's zoo entry from the finished runs (it starts none of the plan's missing runs): the
 searched run whose averaged model has the lowest validation loss goes through ``training/publish.py`` into
-``model_cards/revdarts-multi30k-<pair>/``, the complete Hub folder (weights, tokenizer, code, card with this
-protocol's comparison table and the run's commands) that the repository ships; ``--zoo_kind standard`` publishes the standard Transformer of the same recipe as
-``revdarts-multi30k-<pair>-standard``. With ``--zoo_steps N`` that run is first trained longer, from its last
-checkpoint to N updates with the same recipe (``zoo/zoo-<run>.json``), its beam size and length penalty chosen on
-``val`` (the config's ``zoo_decoding`` grid, ``training/tune_decoding.py``), and that model is published.
-Only a run whose model is on this machine can be published: ``--rebuild RUN`` trains a recorded run again into its
-own work folder from its record alone (a fresh clone has the records, not the weights; its new record goes to
-``rebuilt/`` and should show the same test BLEU), and ``--replicate`` trains a GPU run again here as a new run.
+``model_cards/revdarts-multi30k-<pair>/``, the complete Hub folder (weights, tokenizer, code, card with the
+protocol's comparison and the run's commands); ``--zoo_kind standard``: the standard Transformer of the recipe, as
+``revdarts-multi30k-<pair>-standard``. ``--zoo_steps N`` first trains that run on from its last checkpoint to N
+updates (``zoo/zoo-<run>.json``), chooses beam size and length penalty on ``val`` (the config's ``zoo_decoding``,
+``training/tune_decoding.py``), and publishes that model; a larger N later trains the continuation on, its earlier
+figures set aside in ``<work_dir>/zoo-<run>.at-<updates>/``. Only a model on this machine can be published:
+``--rebuild RUN`` trains a recorded run again into its own work folder from its record alone (a fresh clone has the
+records, not the weights; the new record goes to ``rebuilt/``), ``--replicate`` a GPU run again here as a new run.
 
 Resumable: a run whose ``<run>.json`` exists is skipped; an interrupted run continues from its latest checkpoint.
 The summary is rebuilt after every finished run; run the same command again until every run has.
@@ -68,8 +68,10 @@ from hf_revdarts.protocol.execution import (
     Jobs,
     joint_tokenizer,
     machine_kind,
+    restart_flags,
     run_script,
     search_record,
+    set_aside_evaluation,
     training_record,
 )
 from hf_revdarts.protocol.plan import PairPlan, cpu_hours_left, zoo_choice, zoo_ranking
@@ -131,14 +133,6 @@ class Protocol:
         if self.args.dry_run:
             print(shown)
 
-    @staticmethod
-    def restart_flags(out: Path) -> list[str]:
-        """Resume from the latest checkpoint; a run that died before its first one left a non-empty folder,
-        which the scripts refuse without --overwrite_output_dir (it clears the folder)."""
-        if complete_checkpoints(out):
-            return ["--resume_from_checkpoint", "latest"]
-        return ["--overwrite_output_dir"] if out.is_dir() and any(out.iterdir()) else []
-
     def timing(self, out: Path, timing: dict[str, Any] | None = None) -> dict[str, Any]:
         """The stages' times and commands of run folder ``out`` so far, kept beside it across sittings; with
         ``timing``, save it."""
@@ -168,7 +162,7 @@ class Protocol:
         if not (out / "search_summary.json").is_file():
             flags = [*self.data_flags(), *self.run_flags(out, seed), *flag_list(
                 {**self.recipe["model"], **self.recipe["search"], **variant_flags}), *self.threads(),
-                *self.restart_flags(out)]
+                *restart_flags(out)]
             if self.args.shared_warmup and seed > 0 and not again:  # only the α phase: s0's θ warm-up
                 flags += ["--warmup_from", rel(self.work / self.plan.search_name(0))]
             self.run("search.py", flags, out.parent / f"{out.name}.log", timing, "search")
@@ -181,14 +175,15 @@ class Protocol:
         return record
 
     def train(self, name: str, kind: str, genotype: str, seed: int, meta: dict[str, Any], results: Path | None = None,
-              max_steps: int | None = None, start_from: Path | None = None, tune: bool = False) -> None:
-        """Train (or resume) run ``name`` with the recipe, average, translate the test split once, record it.
-        ``meta``: record fields of its kind; ``max_steps``/``start_from``: a longer budget, continuing another run's
-        checkpoint (the zoo), ``tune``: decoding chosen on val (``zoo_decoding``)."""
+              max_steps: int | None = None, start_from: Path | None = None, tune: bool = False,
+              extend: bool = False) -> None:
+        """Train (or resume) run ``name`` with the recipe, average, translate the test split once, record it. ``meta``:
+        its kind's record fields; ``max_steps``/``start_from``: a longer budget from a checkpoint (the zoo), ``tune``:
+        decoding chosen on val (``zoo_decoding``); ``extend``: the finished run trains on (``set_aside_evaluation``)."""
         results = results or self.results
         result = results / f"{name}.json"
         max_steps = max_steps or int(self.recipe["train"]["--max_steps"])
-        if result.is_file():
+        if result.is_file() and not extend:
             updates = RunRecord.load(result).updates
             if updates != max_steps:  # a table must not mix budgets
                 raise ValueError(f"{rel(result)} was trained for {updates} updates, this protocol asks {max_steps}; "
@@ -204,11 +199,11 @@ class Protocol:
             flags = [*self.data_flags(), "--genotype", genotype, *self.run_flags(out, seed),
                      *flag_list(self.recipe["model"]), *flag_list({**self.recipe["train"], "--max_steps": max_steps}),
                      *self.threads()]
-            if start_from is not None and not complete_checkpoints(out):
+            if start_from is not None and complete_checkpoints(out)[-1:] in ([], [start_from]):
                 # The inverse-sqrt schedule does not depend on --max_steps: continuing a run is training it longer.
                 flags += ["--resume_from_checkpoint", rel(start_from)]
             else:
-                flags += self.restart_flags(out)
+                flags += restart_flags(out)
             self.run("train.py", flags, log, timing, "train")
             self.timing(out, timing)
         summary = {} if self.args.dry_run else json.loads((out / "train_summary.json").read_text())
@@ -219,7 +214,7 @@ class Protocol:
             self.timing(out, timing)
         test_json, tuned, decoding = out / "eval_test.json", out / "decoding.json", self.recipe["evaluate"]
         tune = tune and bool(self.recipe["zoo_decoding"])
-        if tune and not test_json.is_file() and not tuned.is_file():
+        if tune and (extend or not test_json.is_file() and not tuned.is_file()):
             shared = {k: v for k, v in decoding.items() if k in ("--max_new_tokens", "--max_examples")}
             flags = [*self.data_flags(), "--model", rel(out / "averaged"), "--split", self.splits["val"],
                      "--output", rel(tuned), *flag_list({**shared, **self.recipe["zoo_decoding"]}), *self.threads()]
@@ -228,7 +223,7 @@ class Protocol:
         if tune:
             decoding = {**{k: v for k, v in decoding.items() if k not in ("--num_beams", "--length_penalty")},
                         "--decoding": rel(tuned)}
-        if not test_json.is_file():
+        if extend or not test_json.is_file():
             flags = [*self.data_flags(), "--model", rel(out / "averaged"), "--split", self.splits["test"],
                      "--output", rel(test_json), *flag_list(decoding), *self.threads()]
             self.run("evaluate.py", flags, log, timing, "evaluate")
@@ -347,18 +342,24 @@ class Protocol:
         if steps <= run.updates:
             raise ValueError(f"--zoo_steps {steps} must exceed the {run.updates} updates of {run.run}")
         checkpoints = complete_checkpoints(REPO / run.work_dir)
-        result = self.results / "zoo" / f"zoo-{run.run}.json"
+        result, out = self.results / "zoo" / f"zoo-{run.run}.json", self.work / f"zoo-{run.run}"
         if not checkpoints and not result.is_file():
             raise FileNotFoundError(f"--zoo_steps: {run.work_dir} has no checkpoint of {run.run} to continue")
+        # Already continued to fewer updates: that continuation trains on from its own last checkpoint.
+        if extend := result.is_file() and RunRecord.load(result).updates < steps:
+            if not (checkpoints := complete_checkpoints(out)):
+                raise FileNotFoundError(f"--zoo_steps {steps}: {rel(out)} has no checkpoint of {out.name} to go on "
+                                        "from")
+            if not self.args.dry_run:
+                set_aside_evaluation(out, result)
         meta = {k: getattr(run, k) for k in ("search", "search_genotype", "search_variant", "random_seed",
                                              "replica_of", "replica_of_kind")}
         self.train(f"zoo-{run.run}", run.kind, self.plan.genotype_of(run), run.train_seed,
                    {**meta, "continues": run.run, "protocol_summary": rel(self.results / "summary.json")},
                    results=self.results / "zoo", max_steps=steps, start_from=checkpoints[-1] if checkpoints else None,
-                   tune=True)
-        if self.args.dry_run and not result.is_file():  # where the continuation will be, for publish's command
-            return dataclasses.replace(run, run=f"zoo-{run.run}", work_dir=rel(self.work / f"zoo-{run.run}"),
-                                       source=result)
+                   tune=True, extend=extend)
+        if self.args.dry_run and (extend or not result.is_file()):  # where the model will be, for publish's command
+            return dataclasses.replace(run, run=out.name, work_dir=rel(out), source=result)
         return RunRecord.load(result)
 
     def zoo_candidate(self) -> RunRecord:

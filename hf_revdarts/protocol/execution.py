@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from ..model.genotype import Genotype
-from ..utils.atomic import atomic_folder
+from ..utils.atomic import atomic_folder, atomic_write_json
+from ..utils.integrity import complete_checkpoints
 from .record import RunRecord
 
 logger = logging.getLogger(__name__)
@@ -142,6 +143,44 @@ def training_record(name: str, kind: str, pair: str, seed: int, meta: dict[str, 
               "sentences": len(test["hypotheses"]), "hypotheses": hypotheses,
               **({"decoding": test["decoding"]} if test.get("decoding") else {})},
         dataset=dataset, work_dir=work_dir, **timing_fields(timing))
+
+
+def restart_flags(out: Path) -> list[str]:
+    """A script's flags to go on in run folder ``out``: from its latest checkpoint; a run that died before its first
+    one left a non-empty folder, which the scripts refuse without --overwrite_output_dir (it clears the folder)."""
+    if complete_checkpoints(out):
+        return ["--resume_from_checkpoint", "latest"]
+    return ["--overwrite_output_dir"] if out.is_dir() and any(out.iterdir()) else []
+
+
+EVALUATION_STAGES = ("tune", "evaluate")  # what a model is measured with, after its training
+
+
+def set_aside_evaluation(out: Path, record: Path) -> Path:
+    """Before the finished run of folder ``out`` trains further (a zoo run taken to a larger ``--zoo_steps``): move
+    what was measured of its model so far to ``<out>.at-<updates>/`` -- its ``record``, test scores, tuned decoding,
+    train summary, and its timing's tuning and test stages with their commands -- so that the longer run is tuned and
+    tested afresh and the earlier figures are kept. The record goes last: until then the run still reads as done, and
+    a sitting killed midway sets the rest aside when it starts again."""
+    updates = RunRecord.load(record).updates
+    kept = out.parent / f"{out.name}.at-{updates}"
+    kept.mkdir(parents=True, exist_ok=True)
+    for name in ("eval_test.json", "decoding.json", "train_summary.json"):
+        if (out / name).is_file():
+            os.replace(out / name, kept / name)
+    timing_path = out.parent / f"{out.name}.timing.json"
+    timing = json.loads(timing_path.read_text(encoding="utf-8")) if timing_path.is_file() else {}
+    measured = {stage: timing.pop(stage) for stage in EVALUATION_STAGES if stage in timing}
+    scripts = tuple(f"python training/{s}.py " for s in ("tune_decoding", "evaluate"))
+    commands = timing.get("commands", [])
+    if measured:  # the commands of the training sittings stay: the longer run continues them
+        measured["commands"] = [c for c in commands if c.startswith(scripts)]
+        timing["commands"] = [c for c in commands if not c.startswith(scripts)]
+        atomic_write_json(kept / "timing.json", measured)
+        atomic_write_json(timing_path, timing)
+    os.replace(record, kept / "record.json")
+    logger.info("%s: the model of %d updates and its figures set aside in %s", out.name, updates, kept)
+    return kept
 
 
 def joint_tokenizer(folder: Path, data: Path, src: str, tgt: str, split: str, vocab_size: int) -> Path:

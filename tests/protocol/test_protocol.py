@@ -162,6 +162,18 @@ def test_smoke_protocol_runs_every_kind_and_resumes(tmp_path):
     assert model.generation_config.length_penalty == best["test"]["length_penalty"]  # a plain generate decodes so
     assert {run: (results / f"{run}.json").read_text() for run in RUNS} == first  # publishing trains nothing
 
+    # A larger --zoo_steps trains the continuation on from its own last checkpoint, tuned and tested afresh; the
+    # figures of its 8-update model are kept beside it.
+    _protocol(tmp_path, "--publish", "--zoo_steps", "12", "--model_cards_dir", str(cards))
+    longer = json.loads((results / "zoo" / f"zoo-{chosen['run']}.json").read_text())
+    assert [c.split()[1] for c in longer["commands"]] == [f"training/{s}.py" for s in (
+        "train", "train", "tune_decoding", "evaluate")] and longer["updates"] == 12
+    assert f"--resume_from_checkpoint {best['work_dir']}/checkpoint-000008" in longer["commands"][1]
+    kept = work / f"{best['run']}.at-8"
+    assert json.loads((kept / "record.json").read_text()) == best and (kept / "decoding.json").is_file()
+    assert json.loads((kept / "timing.json").read_text())["commands"] == best["commands"][1:]
+    assert "trained longer, to 12 updates" in (card / "README.md").read_text()
+
     # Interrupt the standard run after its first checkpoint: results, summary, final checkpoint gone.
     (results / "standard-t0.json").unlink()
     run_dir = work / "standard-t0"

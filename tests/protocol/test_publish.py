@@ -59,3 +59,44 @@ def test_publish_starts_none_of_the_plans_missing_runs(tmp_path, monkeypatch):
     monkeypatch.setattr(sq.Protocol, "publish", lambda self: published.append(self.pair))
     protocol.execute()
     assert published == ["en-de"]
+
+
+def test_setting_a_zoo_model_aside_keeps_its_figures_and_survives_a_kill(tmp_path, monkeypatch):
+    """Before a zoo run trains on to a larger --zoo_steps, its record, scores, tuned decoding and measuring stages
+    move to <run>.at-<updates>/, the training commands stay; a sitting killed before the record moved sets the
+    rest aside when it starts again, without losing what was moved the first time."""
+    from hf_revdarts.protocol import execution
+
+    source = Path(__file__).resolve().parents[2] / "benchmarks/results/en-de/zoo/zoo-searched-long-s0-t0-on-cpu.json"
+    record, out = tmp_path / "zoo" / "zoo-run.json", tmp_path / "work" / "zoo-run"
+    record.parent.mkdir()
+    record.write_text(source.read_text())
+    out.mkdir(parents=True)
+    for name in ("eval_test.json", "decoding.json", "train_summary.json"):
+        (out / name).write_text(json.dumps({"name": name}))
+    commands = ["python training/train.py --max_steps 8000", "python training/tune_decoding.py --split val",
+                "python training/evaluate.py --split test"]
+    timing = {"train": {"wall_seconds": 1.0}, "tune": {"wall_seconds": 2.0}, "evaluate": {"wall_seconds": 3.0},
+              "commands": commands}
+    (tmp_path / "work" / "zoo-run.timing.json").write_text(json.dumps(timing))
+    real_replace = execution.os.replace
+
+    def killed_at_the_record(src, dst):
+        if Path(src) == record:
+            raise KeyboardInterrupt  # the sitting dies just before the record moves
+        real_replace(src, dst)
+
+    monkeypatch.setattr(execution.os, "replace", killed_at_the_record)
+    with pytest.raises(KeyboardInterrupt):
+        execution.set_aside_evaluation(out, record)
+    monkeypatch.setattr(execution.os, "replace", real_replace)
+    kept = execution.set_aside_evaluation(out, record)  # the next sitting
+
+    assert kept == tmp_path / "work" / "zoo-run.at-8000" and not record.exists()
+    assert (kept / "record.json").read_text() == source.read_text()
+    assert {p.name for p in kept.iterdir()} == {"record.json", "timing.json", "eval_test.json", "decoding.json",
+                                                "train_summary.json"} and not list(out.iterdir())
+    assert json.loads((kept / "timing.json").read_text()) == {
+        "tune": {"wall_seconds": 2.0}, "evaluate": {"wall_seconds": 3.0}, "commands": commands[1:]}
+    assert json.loads((tmp_path / "work" / "zoo-run.timing.json").read_text()) == {
+        "train": {"wall_seconds": 1.0}, "commands": commands[:1]}
