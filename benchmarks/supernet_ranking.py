@@ -21,7 +21,7 @@ Kendall's τ-b (scipy) of each predictor against the stand-alone losses, oriente
 (lower estimate, or more parameters, predicting lower loss), with a 95% bootstrap interval over genotypes; beside
 them the τ between two training seeds of the same genotypes (how well one training run ranks the next: the
 ceiling of any estimate) and the parameter count's τ with test BLEU. Writes ``ranking/ranking.json`` and
-``ranking/ranking.md`` in the pair's results folder.
+``ranking/ranking.md`` in the pair's results folder, and rebuilds the cross-pair ``overview.md`` (its ranking table).
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ from scipy.stats import kendalltau
 from hf_revdarts.model.genotype import Genotype
 from hf_revdarts.protocol.plan import load_runs
 from hf_revdarts.protocol.recipe import ProtocolConfig
+from hf_revdarts.protocol.report import write_overview
 from hf_revdarts.utils.atomic import atomic_write_json, atomic_write_text
 
 REPO = Path(__file__).resolve().parents[1]
@@ -228,6 +229,8 @@ def main(argv: list[str] | None = None) -> int:
                                                  "searches": searches, **result, "genotypes": per_genotype})
     text = markdown(pair, rows, estimates, result, args.val_sentences)
     atomic_write_text(results / "ranking" / "ranking.md", text)
+    if not args.smoke:  # the cross-pair overview shows every pair's τ
+        write_overview(results.parent, CONFIG.pairs)
     print(text)
     return 0
 

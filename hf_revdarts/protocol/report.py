@@ -289,6 +289,27 @@ def write_overview(results_root: Path, pairs: dict[str, dict[str, int]]) -> list
             f"{verdict(r['beats_standard'])} | {verdict(r['beats_random_mean'])} |")
     if missing:
         lines += ["", "No finished run yet: " + ", ".join(missing) + "."]
+    lines += ranking_lines(results_root, folders)
     atomic_write_json(results_root / "overview.json", {"rows": rows, "not_run": missing})
     atomic_write_text(results_root / "overview.md", "\n".join(lines) + "\n")
     return rows
+
+
+def ranking_lines(results_root: Path, folders: list[str]) -> list[str]:
+    """The overview's ranking table: per pair, each predictor's Kendall τ against the genotypes' stand-alone
+    validation loss, from ``<pair>/ranking/ranking.json`` (``benchmarks/supernet_ranking.py``), where it exists."""
+    rows = []
+    for name in folders:
+        path = results_root / name / "ranking" / "ranking.json"
+        if path.is_file():
+            ranking = json.loads(path.read_text(encoding="utf-8"))
+            rows += [f"| {name} | {predictor} | {r['genotypes']} | {r['tau']:+.2f} | "
+                     f"[{r['ci95'][0]:+.2f}, {r['ci95'][1]:+.2f}] |"
+                     for predictor, r in ranking["against_val_loss"].items() if r.get("tau") is not None]
+    if not rows:
+        return []
+    return ["", "## Does anything rank the genotypes?", "",
+            "Kendall τ-b of each predictor against the genotypes' stand-alone validation loss (averaged model at the "
+            "recipe's budget), 95% bootstrap interval over genotypes (`benchmarks/supernet_ranking.py`; "
+            "`<pair>/ranking/ranking.md`). A supernet's estimate: its held-out loss with only the genotype's ops.",
+            "", "| pair | predictor | genotypes | τ | 95% interval |", "|---|---|---|---|---|", *rows]

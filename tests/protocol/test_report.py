@@ -31,6 +31,8 @@ def test_the_committed_overview_is_rebuilt_from_the_pairs_summaries(tmp_path):
     for pair in CONFIG.pairs:
         (tmp_path / pair).mkdir()
         shutil.copyfile(RESULTS / pair / "summary.json", tmp_path / pair / "summary.json")
+        if (RESULTS / pair / "ranking").is_dir():
+            shutil.copytree(RESULTS / pair / "ranking", tmp_path / pair / "ranking")
     write_overview(tmp_path, CONFIG.pairs)
     for name in ("overview.md", "overview.json"):
         assert (tmp_path / name).read_text() == (RESULTS / name).read_text(), name
@@ -79,6 +81,10 @@ def test_overview_puts_every_pair_against_the_goal(tmp_path):
     for pair, summary in cases.items():
         (tmp_path / pair).mkdir()
         (tmp_path / pair / "summary.json").write_text(json.dumps(summary))
+    (tmp_path / "en-de" / "ranking").mkdir()  # the ranking diagnostic's τ, where it ran
+    (tmp_path / "en-de" / "ranking" / "ranking.json").write_text(json.dumps({"against_val_loss": {
+        "supernet search-s0": {"genotypes": 9, "tau": 0.2778, "ci95": [-0.4, 0.9394]},
+        "another training seed (ceiling)": {"genotypes": 0, "tau": None, "ci95": None}}}))
     rows = write_overview(tmp_path, {"en-de": {"seeds": 2, "random": 4}, "en-it": {"seeds": 1, "random": 2}})
     verdicts = {r["pair"]: (r["minus_standard"], r["beats_standard"], r["beats_random_mean"]) for r in rows}
     assert verdicts == {"en-de": (2.9, True, True), "de-en": (2.9, True, False), "en-fr": (1.9, False, False),
@@ -88,6 +94,7 @@ def test_overview_puts_every_pair_against_the_goal(tmp_path):
     assert "| en-de | searched | 34.20 ± 0.28 (2) | 31.30 (2 of 2) | 33.30 (2 of 4) | +2.90 (0.001) | +0.90 (+2.2) |" in text
     assert "≥ standard + 2 | ≥ random + 2 SE |" in text
     assert "No finished run yet: en-it." in text
+    assert "| en-de | supernet search-s0 | 9 | +0.28 | [-0.40, +0.94] |" in text and "ceiling" not in text
     assert json.loads((tmp_path / "overview.json").read_text())["not_run"] == ["en-it"]
 
 
