@@ -286,13 +286,13 @@ def test_seeds_deriving_one_genotype_share_its_trainings_and_jobs_run_concurrent
 def test_a_run_that_died_before_its_first_checkpoint_starts_over(tmp_path):
     sq = _load_protocol_module()
     out = tmp_path / "standard-t0"
-    assert sq.Protocol.restart_flags(out) == []  # never started
+    assert sq.restart_flags(out) == []  # never started
     out.mkdir()
     (out / "logs").mkdir()  # what a run killed in its first steps leaves: the scripts refuse a non-empty folder
-    assert sq.Protocol.restart_flags(out) == ["--overwrite_output_dir"]
+    assert sq.restart_flags(out) == ["--overwrite_output_dir"]
     (out / "checkpoint-000250").mkdir()
     (out / "checkpoint-000250" / "train_state.json").write_text("{}")
-    assert sq.Protocol.restart_flags(out) == ["--resume_from_checkpoint", "latest"]
+    assert sq.restart_flags(out) == ["--resume_from_checkpoint", "latest"]
 
 
 def test_replicate_trains_a_finished_run_with_its_own_genotype_and_seed(tmp_path, monkeypatch):
@@ -357,7 +357,7 @@ def test_scale_wide_is_the_same_protocol_at_d576_in_folders_of_its_own(tmp_path)
     assert all("/en-de-wide/searched-long-s" in c and wide in c and "--max_steps 4000 " in c for c in trains)
     base = _protocol_real(tmp_path, "--pair", "en-de", "--scale", "wide", "--dry_run")
     trains = [c for c in base.splitlines() if c.startswith("python training/train.py")]
-    assert len(trains) == 3 * 2 + 2 + 4 and all(wide in c and "/en-de-wide/" in c for c in trains)
+    assert len(trains) == 3 * 2 + 2 + 8 and all(wide in c and "/en-de-wide/" in c for c in trains)
     assert not (tmp_path / "results" / "en-de").exists()  # the d=192 protocol's folders are not touched
 
     # The model each scale names can be built (the command line alone would not show it: d=512 cannot split in 3).
