@@ -76,7 +76,7 @@ from hf_revdarts.protocol.execution import (
 )
 from hf_revdarts.protocol.plan import PairPlan, cpu_hours_left, zoo_choice, zoo_ranking
 from hf_revdarts.protocol.recipe import ProtocolConfig, flag_list
-from hf_revdarts.protocol.record import RunRecord, load_runs, repo_path
+from hf_revdarts.protocol.record import RunRecord, load_runs, rebuilt_run, repo_path
 from hf_revdarts.protocol.report import ReportSettings, write_summary
 from hf_revdarts.utils.atomic import atomic_write_json, atomic_write_text
 from hf_revdarts.utils.integrity import complete_checkpoints
@@ -378,8 +378,8 @@ class Protocol:
         kind = self.args.zoo_kind
         best = zoo_choice(zoo_ranking(self.results, kind), here, rel(self.results), kind)
         # Trained again here from its record (--rebuild): the model on this machine is the rebuild's, with its scores.
-        rebuilt = self.results / "rebuilt" / f"{best.run}.json"
-        return RunRecord.load(rebuilt).with_search_of(best) if rebuilt.is_file() else best
+        rebuilt = rebuilt_run(self.results, best.run)
+        return rebuilt.with_search_of(best) if rebuilt is not None else best
 
     def zoo_name(self) -> str:
         name = f"revdarts-smoke-{self.pair}" if self.args.smoke else f"revdarts-multi30k-{self.pair}"

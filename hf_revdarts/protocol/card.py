@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from ..utils.atomic import read_json_object
-from .record import RunRecord, find_run
+from .record import RunRecord, find_run, rebuilt_run
 
 
 def _read_summary(path: Path) -> dict[str, Any]:
@@ -46,9 +46,9 @@ class ProtocolRun:
             summary_path = path.parent.parent / "summary.json" if run.replica_of else path.parent / "summary.json"
         results = summary_path.parent
         continued = find_run(results, run.continues, "the continued run") if run.continues else None
-        if continued is not None and (results / "rebuilt" / f"{continued.run}.json").is_file():
+        if continued is not None:
             # Trained again here from its record (--rebuild) before it was continued: that sitting is the first part.
-            continued = RunRecord.load(results / "rebuilt" / f"{continued.run}.json")
+            continued = rebuilt_run(results, continued.run) or continued
         copied = run.replica_of or (continued.replica_of if continued else None)
         original = find_run(results, copied, "the replicated run") if copied else None
         search_name = run.search or (original.search if original else None)

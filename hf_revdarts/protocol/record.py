@@ -279,6 +279,13 @@ def find_run(results: str | os.PathLike, name: str, what: str) -> RunRecord:
     raise FileNotFoundError(f"{what} {name}: no {name}.json in {results} or in its replicas/")
 
 
+def rebuilt_run(results: str | os.PathLike, name: str) -> RunRecord | None:
+    """Run ``name`` of a pair trained again from its record on this machine (``--rebuild``: ``rebuilt/<name>.json``),
+    whose model is the one here; None when it was not."""
+    path = Path(results) / "rebuilt" / f"{name}.json"
+    return RunRecord.load(path) if path.is_file() else None
+
+
 def repo_path(path: str | os.PathLike, root: str | os.PathLike) -> str:
     """A path as records hold it: relative to the repository ``root``, never absolute."""
     return os.path.relpath(Path(path).resolve(), Path(root).resolve())
