@@ -153,7 +153,8 @@ def restart_flags(out: Path) -> list[str]:
     return ["--overwrite_output_dir"] if out.is_dir() and any(out.iterdir()) else []
 
 
-EVALUATION_STAGES = ("tune", "evaluate")  # what a model is measured with, after its training
+# What a trained model is measured with: each stage and its script (its commands start "python training/<script> ").
+EVALUATION_STAGES = {"tune": "tune_decoding.py", "evaluate": "evaluate.py"}
 
 
 def set_aside_evaluation(out: Path, record: Path) -> Path:
@@ -171,7 +172,7 @@ def set_aside_evaluation(out: Path, record: Path) -> Path:
     timing_path = out.parent / f"{out.name}.timing.json"
     timing = json.loads(timing_path.read_text(encoding="utf-8")) if timing_path.is_file() else {}
     measured = {stage: timing.pop(stage) for stage in EVALUATION_STAGES if stage in timing}
-    scripts = tuple(f"python training/{s}.py " for s in ("tune_decoding", "evaluate"))
+    scripts = tuple(f"python training/{script} " for script in EVALUATION_STAGES.values())
     commands = timing.get("commands", [])
     if measured:  # the commands of the training sittings stay: the longer run continues them
         measured["commands"] = [c for c in commands if c.startswith(scripts)]
