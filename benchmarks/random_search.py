@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Random search with successive halving: the practitioner's alternative to running the search.
 
-    python benchmarks/random_search.py --pair en-de --candidates 8 --first_budget 500 --jobs 2 --num_threads 1
+    python benchmarks/random_search.py --pair en-de --candidates 8 --first_budget 250 --jobs 2 --num_threads 1
     python benchmarks/random_search.py --pair en-de --dry_run        # the schedule, its updates, nothing run
     python benchmarks/random_search.py --smoke                       # bundled sample, tiny, a minute
 
@@ -13,12 +13,13 @@ protocol's recipe to ``--first_budget`` updates, keeps the best ``1/eta`` on val
 last checkpoints are averaged and the test split translated once, as every protocol run. Only validation loss
 decides anything.
 
-Compute: the schedule's updates (printed; 8 candidates from 500 updates with eta 2: 10,000 updates, 2.5 recipe
-trainings), to be set beside a search's CPU-hours plus one training. Writes
+Compute: the schedule's updates (printed; 8 candidates from 250 updates with eta 2: 7,000 updates, 1.75 recipe
+trainings, about a full-size search's CPU-hours plus one training on En→De), to be set beside those. Writes
 ``benchmarks/results/<pair>/random_search/random-search-s<seed>.json`` (the schedule, every candidate's genotype,
 parameters and validation loss per rung, the survivor's test scores, CPU and wall seconds) and the survivor's test
 translations beside it; checkpoints under ``runs/protocol/<pair>/random-search-s<seed>/``. Resumable: a finished
-rung of a candidate is not trained again.
+rung of a candidate is not trained again, a stopped one resumes from its last checkpoint, and the CPU and wall
+seconds add up over sittings (``timing.json`` beside the checkpoints).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import argparse
 import json
 import logging
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -56,7 +58,12 @@ class RandomSearch:
         self.results = Path(args.results_dir) / name / "random_search"
         final = int(self.recipe["train"]["--max_steps"])
         self.rungs = halving_schedule(args.candidates, args.first_budget or max(1, final // 8), final, args.eta)
+        # Over every sitting: a resumed search adds to the seconds of the rungs trained before it was stopped.
+        self.timing_path = self.work / "timing.json"
         self.timing: dict[str, Any] = {"commands": []}
+        if self.timing_path.is_file() and not args.dry_run:
+            self.timing = json.loads(self.timing_path.read_text())
+        self.lock = threading.Lock()
 
     def candidate(self, i: int) -> tuple[str, Path]:
         name, k = f"c{i}", 1000 * (self.args.seed + 1) + i
@@ -67,7 +74,21 @@ class RandomSearch:
         return name, path
 
     def script(self, script: str, flags: list[str], log: Path, stage: str) -> None:
-        shown = run_script(REPO, script, flags, log, self.timing, stage, self.args.dry_run)
+        """Run a training script (a dry run prints its command); its time is added and saved even if it fails,
+        under a lock since ``--jobs`` runs candidates side by side."""
+        timing: dict[str, Any] = {}
+        try:
+            shown = run_script(REPO, script, flags, log, timing, stage, self.args.dry_run)
+        finally:
+            with self.lock:
+                self.timing["commands"] += timing.get("commands", [])
+                for name, t in timing.items():
+                    if name != "commands":
+                        mine = self.timing.setdefault(name, {"wall_seconds": 0.0, "cpu_seconds": 0.0})
+                        for key in ("wall_seconds", "cpu_seconds"):
+                            mine[key] = round(mine[key] + t[key], 1)
+                if not self.args.dry_run:
+                    atomic_write_json(self.timing_path, self.timing)
         if self.args.dry_run:
             print(shown)
 
@@ -156,7 +177,7 @@ class RandomSearch:
             "device": machine(), "stages": stages,
             "cpu_seconds": round(sum(v["cpu_seconds"] for v in stages.values()), 1),
             "wall_seconds": round(sum(v["wall_seconds"] for v in stages.values()), 1),
-            "note": "wall/CPU seconds of this sitting's stages; a rung finished in an earlier sitting is not counted",
+            "note": "wall/CPU seconds of every stage over every sitting, a stage stopped midway included",
             "commands": self.timing["commands"],
         }
         atomic_write_json(self.results / f"{self.run}.json", record)

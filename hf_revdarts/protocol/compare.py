@@ -125,6 +125,42 @@ def significance_random(runs: list[RunRecord], root: Path, references: list[str]
     return bootstrap(pairs, root, references, ("searched", "random"))
 
 
+def random_percentile(kinds: dict[str, Any], runs: list[RunRecord]) -> dict[str, dict[str, float]]:
+    """Where each searched row's mean lies among the random genotypes' runs: how many score below it (a tie
+    counts half) of how many, and that as a percentile."""
+    randoms = [r.bleu for r in runs if r.kind == "random"]
+    out = {}
+    for kind in [k for k in training_rows(kinds) if k.startswith("searched")] if randoms else []:
+        below = sum(1.0 if b < kinds[kind]["bleu_mean"] else 0.5 if b == kinds[kind]["bleu_mean"] else 0.0
+                    for b in randoms)
+        out[kind] = {"below": below, "of": len(randoms), "percentile": round(100 * below / len(randoms), 1)}
+    return out
+
+
+def random_search_rows(random_searches: list[dict[str, Any]], runs: list[RunRecord], kinds: dict[str, Any],
+                       root: Path, references: list[str]) -> list[dict[str, Any]]:
+    """Each random search at the same compute (``benchmarks/random_search.py``'s records) against each searched
+    row: the survivor's test BLEU and cost beside the row's mean and the cost of a search plus one training, and
+    the paired bootstrap of the row's runs against the survivor (pooled over the row's runs)."""
+    out = []
+    for rs in random_searches:
+        survivor = RunRecord(run=rs["run"], kind="random_search", test=rs["test"])
+        rows = {}
+        for kind in [k for k in training_rows(kinds) if k.startswith("searched")]:
+            search = kinds.get(kind.replace("searched", "search", 1))
+            cost = (search["cpu_hours_total"] / search["runs"] + kinds[kind]["cpu_hours_total"] / kinds[kind]["runs"]
+                    if search else None)
+            sig = bootstrap([(r, survivor) for r in runs if r.row == kind], root, references, ("searched", "random_search"))
+            rows[kind] = {"runs": kinds[kind]["runs"], "bleu_mean": kinds[kind]["bleu_mean"],
+                          "cpu_hours_search_and_training": round(cost, 3) if cost is not None else None,
+                          "delta": sig["pooled"]["delta"], "p_value": sig["pooled"]["p_value"]}
+        out.append({"run": rs["run"], "survivor": rs["survivor"], "parameters": rs["parameters"],
+                    "candidates": len(rs["candidates"]), "updates_total": rs["updates_total"],
+                    "trainings": round(rs["updates_total"] / rs["schedule"][-1]["budget"], 2),
+                    "cpu_hours": round(rs["cpu_seconds"] / 3600, 3), "bleu": rs["test"]["bleu"], "searched": rows})
+    return out
+
+
 def replica_rows(replicas: list[tuple[RunRecord, RunRecord]]) -> list[dict[str, Any]]:
     """Each ``--replicate`` run beside the run it repeats: same command, another (or the same) machine."""
     return [{

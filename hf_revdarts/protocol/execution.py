@@ -77,8 +77,8 @@ class Jobs:
 
 def run_logged(command: list[str], shown: str, log: Path, cwd: Path, env: dict[str, str], stage: str,
                timing: dict[str, Any]) -> None:
-    """Run ``command`` with its output appended to ``log``; add its wall and CPU seconds to ``timing[stage]``. A
-    failure raises with the log's tail."""
+    """Run ``command`` with its output appended to ``log``; add its wall and CPU seconds to ``timing[stage]``, also
+    when it fails or is stopped, which then raises with the log's tail."""
     log.parent.mkdir(parents=True, exist_ok=True)
     start = time.time()
     with open(log, "a", encoding="utf-8") as f:
@@ -88,12 +88,13 @@ def run_logged(command: list[str], shown: str, log: Path, cwd: Path, env: dict[s
         # This child's own CPU time: RUSAGE_CHILDREN would also count runs of other --jobs finishing meanwhile.
         _, status, usage = os.wait4(proc.pid, 0)
         returncode = os.waitstatus_to_exitcode(status)
-    if returncode != 0:
-        tail = log.read_text(errors="replace")[-3000:]
-        raise RuntimeError(f"{stage} failed (exit {returncode}); log {log}:\n{tail}")
+    # A stage stopped midway counts too: its checkpoints are what the next sitting resumes from.
     t = timing.setdefault(stage, {"wall_seconds": 0.0, "cpu_seconds": 0.0})
     t["wall_seconds"] = round(t["wall_seconds"] + time.time() - start, 1)
     t["cpu_seconds"] = round(t["cpu_seconds"] + usage.ru_utime + usage.ru_stime, 1)
+    if returncode != 0:
+        tail = log.read_text(errors="replace")[-3000:]
+        raise RuntimeError(f"{stage} failed (exit {returncode}); log {log}:\n{tail}")
 
 
 def run_script(repo: Path, script: str, flags: list[str], log: Path, timing: dict[str, Any], stage: str,

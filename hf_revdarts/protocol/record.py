@@ -260,6 +260,20 @@ def load_runs(results: str | os.PathLike) -> tuple[list[RunRecord], list[RunReco
     return runs, searches
 
 
+def load_random_searches(results: str | os.PathLike) -> list[dict[str, Any]]:
+    """The records of a pair's random searches at the same compute (``random_search/*.json``), by name."""
+    out = []
+    for path in sorted((Path(results) / "random_search").glob("*.json")):
+        record = json.loads(path.read_text(encoding="utf-8"))
+        missing = [k for k in ("run", "survivor", "parameters", "candidates", "schedule", "updates_total",
+                               "cpu_seconds", "test") if k not in record]
+        if record.get("kind") != "random_search" or missing or "hypotheses" not in record.get("test", {}):
+            raise ValueError(f"{path}: not a finished random search's record (kind {record.get('kind')!r}, "
+                             f"missing {missing or ['test.hypotheses']})")
+        out.append(record)
+    return out
+
+
 def replica_pairs(results: str | os.PathLike, runs: list[RunRecord]) -> list[tuple[RunRecord, RunRecord]]:
     """(copy, the run of ``runs`` it repeats) for each ``--replicate`` run in ``results/replicas``."""
     by_name = {r.run: r for r in runs}

@@ -18,6 +18,8 @@ from typing import Any
 from ..utils.atomic import atomic_savefig, atomic_write_json, atomic_write_text
 from .compare import (
     minus_random,
+    random_percentile,
+    random_search_rows,
     replica_rows,
     search_rows,
     significance,
@@ -26,7 +28,7 @@ from .compare import (
     table,
     training_rows,
 )
-from .record import RunRecord, load_runs, replica_pairs, repo_path
+from .record import RunRecord, load_random_searches, load_runs, replica_pairs, repo_path
 
 logger = logging.getLogger(__name__)
 # The search's goal (the overview's verdicts): BLEU over the standard Transformer, and standard errors over the
@@ -62,8 +64,10 @@ def recipe_short(recipe: dict[str, Any]) -> str:
 
 
 def summarize(settings: ReportSettings, runs: list[RunRecord], searches: list[RunRecord],
-              replicas: list[tuple[RunRecord, RunRecord]], references: list[str]) -> dict[str, Any]:
-    """A pair's summary (``summary.json``) from its records and the test split's references."""
+              replicas: list[tuple[RunRecord, RunRecord]], references: list[str],
+              random_searches: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """A pair's summary (``summary.json``) from its records, its random searches' records and the test split's
+    references."""
     root, rows = settings.root, sorted({r.row for r in runs})
     kinds = table(runs, searches)
     summary: dict[str, Any] = {
@@ -85,6 +89,9 @@ def summarize(settings: ReportSettings, runs: list[RunRecord], searches: list[Ru
     }
     if "random" in kinds:
         summary["minus_random_mean"], summary["minus_random_mean_se"] = minus_random(kinds)
+        summary["random_percentile"] = random_percentile(kinds, runs)
+    if random_searches:
+        summary["random_search"] = random_search_rows(random_searches, runs, kinds, root, references)
     return summary
 
 
@@ -151,6 +158,17 @@ def markdown(summary: dict[str, Any]) -> str:
         lines += [""] + [f"{kind.capitalize()} mean − random mean: {delta:+.2f} BLEU"
                          + (f" (standard error over runs {se[kind]:.2f}: {delta / se[kind]:+.1f} SE)." if se.get(kind) else ".")
                          for kind, delta in summary["minus_random_mean"].items()]
+        lines += [f"{kind.capitalize()} mean above {p['below']:g} of the {p['of']} random genotypes' runs "
+                  f"(percentile {p['percentile']:.0f})." for kind, p in summary.get("random_percentile", {}).items()]
+    for rs in summary.get("random_search", []):
+        lines += ["", f"Random search at the same compute (`{rs['run']}`, `benchmarks/random_search.py`): "
+                  f"{rs['candidates']} random genotypes halved on validation loss, {rs['updates_total']} updates "
+                  f"({rs['trainings']:.2f} trainings), {rs['cpu_hours']:.2f} CPU h; its survivor {rs['survivor']} "
+                  f"({rs['parameters'] / 1e6:.2f}M parameters) scores {rs['bleu']:.2f}."]
+        lines += [f"- {kind} ({r['runs']} runs, {r['bleu_mean']:.2f}"
+                  + (f"; search + training {r['cpu_hours_search_and_training']:.2f} CPU h" if r[
+                      "cpu_hours_search_and_training"] is not None else "")
+                  + f") vs the survivor: Δ = {r['delta']:+.2f}, p = {r['p_value']:.4f}" for kind, r in rs["searched"].items()]
     for kind in search_rows(k):
         genotypes = k[kind]["genotypes"]
         lines += ["", f"Searched genotypes ({kind}):"] + [f"- {n}: `{json.dumps(g)}`" for n, g in genotypes.items()]
@@ -196,7 +214,8 @@ def write_summary(settings: ReportSettings) -> dict[str, Any]:
     src, tgt = settings.pair.split("-")
     _, references = load_parallel_text(settings.dataset, src, tgt, settings.splits["test"], None,
                                        settings.recipe["evaluate"].get("--max_examples"))
-    summary = summarize(settings, runs, searches, replica_pairs(settings.results, runs), references)
+    summary = summarize(settings, runs, searches, replica_pairs(settings.results, runs), references,
+                        load_random_searches(settings.results))
     atomic_write_json(settings.results / "summary.json", summary)
     atomic_write_text(settings.results / "summary.md", markdown(summary))
     plot(summary, runs, settings.results / "bleu_per_kind.png")
@@ -240,6 +259,7 @@ def overview_rows(summary: dict[str, Any], plan: dict[str, int] | None = None) -
             "minus_random_mean_se": se,
             "beats_standard": (minus_standard >= GOAL_OVER_STANDARD and pooled["p_value"] < 0.05) if pooled else None,
             "beats_random_mean": beats_random(minus_rand, se),
+            "random_below": summary.get("random_percentile", {}).get(kind),
         })
     return rows
 
@@ -264,6 +284,9 @@ def write_overview(results_root: Path, pairs: dict[str, dict[str, int]]) -> list
     def verdict(value: bool | None) -> str:
         return "—" if value is None else ("yes" if value else "no")
 
+    def below(value: dict[str, Any] | None) -> str:
+        return "—" if value is None else f"{value['below']:g} of {value['of']}"
+
     lines = [
         "# Does the search pay? Every pair of the protocol",
         "",
@@ -275,8 +298,8 @@ def write_overview(results_root: Path, pairs: dict[str, dict[str, int]]) -> list
         "",
         "| pair | searched row | searched BLEU (runs) | standard (runs of T) | random mean (runs of K) | "
         f"Δ standard (p) | Δ random mean (in SE) | ≥ standard + {GOAL_OVER_STANDARD:.0f} | "
-        f"≥ random + {GOAL_OVER_RANDOM_SE:.0f} SE |",
-        "|---|---|---|---|---|---|---|---|---|",
+        f"≥ random + {GOAL_OVER_RANDOM_SE:.0f} SE | random runs below it |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         se = r["minus_random_mean_se"]
@@ -286,13 +309,38 @@ def write_overview(results_root: Path, pairs: dict[str, dict[str, int]]) -> list
             f"{num(r['random_mean'])} ({r['random_runs']} of {r['random_planned']}) | "
             f"{num(r['minus_standard'], '+.2f')} ({num(r['p_value'], '.3f')}) | "
             f"{num(r['minus_random_mean'], '+.2f')} ({num(r['minus_random_mean'] / se if se else None, '+.1f')}) | "
-            f"{verdict(r['beats_standard'])} | {verdict(r['beats_random_mean'])} |")
+            f"{verdict(r['beats_standard'])} | {verdict(r['beats_random_mean'])} | {below(r['random_below'])} |")
     if missing:
         lines += ["", "No finished run yet: " + ", ".join(missing) + "."]
+    lines += random_search_lines(results_root, folders)
     lines += ranking_lines(results_root, folders)
     atomic_write_json(results_root / "overview.json", {"rows": rows, "not_run": missing})
     atomic_write_text(results_root / "overview.md", "\n".join(lines) + "\n")
     return rows
+
+
+def random_search_lines(results_root: Path, folders: list[str]) -> list[str]:
+    """The overview's table of random search at the same compute against each searched row, from the pairs'
+    summaries, where a random search ran."""
+    rows = []
+    for name in folders:
+        path = results_root / name / "summary.json"
+        for rs in json.loads(path.read_text(encoding="utf-8")).get("random_search", []) if path.is_file() else []:
+            for kind, r in rs["searched"].items():
+                cost = r["cpu_hours_search_and_training"]
+                rows.append(f"| {name} | {rs['run']} | {rs['candidates']} → {rs['survivor']} | {rs['trainings']:.2f} | "
+                            f"{rs['cpu_hours']:.2f} | {rs['bleu']:.2f} | {kind} | {r['bleu_mean']:.2f} ({r['runs']}) | "
+                            f"{'—' if cost is None else format(cost, '.2f')} | {r['delta']:+.2f} ({r['p_value']:.3f}) |")
+    if not rows:
+        return []
+    return ["", "## Search or random search at the same compute?", "",
+            "Random search with successive halving (`benchmarks/random_search.py`): genotypes drawn from the space, "
+            "trained briefly, halved on validation loss, the survivor trained with the recipe and scored once. Beside "
+            "it each searched row, its CPU hours being one search's plus one training's (means), and the paired "
+            "bootstrap of the row's runs against the survivor (pooled).", "",
+            "| pair | random search | candidates → survivor | trainings of updates | CPU h | survivor BLEU | "
+            "searched row | its BLEU (runs) | search + training CPU h | Δ searched − survivor (p) |",
+            "|---|---|---|---|---|---|---|---|---|---|", *rows]
 
 
 def ranking_lines(results_root: Path, folders: list[str]) -> list[str]:

@@ -13,6 +13,8 @@ import pytest
 from hf_revdarts.protocol.compare import (
     mean_std,
     minus_random,
+    random_percentile,
+    random_search_rows,
     replica_rows,
     search_rows,
     significance,
@@ -21,7 +23,7 @@ from hf_revdarts.protocol.compare import (
     table,
     training_rows,
 )
-from hf_revdarts.protocol.record import RunRecord, load_runs, replica_pairs
+from hf_revdarts.protocol.record import RunRecord, load_random_searches, load_runs, replica_pairs
 
 REPO = Path(__file__).resolve().parents[2]
 RESULTS = REPO / "benchmarks" / "results"
@@ -96,3 +98,33 @@ def test_same_machine_significance_sets_a_replica_of_a_searched_run_against_the_
     assert {kind: [s["run"] for s in sig["per_seed"]] for kind, sig in rows.items()} == {
         "searched-long": ["searched-long-s0-t0-on-cpu"], "random": ["random-r0"]}
     assert rows["searched-long"]["per_seed"][0]["delta"] > 0 and rows["random"]["per_seed"][0]["delta"] == 0
+
+
+def test_random_search_meets_each_searched_row_and_a_searched_mean_has_a_place_among_random_draws(tmp_path):
+    """The practitioner's baseline: the survivor of random search against every run of a searched row (pooled),
+    beside the cost of a search plus a training; the searched mean's place among the random genotypes' runs."""
+    runs = [_run(tmp_path, "searched-s0-t0", "searched", "CPU", GOOD), _run(tmp_path, "searched-s1-t0", "searched", "CPU", GOOD),
+            _run(tmp_path, "random-r0", "random", "CPU", BAD), _run(tmp_path, "random-r1", "random", "CPU", GOOD)]
+    kinds = {"searched": {"runs": 2, "bleu_mean": 40.0, "cpu_hours_total": 2.2},
+             "search": {"runs": 2, "cpu_hours_total": 1.8}, "random": {"runs": 3, "bleu_mean": 35.0}}
+    for r, bleu in zip(runs, (40.0, 40.0, 30.0, 40.0)):
+        r.test["bleu"] = bleu
+    # one random run below, one tied (half): 1.5 of 2
+    assert random_percentile(kinds, runs) == {"searched": {"below": 1.5, "of": 2, "percentile": 75.0}}
+    assert random_percentile(kinds, runs[:2]) == {}
+    (tmp_path / "random_search").mkdir()
+    record = {"run": "random-search-s0", "kind": "random_search", "survivor": "c3", "parameters": 2_100_000,
+              "candidates": [{"name": f"c{i}"} for i in range(8)], "schedule": [{"candidates": 8, "budget": 250},
+                                                                              {"candidates": 1, "budget": 4000}],
+              "updates_total": 7000, "cpu_seconds": 7200.0, "test": {"bleu": 30.0, "hypotheses": "survivor.txt"}}
+    (tmp_path / "survivor.txt").write_text("\n".join(BAD))
+    (tmp_path / "random_search" / "random-search-s0.json").write_text(json.dumps(record))
+    (row,) = random_search_rows(load_random_searches(tmp_path), runs, kinds, tmp_path, REFS)
+    assert {k: row[k] for k in ("run", "survivor", "candidates", "trainings", "cpu_hours", "bleu")} == {
+        "run": "random-search-s0", "survivor": "c3", "candidates": 8, "trainings": 1.75, "cpu_hours": 2.0, "bleu": 30.0}
+    searched = row["searched"]["searched"]
+    assert searched["cpu_hours_search_and_training"] == 2.0 and searched["delta"] > 0 and searched["p_value"] < 0.05
+    del record["test"]["hypotheses"]  # a random search that never translated its survivor is refused by name
+    (tmp_path / "random_search" / "random-search-s0.json").write_text(json.dumps(record))
+    with pytest.raises(ValueError, match="random-search-s0.json: not a finished random search"):
+        load_random_searches(tmp_path)

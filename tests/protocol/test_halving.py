@@ -50,6 +50,9 @@ def test_smoke_random_search_trains_its_survivor_as_the_recipe_would(tmp_path):
     assert record["survivor"] == min(first, key=first.get)  # validation loss decides, nothing else
     assert [c for c in record["candidates"] if "4" in c["val_loss"]][0]["name"] == record["survivor"]
     assert len({json.dumps(c["genotype"]) for c in record["candidates"]}) == 3
+    timing = json.loads((tmp_path / "work" / "en-de-smoke" / "random-search-s0" / "timing.json").read_text())
+    assert record["cpu_seconds"] == round(sum(t["cpu_seconds"] for k, t in timing.items() if k != "commands"), 1) > 0
+    assert timing["commands"] == record["commands"] and len(record["commands"]) == 3 + 1 + 1  # rungs, then evaluate
     assert record["test"]["bleu"] is not None and record["test"]["sentences"] == 8
     assert len((REPO / record["test"]["hypotheses"]).read_text().splitlines()) == 8
     # The survivor's averaged model is a recipe training of its genotype from scratch, update for update.
@@ -66,3 +69,14 @@ def test_smoke_random_search_trains_its_survivor_as_the_recipe_would(tmp_path):
     a = load_file(work / record["survivor"] / "averaged" / "model.safetensors")
     b = load_file(fresh / "averaged" / "model.safetensors")
     assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a)
+
+
+def test_a_stage_that_fails_or_is_stopped_still_counts_its_seconds(tmp_path):
+    """A sitting stopped mid-training leaves checkpoints the next one resumes from: their cost is counted."""
+    from hf_revdarts.protocol.execution import run_logged
+
+    timing: dict = {}
+    burn = "import sys, time\nt = time.process_time()\nwhile time.process_time() - t < 0.3: pass\nsys.exit(3)"
+    with pytest.raises(RuntimeError, match="train failed \\(exit 3\\)"):
+        run_logged([sys.executable, "-c", burn], "burn", tmp_path / "log", tmp_path, dict(os.environ), "train", timing)
+    assert timing["train"]["cpu_seconds"] >= 0.3 and timing["train"]["wall_seconds"] >= 0.3

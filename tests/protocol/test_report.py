@@ -78,6 +78,12 @@ def test_overview_puts_every_pair_against_the_goal(tmp_path):
              "en-fr": _pair_summary("en-fr", [41.9], [40.0], [42.0, 42.4], 0.001),  # +1.9 only: no; below random
              "en-cs": _pair_summary("en-cs", [30.5], [28.0], [30.0, 30.2], 0.001),  # above random: SE unknown
              "xx-yy": _pair_summary("xx-yy", [30.0], [28.0], [], 0.2)}  # +2.0 but not significant; no random yet
+    cases["en-de"]["random_percentile"] = {"searched": {"below": 2, "of": 2, "percentile": 100.0}}
+    cases["en-de"]["random_search"] = [{"run": "random-search-s0", "survivor": "c5", "parameters": 2_200_000,
+                                        "candidates": 8, "updates_total": 7000, "trainings": 1.75, "cpu_hours": 2.1,
+                                        "bleu": 33.5, "searched": {"searched": {
+                                            "runs": 2, "bleu_mean": 34.2, "cpu_hours_search_and_training": 2.05,
+                                            "delta": 0.7, "p_value": 0.01}}}]
     for pair, summary in cases.items():
         (tmp_path / pair).mkdir()
         (tmp_path / pair / "summary.json").write_text(json.dumps(summary))
@@ -92,7 +98,9 @@ def test_overview_puts_every_pair_against_the_goal(tmp_path):
     assert {r["pair"]: r["random_planned"] for r in rows}["en-de"] == 4  # the plan, not what a partial run asked for
     text = (tmp_path / "overview.md").read_text()
     assert "| en-de | searched | 34.20 ± 0.28 (2) | 31.30 (2 of 2) | 33.30 (2 of 4) | +2.90 (0.001) | +0.90 (+2.2) |" in text
-    assert "≥ standard + 2 | ≥ random + 2 SE |" in text
+    assert "+2.90 (0.001) | +0.90 (+2.2) | yes | yes | 2 of 2 |" in text and "| no | — | — |" in text
+    assert "≥ standard + 2 | ≥ random + 2 SE | random runs below it |" in text
+    assert "| en-de | random-search-s0 | 8 → c5 | 1.75 | 2.10 | 33.50 | searched | 34.20 (2) | 2.05 | +0.70 (0.010) |" in text
     assert "No finished run yet: en-it." in text
     assert "| en-de | supernet search-s0 | 9 | +0.28 | [-0.40, +0.94] |" in text and "ceiling" not in text
     assert json.loads((tmp_path / "overview.json").read_text())["not_run"] == ["en-it"]
