@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ..model.genotype import Genotype
+from ..training.run_folder import running
 from ..utils.atomic import atomic_write_json
 from ..utils.integrity import complete_checkpoints
 from .recipe import random_genotype
@@ -108,8 +109,8 @@ class PairPlan:
         return self.rel(path)
 
     def status(self) -> list[dict[str, Any]]:
-        """Where each run stands: done with its BLEU, stopped at a checkpoint, or not started, and the updates
-        left (nothing is run or written)."""
+        """Where each run stands: done with its BLEU, running now (its folder's lock is held), stopped at a
+        checkpoint, or not started, and the updates left (nothing is run or written)."""
         searches = self.searches()
         budgets = {self.search_name(s): int({**self.recipe["search"], **self.variant_flags}["--max_steps"])
                    for s in searches}
@@ -123,7 +124,10 @@ class PairPlan:
             else:
                 checkpoints = complete_checkpoints(self.work / name)
                 step = int(checkpoints[-1].name.split("-")[-1]) if checkpoints else 0
-                state = f"stopped at {step} of {steps} updates" if step else "not started"
+                holder = running(self.work / name)
+                at = f"last checkpoint at {step} of {steps} updates" if step else f"no checkpoint yet of {steps} updates"
+                state = (f"running ({holder}), {at}" if holder
+                         else f"stopped at {step} of {steps} updates" if step else "not started")
             rows.append({"run": name, "kind": "search" if i < len(searches) else "training", "state": state,
                          "updates_left": steps - step})
         return rows

@@ -35,6 +35,7 @@ __all__ = [
     "foreign_entries",
     "probe_lock",
     "release_output_dir",
+    "running",
 ]
 
 LOCK_NAME = ".revdarts-run.lock"
@@ -144,6 +145,19 @@ def _busy(folder: Path) -> RunFolderBusyError:
         f"--output_dir {folder} is in use by another run{_holder(folder)}: one run per folder at a time. Wait "
         "for it to end, stop it, or give another --output_dir"
     )
+
+
+def running(folder: str | os.PathLike) -> str | None:
+    """Who runs in ``folder`` now (process, host, script, start), or None when no live run holds it."""
+    lock = _lock_path(Path(folder))
+    if not lock.is_file():
+        return None
+    fd = _try_lock(lock)
+    if fd is None:
+        return _holder(Path(folder)).strip(" ()") or "a live run"
+    fcntl.flock(fd, fcntl.LOCK_UN)
+    os.close(fd)
+    return None
 
 
 def probe_lock(folder: str | os.PathLike) -> None:

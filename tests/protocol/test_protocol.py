@@ -456,14 +456,32 @@ def test_status_says_where_each_run_stands_and_writes_nothing(tmp_path, capsys):
                                                           "test": {"bleu": 12.345}}))
     (work / "searched-s0-t0" / "checkpoint-000002").mkdir(parents=True)
     (work / "searched-s0-t0" / "checkpoint-000002" / "train_state.json").write_text("{}")
-    before = sorted(p for p in tmp_path.rglob("*"))
-    assert sq.main(["--smoke", "--status", "--work_dir", str(tmp_path / "work"),
-                    "--results_dir", str(tmp_path / "results")]) == 0
+    # random-r0 runs now, in another process holding its folder's lock, before its first checkpoint
+    lock = work / "random-r0" / ".revdarts-run.lock"
+    lock.parent.mkdir()
+    lock.write_text(json.dumps({"pid": 4321, "host": "vm", "script": "train.py", "started": "2026-12-07 13:48:03"}))
+    holder = subprocess.Popen([sys.executable, "-c", f"import fcntl, sys, time; f = open({str(lock)!r}); "
+                               "fcntl.flock(f, fcntl.LOCK_EX); print('held', flush=True); time.sleep(60)"],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        before = sorted(p for p in tmp_path.rglob("*"))
+        assert sq.main(["--smoke", "--status", "--work_dir", str(tmp_path / "work"),
+                        "--results_dir", str(tmp_path / "results")]) == 0
+    finally:
+        holder.kill()
+        holder.wait()
     lines = [line.split(None, 1) for line in capsys.readouterr().out.splitlines()]
     assert lines[:4] == [["search-s0", "done"], ["searched-s0-t0", "stopped at 2 of 4 updates"],
-                         ["standard-t0", "done, BLEU 12.35"], ["random-r0", "not started"]]
+                         ["standard-t0", "done, BLEU 12.35"],
+                         ["random-r0", "running (process 4321 on vm, train.py started 2026-12-07 13:48:03), no "
+                          "checkpoint yet of 4 updates"]]
     assert lines[4][0] == "6" and "0.0 CPU-hours at the 1.80 CPU-seconds per update" in lines[4][1]  # 2 + 4 left
     assert sorted(p for p in tmp_path.rglob("*")) == before  # no genotype drawn, no folder made
+    # the lock of a run that ended is no longer held: the run is where its checkpoints left it
+    assert sq.main(["--smoke", "--status", "--work_dir", str(tmp_path / "work"),
+                    "--results_dir", str(tmp_path / "results")]) == 0
+    assert [line.split(None, 1) for line in capsys.readouterr().out.splitlines()][3] == ["random-r0", "not started"]
 
 
 def test_shared_warmup_runs_the_first_search_then_only_the_alpha_phase_of_the_others(tmp_path):
