@@ -15,6 +15,8 @@ For every genotype the protocol trained on the pair (standard, searched and rand
   ops with the weights it inherited (``hf_revdarts.search.selection.fixed_genotype``). A genotype the supernet
   cannot compute (another depth, or layers its tied blocks cannot hold) gets none; a genotype stacked from a
   proxy's block is unstacked to it;
+- **α**, one per search: the log-probability its architecture weights give the genotype (the sum over α nodes of
+  log softmax(α) of the genotype's op; what argmax maximises), so that α's ranking meets the supernet's;
 - **parameter count**, the cheapest predictor.
 
 Kendall's τ-b (scipy) of each predictor against the stand-alone losses, oriented so that +1 is perfect agreement
@@ -111,35 +113,44 @@ def heldout_batches(tokenizer: Any, data: Path, src: str, tgt: str, split: str, 
 
 
 def supernet_estimates(folder: Path, rows: list[dict[str, Any]], data: Path, src: str, tgt: str, split: str,
-                       sentences: int) -> list[float | None]:
-    """The supernet's held-out NLL of each row's genotype (None: not in its space)."""
+                       sentences: int) -> tuple[list[float | None], list[float | None]]:
+    """The supernet's held-out NLL of each row's genotype, and its α's log-probability of it (None: not in its
+    space)."""
     from transformers import AutoTokenizer
 
     from hf_revdarts.search import RevDartsSupernet
-    from hf_revdarts.search.selection import score_genotypes
+    from hf_revdarts.search.selection import genotype_log_prob, score_genotypes
 
     supernet = RevDartsSupernet.from_pretrained(folder / "supernet").eval()
     tokenizer = AutoTokenizer.from_pretrained(folder / "tokenizer")
     batches = heldout_batches(tokenizer, data, src, tgt, split, sentences, supernet.config.max_position_embeddings)
     out: list[float | None] = []
+    log_probs: list[float | None] = []
     for row in rows:
         genotype = unstacked(row["genotype"], supernet)
         try:
             out.append(score_genotypes(supernet, [genotype], batches)[0] if genotype is not None else None)
+            log_probs.append(genotype_log_prob(supernet, genotype) if genotype is not None else None)
         except ValueError as e:  # layers the tied blocks cannot hold, or ops outside the supernet's space
             logger.info("%s: not in the space of %s (%s)", ",".join(row["runs"]), folder.name, e)
             out.append(None)
-    return out
+            log_probs.append(None)
+    return out, log_probs
 
 
-def ranking(rows: list[dict[str, Any]], estimates: dict[str, list[float | None]]) -> dict[str, Any]:
-    """τ of each predictor against the stand-alone validation loss (mean over seeds), with intervals."""
+def ranking(rows: list[dict[str, Any]], estimates: dict[str, list[float | None]],
+            log_probs: dict[str, list[float | None]] | None = None) -> dict[str, Any]:
+    """τ of each predictor against the stand-alone validation loss (mean over seeds), with intervals: each
+    supernet's estimate, each search's α (``log_probs``: a higher probability predicting a lower loss), the
+    parameter count, another training seed."""
     loss = [float(np.mean(list(r["val_loss"].values()))) for r in rows]
     table: dict[str, Any] = {}
-    for search, values in estimates.items():
+    predictors = [(f"supernet {s}", v) for s, v in estimates.items()]
+    predictors += [(f"α of {s}", [None if p is None else -p for p in v]) for s, v in (log_probs or {}).items()]
+    for name, values in predictors:
         keep = [i for i, v in enumerate(values) if v is not None]
         x, y = [values[i] for i in keep], [loss[i] for i in keep]
-        table[f"supernet {search}"] = {"genotypes": len(keep), "tau": tau(x, y), "ci95": tau_interval(x, y)}
+        table[name] = {"genotypes": len(keep), "tau": tau(x, y), "ci95": tau_interval(x, y)}
     params = [-float(r["parameters"]) for r in rows]  # more parameters predicting lower loss counts as agreement
     table["parameter count"] = {"genotypes": len(rows), "tau": tau(params, loss), "ci95": tau_interval(params, loss)}
     seeded = [r for r in rows if 0 in r["val_loss"] and 1 in r["val_loss"]]
@@ -216,13 +227,14 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"no trained supernet for {', '.join(missing)} in {work} (run its search, or "
                          "benchmarks/search_quality.py --rebuild, first)")
     src, tgt = pair.split("-")
-    estimates = {s: supernet_estimates(work / s, rows, data, src, tgt, splits["val"], args.val_sentences)
-                 for s in searches}
-    result = ranking(rows, estimates)
+    both = {s: supernet_estimates(work / s, rows, data, src, tgt, splits["val"], args.val_sentences) for s in searches}
+    estimates, log_probs = {s: v[0] for s, v in both.items()}, {s: v[1] for s, v in both.items()}
+    result = ranking(rows, estimates, log_probs)
     per_genotype = [{"runs": r["runs"], "kind": r["kind"], "parameters": r["parameters"],
                      "val_loss": {str(k): v for k, v in r["val_loss"].items()},
                      "test_bleu": {str(k): v for k, v in r["bleu"].items()},
-                     "supernet_estimates": {s: estimates[s][i] for s in searches}} for i, r in enumerate(rows)]
+                     "supernet_estimates": {s: estimates[s][i] for s in searches},
+                     "alpha_log_prob": {s: log_probs[s][i] for s in searches}} for i, r in enumerate(rows)]
     # In a folder of its own: the pair's folder holds run records only (``load_runs`` reads every JSON there).
     (results / "ranking").mkdir(parents=True, exist_ok=True)
     atomic_write_json(results / "ranking" / "ranking.json", {"pair": pair, "val_sentences": args.val_sentences,

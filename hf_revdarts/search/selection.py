@@ -146,6 +146,14 @@ def sample_genotypes(supernet: RevDartsSupernet, count: int, generator: torch.Ge
 
 
 @torch.no_grad()
+def genotype_log_prob(supernet: RevDartsSupernet, genotype: Genotype | dict) -> float:
+    """log P(genotype) under α: the sum over its α nodes (each tied node once) of log softmax(α) of the op it
+    takes. Argmax maximises it; as a score of any genotype it is how α ranks architectures."""
+    chosen = _genotype_nodes(supernet, genotype)
+    return float(sum(F.log_softmax(supernet.alpha_for(*key).float(), dim=-1)[index] for key, index in chosen.items()))
+
+
+@torch.no_grad()
 def score_genotypes(supernet: RevDartsSupernet, genotypes: Sequence[Genotype | dict], batches: Sequence[Batch],
                     progress: bool = False) -> list[float]:
     """The supernet's estimate of each genotype: held-out NLL per token (eval mode) with ``fixed_genotype``."""

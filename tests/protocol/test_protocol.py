@@ -217,13 +217,13 @@ def test_smoke_protocol_runs_every_kind_and_resumes(tmp_path):
     runs = {run for g in ranking["genotypes"] for run in g["runs"]}
     assert {"searched-s0-t0", "searched-long-s0-t0", "standard-t0", "random-r0"} <= runs
     assert all(isinstance(v, float) for g in ranking["genotypes"] for v in g["supernet_estimates"].values())
-    assert set(ranking["against_val_loss"]) == {"supernet search-long-s0", "supernet search-s0", "parameter count",
-                                                "another training seed (ceiling)"}
+    assert set(ranking["against_val_loss"]) == {"supernet search-long-s0", "supernet search-s0", "α of search-long-s0",
+                                                "α of search-s0", "parameter count", "another training seed (ceiling)"}
     module = load_file(REPO / "benchmarks" / "supernet_ranking.py", "supernet_ranking_under_test")
     from transformers import AutoTokenizer
 
     from hf_revdarts.search import RevDartsSupernet
-    from hf_revdarts.search.selection import score_genotypes
+    from hf_revdarts.search.selection import genotype_log_prob, score_genotypes
 
     supernet = RevDartsSupernet.from_pretrained(work / "search-s0" / "supernet")
     tokenizer = AutoTokenizer.from_pretrained(work / "search-s0" / "tokenizer")
@@ -232,6 +232,7 @@ def test_smoke_protocol_runs_every_kind_and_resumes(tmp_path):
     standard = Genotype.standard(encoder_layers=2, decoder_layers=2)
     assert score_genotypes(supernet, [standard], batches)[0] == pytest.approx(row["supernet_estimates"]["search-s0"],
                                                                                abs=1e-5)
+    assert genotype_log_prob(supernet, standard) == pytest.approx(row["alpha_log_prob"]["search-s0"], abs=1e-6)
 
 
 def _load_protocol_module():

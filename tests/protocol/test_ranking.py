@@ -24,8 +24,10 @@ def _rows(losses, params, seed1=None, bleu=None):
 def test_tau_is_plus_one_for_a_perfect_predictor_of_each_kind():
     losses = [3.1, 3.4, 3.2, 3.6, 3.3]
     rows = _rows(losses, params=[5, 2, 4, 1, 3], seed1=[3.0, 3.5, 3.1, 3.7, 3.2], bleu=[-v for v in losses])
-    result = ranking_module.ranking(rows, {"s": [v + 1.0 for v in losses], "partial": [1.0, None, 2.0, None, None]})
+    result = ranking_module.ranking(rows, {"s": [v + 1.0 for v in losses], "partial": [1.0, None, 2.0, None, None]},
+                                    {"s": [-v for v in losses]})  # α: the likelier genotype trains to the lower loss
     table = result["against_val_loss"]
+    assert table["α of s"]["tau"] == pytest.approx(1.0) and table["α of s"]["genotypes"] == 5
     assert table["supernet s"]["tau"] == pytest.approx(1.0) and table["supernet s"]["genotypes"] == 5
     low, high = table["supernet s"]["ci95"]
     assert low == pytest.approx(1.0) and high == pytest.approx(1.0)

@@ -11,7 +11,14 @@ import torch
 from hf_revdarts import Genotype
 from hf_revdarts.model.modeling_revdarts import shift_tokens_right
 from hf_revdarts.search import RevDartsSupernet, select_genotype
-from hf_revdarts.search.selection import fixed_genotype, heldout_nll, removed_op, sample_genotypes, score_genotypes
+from hf_revdarts.search.selection import (
+    fixed_genotype,
+    genotype_log_prob,
+    heldout_nll,
+    removed_op,
+    sample_genotypes,
+    score_genotypes,
+)
 from testing.builders import padded_batch, set_alpha, tiny_search_config
 
 VOCAB = 200
@@ -180,3 +187,17 @@ def test_sampled_selection_keeps_the_lowest_supernet_estimate() -> None:
     assert select_genotype(model, "sampled", batches, samples=12, seed=1).to_dict() == sel.to_dict()
     with pytest.raises(ValueError, match="batches"):
         select_genotype(model, "sampled")
+
+
+def test_alpha_scores_a_genotype_by_the_log_probability_argmax_maximises() -> None:
+    """α as a ranking of any genotype: the argmax genotype scores highest, a tied node counts once."""
+    torch.manual_seed(0)
+    model = RevDartsSupernet(tiny(layers=2, dropout=0.0), tie_blocks=1)
+    set_alpha(model, "encoder.p0.s0", "glu", 3.0)
+    argmax = model.genotype(exclude=())
+    drawn = sample_genotypes(model, 10, torch.Generator().manual_seed(3), exclude=())
+    assert all(genotype_log_prob(model, argmax) >= genotype_log_prob(model, g) for g in drawn)
+    expected = sum(torch.log_softmax(a.detach(), -1)[model.op_names(k[0]).index(argmax[k[0]][k[1]][k[2]])]
+                   for k, a in zip(model.node_keys(), model.arch_parameters()))
+    assert genotype_log_prob(model, argmax) == pytest.approx(float(expected), abs=1e-5)
+    assert genotype_log_prob(model, argmax.to_dict()) < 0  # a probability below one
