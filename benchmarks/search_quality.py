@@ -127,9 +127,13 @@ class Protocol:
     def threads(self) -> list[str]:
         return ["--num_threads", str(self.args.num_threads)] if self.args.num_threads else []
 
-    def run(self, script: str, flags: list[str], log: Path, timing: dict[str, Any], stage: str) -> None:
-        """Run a training script (a dry run prints its command); its command and time go into ``timing``."""
-        shown = run_script(REPO, script, flags, log, timing, stage, self.args.dry_run)
+    def run(self, script: str, flags: list[str], log: Path, timing: dict[str, Any], stage: str, out: Path) -> None:
+        """Run a training script (a dry run prints its command); its command and time go into ``timing``, saved
+        beside run folder ``out`` even when it fails or is stopped (the next sitting resumes its checkpoints)."""
+        try:
+            shown = run_script(REPO, script, flags, log, timing, stage, self.args.dry_run)
+        finally:
+            self.timing(out, timing)
         if self.args.dry_run:
             print(shown)
 
@@ -165,8 +169,7 @@ class Protocol:
                 *restart_flags(out)]
             if self.args.shared_warmup and seed > 0 and not again:  # only the α phase: s0's θ warm-up
                 flags += ["--warmup_from", rel(self.work / self.plan.search_name(0))]
-            self.run("search.py", flags, out.parent / f"{out.name}.log", timing, "search")
-            self.timing(out, timing)
+            self.run("search.py", flags, out.parent / f"{out.name}.log", timing, "search", out)
         if self.args.dry_run:
             return None
         record = search_record(name, self.pair, seed, variant, variant_flags, out, rel(out), timing)
@@ -204,8 +207,7 @@ class Protocol:
                 flags += ["--resume_from_checkpoint", rel(start_from)]
             else:
                 flags += restart_flags(out)
-            self.run("train.py", flags, log, timing, "train")
-            self.timing(out, timing)
+            self.run("train.py", flags, log, timing, "train", out)
         summary = {} if self.args.dry_run else json.loads((out / "train_summary.json").read_text())
         if not self.args.dry_run:  # the model tested: the mean of the last checkpoints, as train.py wrote it
             if not (out / "averaged" / "config.json").is_file():
@@ -218,16 +220,14 @@ class Protocol:
             shared = {k: v for k, v in decoding.items() if k in ("--max_new_tokens", "--max_examples")}
             flags = [*self.data_flags(), "--model", rel(out / "averaged"), "--split", self.splits["val"],
                      "--output", rel(tuned), *flag_list({**shared, **self.recipe["zoo_decoding"]}), *self.threads()]
-            self.run("tune_decoding.py", flags, log, timing, "tune")
-            self.timing(out, timing)
+            self.run("tune_decoding.py", flags, log, timing, "tune", out)
         if tune:
             decoding = {**{k: v for k, v in decoding.items() if k not in ("--num_beams", "--length_penalty")},
                         "--decoding": rel(tuned)}
         if extend or not test_json.is_file():
             flags = [*self.data_flags(), "--model", rel(out / "averaged"), "--split", self.splits["test"],
                      "--output", rel(test_json), *flag_list(decoding), *self.threads()]
-            self.run("evaluate.py", flags, log, timing, "evaluate")
-            self.timing(out, timing)
+            self.run("evaluate.py", flags, log, timing, "evaluate", out)
         if self.args.dry_run:
             return
         test = json.loads(test_json.read_text())  # evaluate.py's scores: BLEU cased and lowercased, chrF
@@ -407,7 +407,7 @@ class Protocol:
         # from the search's record.
         if best.search and (self.work / best.search / "search_summary.json").is_file():
             flags += ["--search_dir", rel(self.work / best.search)]
-        self.run("publish.py", flags, self.work / f"{name}.publish.log", {}, "publish")
+        self.run("publish.py", flags, self.work / f"{name}.publish.log", {}, "publish", self.work / f"{name}.publish")
         logger.info("publish: %s", rel(out))
         return out
 

@@ -296,6 +296,27 @@ def test_a_run_that_died_before_its_first_checkpoint_starts_over(tmp_path):
     assert sq.restart_flags(out) == ["--resume_from_checkpoint", "latest"]
 
 
+def test_a_training_stopped_midway_keeps_its_seconds_for_the_next_sitting(tmp_path, monkeypatch):
+    """A sitting that ends mid-training (the process stopped) saves the stage's time beside the run, so the
+    record of the sitting that resumes it counts both."""
+    sq = _load_protocol_module()
+    args = sq.parse_args(["--pair", "en-de", "--work_dir", str(tmp_path / "work"), "--results_dir", str(tmp_path / "r")])
+    protocol = sq.Protocol(args)
+
+    def stopped(repo, script, flags, log, timing, stage, dry_run=False):
+        timing.setdefault("commands", []).append(f"python training/{script}")
+        timing[stage] = {"wall_seconds": 60.0, "cpu_seconds": 55.0}  # what run_logged counts before it raises
+        raise RuntimeError(f"{stage} failed (exit -15)")
+
+    monkeypatch.setattr(sq, "run_script", stopped)
+    (tmp_path / "work" / "en-de").mkdir(parents=True)  # run_logged makes it for the log
+    with pytest.raises(RuntimeError, match="exit -15"):
+        protocol.train("random-r5", "random", "g.json", 0, {})
+    saved = json.loads((tmp_path / "work" / "en-de" / "random-r5.timing.json").read_text())
+    assert saved["train"] == {"wall_seconds": 60.0, "cpu_seconds": 55.0}
+    assert saved["commands"] == ["python training/train.py"]
+
+
 def test_replicate_trains_a_finished_run_with_its_own_genotype_and_seed(tmp_path, monkeypatch):
     sq = _load_protocol_module()
     args = sq.parse_args(["--pair", "en-de", "--replicate", "searched-s1-t1", "--replicate", "random-r2",
