@@ -32,7 +32,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from hf_revdarts.protocol.execution import Jobs, joint_tokenizer, machine, run_script
+from hf_revdarts.protocol.execution import Jobs, add_seconds, joint_tokenizer, machine, run_script
 from hf_revdarts.protocol.halving import halving_schedule, schedule_updates, survivors
 from hf_revdarts.protocol.recipe import ProtocolConfig, flag_list, random_genotype
 from hf_revdarts.protocol.record import repo_path
@@ -84,9 +84,7 @@ class RandomSearch:
                 self.timing["commands"] += timing.get("commands", [])
                 for name, t in timing.items():
                     if name != "commands":
-                        mine = self.timing.setdefault(name, {"wall_seconds": 0.0, "cpu_seconds": 0.0})
-                        for key in ("wall_seconds", "cpu_seconds"):
-                            mine[key] = round(mine[key] + t[key], 1)
+                        add_seconds(self.timing, name, t["wall_seconds"], t["cpu_seconds"])
                 if not self.args.dry_run:
                     atomic_write_json(self.timing_path, self.timing)
         if self.args.dry_run:

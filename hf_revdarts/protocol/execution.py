@@ -75,6 +75,13 @@ class Jobs:
             raise errors[0]
 
 
+def add_seconds(timing: dict[str, Any], stage: str, wall: float, cpu: float) -> None:
+    """Add wall and CPU seconds to ``timing[stage]``, the sum over every time the stage ran."""
+    t = timing.setdefault(stage, {"wall_seconds": 0.0, "cpu_seconds": 0.0})
+    t["wall_seconds"] = round(t["wall_seconds"] + wall, 1)
+    t["cpu_seconds"] = round(t["cpu_seconds"] + cpu, 1)
+
+
 def run_logged(command: list[str], shown: str, log: Path, cwd: Path, env: dict[str, str], stage: str,
                timing: dict[str, Any]) -> None:
     """Run ``command`` with its output appended to ``log``; add its wall and CPU seconds to ``timing[stage]``, also
@@ -89,9 +96,7 @@ def run_logged(command: list[str], shown: str, log: Path, cwd: Path, env: dict[s
         _, status, usage = os.wait4(proc.pid, 0)
         returncode = os.waitstatus_to_exitcode(status)
     # A stage stopped midway counts too: its checkpoints are what the next sitting resumes from.
-    t = timing.setdefault(stage, {"wall_seconds": 0.0, "cpu_seconds": 0.0})
-    t["wall_seconds"] = round(t["wall_seconds"] + time.time() - start, 1)
-    t["cpu_seconds"] = round(t["cpu_seconds"] + usage.ru_utime + usage.ru_stime, 1)
+    add_seconds(timing, stage, time.time() - start, usage.ru_utime + usage.ru_stime)
     if returncode != 0:
         tail = log.read_text(errors="replace")[-3000:]
         raise RuntimeError(f"{stage} failed (exit {returncode}); log {log}:\n{tail}")

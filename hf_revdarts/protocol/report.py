@@ -270,13 +270,10 @@ def write_overview(results_root: Path, pairs: dict[str, dict[str, int]]) -> list
     not run."""
     results_root = Path(results_root)
     folders = sorted({*pairs, *(p.parent.name for p in results_root.glob("*/summary.json"))})
-    rows, missing = [], []
-    for name in folders:
-        path = results_root / name / "summary.json"
-        if path.is_file():
-            rows += overview_rows(json.loads(path.read_text(encoding="utf-8")), pairs.get(name))
-        else:
-            missing.append(name)
+    paths = {name: results_root / name / "summary.json" for name in folders}
+    summaries = {name: json.loads(path.read_text(encoding="utf-8")) for name, path in paths.items() if path.is_file()}
+    rows = [row for name, summary in summaries.items() for row in overview_rows(summary, pairs.get(name))]
+    missing = [name for name in folders if name not in summaries]
 
     def num(value: float | None, fmt: str = ".2f") -> str:
         return "—" if value is None else format(value, fmt)
@@ -312,20 +309,19 @@ def write_overview(results_root: Path, pairs: dict[str, dict[str, int]]) -> list
             f"{verdict(r['beats_standard'])} | {verdict(r['beats_random_mean'])} | {below(r['random_below'])} |")
     if missing:
         lines += ["", "No finished run yet: " + ", ".join(missing) + "."]
-    lines += random_search_lines(results_root, folders)
+    lines += random_search_lines(summaries)
     lines += ranking_lines(results_root, folders)
     atomic_write_json(results_root / "overview.json", {"rows": rows, "not_run": missing})
     atomic_write_text(results_root / "overview.md", "\n".join(lines) + "\n")
     return rows
 
 
-def random_search_lines(results_root: Path, folders: list[str]) -> list[str]:
+def random_search_lines(summaries: dict[str, dict[str, Any]]) -> list[str]:
     """The overview's table of random search at the same compute against each searched row, from the pairs'
-    summaries, where a random search ran."""
+    summaries (by folder name), where a random search ran."""
     rows = []
-    for name in folders:
-        path = results_root / name / "summary.json"
-        for rs in json.loads(path.read_text(encoding="utf-8")).get("random_search", []) if path.is_file() else []:
+    for name, summary in summaries.items():
+        for rs in summary.get("random_search", []):
             for kind, r in rs["searched"].items():
                 cost = r["cpu_hours_search_and_training"]
                 rows.append(f"| {name} | {rs['run']} | {rs['candidates']} → {rs['survivor']} | {rs['trainings']:.2f} | "

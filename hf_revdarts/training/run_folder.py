@@ -164,15 +164,11 @@ def probe_lock(folder: str | os.PathLike) -> None:
     """Raise ``RunFolderBusyError`` when a live run holds ``folder`` (checked before any work; the lock of a
     killed run is gone with its process)."""
     folder = Path(folder)
-    lock = _lock_path(folder)
     # Only the first process of a launch looks: the ranks would otherwise race each other for the lock.
-    if os.environ.get("RANK", "0") != "0" or folder.resolve() in _HELD or not lock.is_file():
+    if os.environ.get("RANK", "0") != "0" or folder.resolve() in _HELD:
         return
-    fd = _try_lock(lock)
-    if fd is None:
+    if running(folder) is not None:
         raise _busy(folder)
-    fcntl.flock(fd, fcntl.LOCK_UN)
-    os.close(fd)
 
 
 def _clear(folder: Path, kind: str) -> None:
