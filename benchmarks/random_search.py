@@ -3,6 +3,7 @@
 
     python benchmarks/random_search.py --pair en-de --candidates 8 --first_budget 250 --jobs 2 --num_threads 1
     python benchmarks/random_search.py --pair en-de --dry_run        # the schedule, its updates, nothing run
+    python benchmarks/random_search.py --pair en-de --parameter_band 2.38 2.66   # draws of the searched models' size
     python benchmarks/random_search.py --smoke                       # bundled sample, tiny, a minute
 
 Draws ``--candidates`` genotypes uniformly from the protocol's search space (``hf_revdarts.protocol.recipe.
@@ -20,6 +21,11 @@ parameters and validation loss per rung, the survivor's test scores, CPU and wal
 translations beside it; checkpoints under ``runs/protocol/<pair>/random-search-s<seed>/``. Resumable: a finished
 rung of a candidate is not trained again, a stopped one resumes from its last checkpoint, and the CPU and wall
 seconds add up over sittings (``timing.json`` beside the checkpoints).
+
+``--parameter_band LOW HIGH`` (millions) keeps only draws whose model, as train.py builds it with the recipe's sizes
+and the pair's tokenizer, has LOW to HIGH million parameters: candidate i is the i-th draw of the seed's sequence in
+the band (without a band, draw i). Random genotypes are smaller than searched ones (the search favours attention
+and ffn ops), so this is random search at matched size; its run is ``random-search-s<seed>-<LOW>M-<HIGH>M``.
 """
 
 from __future__ import annotations
@@ -32,16 +38,36 @@ import threading
 from pathlib import Path
 from typing import Any
 
+import torch
+
+from hf_revdarts.model import RevDartsForConditionalGeneration
+from hf_revdarts.model.genotype import Genotype
 from hf_revdarts.protocol.execution import Jobs, add_seconds, joint_tokenizer, machine, run_script
 from hf_revdarts.protocol.halving import halving_schedule, schedule_updates, survivors
 from hf_revdarts.protocol.recipe import ProtocolConfig, flag_list, random_genotype
 from hf_revdarts.protocol.record import repo_path
+from hf_revdarts.training.arguments import DataArguments, ModelArguments
+from hf_revdarts.training.run_config import build_config
+from hf_revdarts.training.tokenization import load_tokenizer
 from hf_revdarts.utils.atomic import atomic_write_json, atomic_write_text
 from hf_revdarts.utils.integrity import complete_checkpoints
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = ProtocolConfig.load(REPO / "configs" / "protocol" / "multi30k.yaml")
 logger = logging.getLogger("random_search")
+DRAWS_PER_SEED = 1000  # seed s draws from 1000·(s+1): the sequences of two seeds never meet
+
+
+def parameter_count(recipe: dict[str, Any], genotype: Genotype, tokenizer: Any | None) -> int:
+    """Parameters of the model train.py builds for ``genotype`` with the recipe's sizes (on the meta device: no
+    memory, no time); ``tokenizer=None``: the recipe's vocabulary size."""
+    model_args = ModelArguments(**{k.lstrip("-"): v for k, v in recipe["model"].items()})
+    config = build_config(model_args, tokenizer, DataArguments.max_length, genotype)
+    if tokenizer is None:
+        config.vocab_size = int(recipe["vocab_size"])
+    with torch.device("meta"):
+        model = RevDartsForConditionalGeneration(config)
+    return sum(p.numel() for p in model.parameters())
 
 
 class RandomSearch:
@@ -53,7 +79,8 @@ class RandomSearch:
         self.data = Path(args.data) if args.data else REPO / (CONFIG.smoke["dataset"] if args.smoke else CONFIG.dataset)
         self.splits = CONFIG.smoke["splits"] if args.smoke else CONFIG.splits
         self.recipe = CONFIG.recipe_for(args.smoke)
-        self.run = f"random-search-s{args.seed}"
+        band = args.parameter_band
+        self.run = f"random-search-s{args.seed}" + (f"-{band[0]:g}M-{band[1]:g}M" if band else "")
         self.work = Path(args.work_dir) / name / self.run
         self.results = Path(args.results_dir) / name / "random_search"
         final = int(self.recipe["train"]["--max_steps"])
@@ -65,8 +92,29 @@ class RandomSearch:
             self.timing = json.loads(self.timing_path.read_text())
         self.lock = threading.Lock()
 
-    def candidate(self, i: int) -> tuple[str, Path]:
-        name, k = f"c{i}", 1000 * (self.args.seed + 1) + i
+    def draws(self) -> list[int]:
+        """The draw (``random_genotype``'s k) of each candidate: the seed's first ``--candidates``, or with
+        ``--parameter_band`` its first ones whose model has that many parameters."""
+        first = DRAWS_PER_SEED * (self.args.seed + 1)
+        if not self.args.parameter_band:
+            return [first + i for i in range(self.args.candidates)]
+        low, high = (round(x * 1e6) for x in self.args.parameter_band)
+        tokenizer_path = self.work.parent / "tokenizer"
+        tokenizer = load_tokenizer(tokenizer_path) if tokenizer_path.exists() else None
+        kept, seen = [], []
+        for k in range(first, first + DRAWS_PER_SEED):
+            count = parameter_count(self.recipe, random_genotype(self.recipe, k), tokenizer)
+            seen.append(count)
+            if low <= count <= high:
+                kept.append(k)
+                if len(kept) == self.args.candidates:
+                    return kept
+        raise ValueError(f"--parameter_band {self.args.parameter_band[0]:g} {self.args.parameter_band[1]:g}: only "
+                         f"{len(kept)} of {DRAWS_PER_SEED} draws have {low:,} to {high:,} parameters (the draws range "
+                         f"over {min(seen):,} to {max(seen):,}); widen the band or ask for fewer --candidates")
+
+    def candidate(self, i: int, k: int) -> tuple[str, Path]:
+        name = f"c{i}"
         path = self.work / f"{name}.genotype.json"
         if not self.args.dry_run:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -123,7 +171,8 @@ class RandomSearch:
         if not self.args.dry_run:
             joint_tokenizer(self.work.parent / "tokenizer", self.data, self.src, self.tgt, self.splits["train"],
                             self.recipe["vocab_size"])
-        candidates = dict(self.candidate(i) for i in range(self.args.candidates))
+        self.drawn = self.draws()
+        candidates = dict(self.candidate(i, k) for i, k in enumerate(self.drawn))
         alive, losses = list(candidates), {name: {} for name in candidates}
         jobs = Jobs(1 if self.args.dry_run else self.args.jobs)
         for k, rung in enumerate(self.rungs):
@@ -164,9 +213,11 @@ class RandomSearch:
             "run": self.run, "kind": "random_search", "pair": self.pair, "seed": self.args.seed, "eta": self.args.eta,
             "schedule": [{"candidates": r.candidates, "budget": r.budget} for r in self.rungs],
             "updates_total": schedule_updates(self.rungs),
-            "candidates": [{"name": n, "genotype": json.loads(p.read_text()),
+            "parameter_band": [round(x * 1e6) for x in self.args.parameter_band] if self.args.parameter_band else None,
+            "candidates": [{"name": n, "draw": k, "genotype": json.loads(p.read_text()),
                             "parameters": json.loads((self.work / n / "train_summary.json").read_text())["parameters"],
-                            "val_loss": {str(b): v for b, v in losses[n].items()}} for n, p in candidates.items()],
+                            "val_loss": {str(b): v for b, v in losses[n].items()}}
+                           for (n, p), k in zip(candidates.items(), self.drawn)],
             "survivor": best, "genotype": summary["genotype"], "parameters": summary["parameters"],
             "val_averaged": {k: (summary.get("averaged") or {}).get(k) for k in ("steps", "val_loss", "bleu")},
             "test": {k: test.get(k) for k in ("split", "num_beams", "length_penalty", "bleu", "bleu_signature",
@@ -192,6 +243,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--first_budget", type=int, default=None, help="updates of the first rung (default: 1/8 of the recipe's)")
     p.add_argument("--eta", type=int, default=2, help="1/eta of the candidates survive each rung")
     p.add_argument("--seed", type=int, default=0, help="which draw of candidates (the run's name)")
+    p.add_argument("--parameter_band", type=float, nargs=2, default=None, metavar=("LOW", "HIGH"),
+                   help="only draws whose model has LOW to HIGH million parameters (random search at matched size)")
     p.add_argument("--data", default=None)
     p.add_argument("--work_dir", default=str(REPO / "runs" / "protocol"))
     p.add_argument("--results_dir", default=str(REPO / "benchmarks" / "results"))
@@ -202,6 +255,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for key, least in (("candidates", 1), ("eta", 2), ("jobs", 1), ("seed", 0)):
         if getattr(args, key) < least:
             p.error(f"--{key} must be >= {least}")
+    if args.parameter_band and not 0 < args.parameter_band[0] <= args.parameter_band[1]:
+        p.error(f"--parameter_band {args.parameter_band[0]:g} {args.parameter_band[1]:g}: give 0 < LOW <= HIGH "
+                "(millions of parameters)")
     if args.first_budget is not None and args.first_budget < 1:
         p.error("--first_budget must be >= 1")
     return args

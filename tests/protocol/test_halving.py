@@ -12,8 +12,20 @@ import sys
 import pytest
 from safetensors.torch import load_file
 
+from hf_revdarts.model.genotype import Genotype
 from hf_revdarts.protocol.halving import Rung, halving_schedule, schedule_updates, survivors
+from hf_revdarts.training.tokenization import load_tokenizer
 from testing import REPO
+from testing.scripts import load_file as load_script
+
+SCRIPT = REPO / "benchmarks" / "random_search.py"
+
+
+def _random_search(tmp_path, *flags, module=None):
+    module = module or load_script(SCRIPT, "random_search_under_test")
+    args = module.parse_args(["--smoke", "--work_dir", str(tmp_path / "work"), "--results_dir", str(tmp_path / "results"),
+                              *flags])
+    return module, module.RandomSearch(args)
 
 
 def test_schedule_halves_until_one_is_left_and_counts_only_added_updates():
@@ -35,6 +47,23 @@ def test_survivors_are_the_lowest_validation_losses_ties_by_name():
     assert survivors({"c0": 3.2, "c1": 3.1, "c2": 3.3, "c3": 3.1}, 2) == ["c1", "c3"]
 
 
+def test_a_parameter_band_keeps_the_seeds_draws_of_that_size_in_order(tmp_path, monkeypatch):
+    module, plain = _random_search(tmp_path, "--candidates", "4")
+    assert plain.draws() == [1000, 1001, 1002, 1003] and plain.run == "random-search-s0"
+    recipe = module.CONFIG.recipe_for(True)
+    counts = {k: module.parameter_count(recipe, module.random_genotype(recipe, k), None) for k in range(1000, 1040)}
+    low, high = sorted(counts.values())[len(counts) // 2], max(counts.values())  # the larger half of the draws
+    _, banded = _random_search(tmp_path, "--candidates", "3", "--parameter_band", str(low / 1e6), str(high / 1e6))
+    assert banded.draws() == [k for k in sorted(counts) if low <= counts[k] <= high][:3]
+    assert banded.run == f"random-search-s0-{low / 1e6:g}M-{high / 1e6:g}M"  # beside, not over, the plain search
+    monkeypatch.setattr(module, "DRAWS_PER_SEED", 40)
+    _, too_big = _random_search(tmp_path, "--candidates", "2", "--parameter_band", "90", "100", module=module)
+    with pytest.raises(ValueError, match=r"only 0 of 40 draws have 90,000,000 to 100,000,000 parameters"):
+        too_big.draws()
+    with pytest.raises(SystemExit):
+        module.parse_args(["--parameter_band", "2.6", "2.4"])
+
+
 @pytest.mark.slow
 def test_smoke_random_search_trains_its_survivor_as_the_recipe_would(tmp_path):
     env = dict(os.environ, PYTHONPATH=str(REPO))
@@ -50,6 +79,13 @@ def test_smoke_random_search_trains_its_survivor_as_the_recipe_would(tmp_path):
     assert record["survivor"] == min(first, key=first.get)  # validation loss decides, nothing else
     assert [c for c in record["candidates"] if "4" in c["val_loss"]][0]["name"] == record["survivor"]
     assert len({json.dumps(c["genotype"]) for c in record["candidates"]}) == 3
+    assert [c["draw"] for c in record["candidates"]] == [1000, 1001, 1002] and record["parameter_band"] is None
+    # the size the band filters on is the size train.py built
+    module = load_script(SCRIPT, "random_search_under_test")
+    tokenizer = load_tokenizer(tmp_path / "work" / "en-de-smoke" / "tokenizer")
+    assert [c["parameters"] for c in record["candidates"]] == [
+        module.parameter_count(module.CONFIG.recipe_for(True), Genotype.from_dict(c["genotype"]), tokenizer)
+        for c in record["candidates"]]
     timing = json.loads((tmp_path / "work" / "en-de-smoke" / "random-search-s0" / "timing.json").read_text())
     assert record["cpu_seconds"] == round(sum(t["cpu_seconds"] for k, t in timing.items() if k != "commands"), 1) > 0
     assert timing["commands"] == record["commands"] and len(record["commands"]) == 3 + 1 + 1  # rungs, then evaluate
