@@ -1,4 +1,5 @@
-"""The scripts of ``training/`` imported as modules, for tests that call their ``main`` or helpers directly."""
+"""The scripts of ``training/`` and ``benchmarks/`` imported as modules, for tests that call their ``main`` or helpers
+directly."""
 
 from __future__ import annotations
 
@@ -16,6 +17,11 @@ def load_script(name: str) -> ModuleType:
     if module_name in sys.modules:
         return sys.modules[module_name]
     return load_file(REPO / "training" / f"{name}.py", module_name)
+
+
+def load_benchmark(name: str) -> ModuleType:
+    """Import ``benchmarks/<name>.py`` afresh (a test may patch its module globals without touching another's)."""
+    return load_file(REPO / "benchmarks" / f"{name}.py", f"{name}_under_test")
 
 
 def load_file(path: Path, module_name: str) -> ModuleType:

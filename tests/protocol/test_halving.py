@@ -16,13 +16,11 @@ from hf_revdarts.model.genotype import Genotype
 from hf_revdarts.protocol.halving import Rung, halving_schedule, schedule_updates, survivors
 from hf_revdarts.training.tokenization import load_tokenizer
 from testing import REPO
-from testing.scripts import load_file as load_script
-
-SCRIPT = REPO / "benchmarks" / "random_search.py"
+from testing.scripts import load_benchmark
 
 
 def _random_search(tmp_path, *flags, module=None):
-    module = module or load_script(SCRIPT, "random_search_under_test")
+    module = module or load_benchmark("random_search")
     args = module.parse_args(["--smoke", "--work_dir", str(tmp_path / "work"), "--results_dir", str(tmp_path / "results"),
                               *flags])
     return module, module.RandomSearch(args)
@@ -81,7 +79,7 @@ def test_smoke_random_search_trains_its_survivor_as_the_recipe_would(tmp_path):
     assert len({json.dumps(c["genotype"]) for c in record["candidates"]}) == 3
     assert [c["draw"] for c in record["candidates"]] == [1000, 1001, 1002] and record["parameter_band"] is None
     # the size the band filters on is the size train.py built
-    module = load_script(SCRIPT, "random_search_under_test")
+    module = load_benchmark("random_search")
     tokenizer = load_tokenizer(tmp_path / "work" / "en-de-smoke" / "tokenizer")
     assert [c["parameters"] for c in record["candidates"]] == [
         module.parameter_count(module.CONFIG.recipe_for(True), Genotype.from_dict(c["genotype"]), tokenizer)

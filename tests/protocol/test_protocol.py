@@ -18,7 +18,7 @@ import pytest
 from hf_revdarts.model.genotype import Genotype
 from hf_revdarts.protocol.plan import PairPlan
 from hf_revdarts.protocol.record import RunRecord
-from testing.scripts import load_file
+from testing.scripts import load_benchmark
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "benchmarks" / "search_quality.py"
@@ -219,7 +219,7 @@ def test_smoke_protocol_runs_every_kind_and_resumes(tmp_path):
     assert all(isinstance(v, float) for g in ranking["genotypes"] for v in g["supernet_estimates"].values())
     assert set(ranking["against_val_loss"]) == {"supernet search-long-s0", "supernet search-s0", "α of search-long-s0",
                                                 "α of search-s0", "parameter count", "another training seed (ceiling)"}
-    module = load_file(REPO / "benchmarks" / "supernet_ranking.py", "supernet_ranking_under_test")
+    module = load_benchmark("supernet_ranking")
     from transformers import AutoTokenizer
 
     from hf_revdarts.search import RevDartsSupernet
@@ -235,17 +235,13 @@ def test_smoke_protocol_runs_every_kind_and_resumes(tmp_path):
     assert genotype_log_prob(supernet, standard) == pytest.approx(row["alpha_log_prob"]["search-s0"], abs=1e-6)
 
 
-def _load_protocol_module():
-    return load_file(SCRIPT, "search_quality_under_test")
-
-
 def test_seeds_deriving_one_genotype_share_its_trainings_and_jobs_run_concurrently(tmp_path, monkeypatch):
     """--jobs runs trainings side by side (searches first); two searches that derive the same genotype train it
     once per training seed, under the first search's name."""
     import threading
     import time
 
-    sq = _load_protocol_module()
+    sq = load_benchmark("search_quality")
     args = sq.parse_args(["--pair", "en-de", "--searches", "3", "--seeds", "2", "--random", "1", "--jobs", "4",
                           "--work_dir", str(tmp_path / "work"), "--results_dir", str(tmp_path / "results")])
     protocol = sq.Protocol(args)
@@ -285,7 +281,7 @@ def test_seeds_deriving_one_genotype_share_its_trainings_and_jobs_run_concurrent
 
 
 def test_a_run_that_died_before_its_first_checkpoint_starts_over(tmp_path):
-    sq = _load_protocol_module()
+    sq = load_benchmark("search_quality")
     out = tmp_path / "standard-t0"
     assert sq.restart_flags(out) == []  # never started
     out.mkdir()
@@ -297,7 +293,7 @@ def test_a_run_that_died_before_its_first_checkpoint_starts_over(tmp_path):
 
 
 def test_replicate_trains_a_finished_run_with_its_own_genotype_and_seed(tmp_path, monkeypatch):
-    sq = _load_protocol_module()
+    sq = load_benchmark("search_quality")
     args = sq.parse_args(["--pair", "en-de", "--replicate", "searched-s1-t1", "--replicate", "random-r2",
                           "--work_dir", str(tmp_path / "work"), "--results_dir", str(tmp_path / "results")])
     protocol = sq.Protocol(args)
@@ -364,7 +360,7 @@ def test_scale_wide_is_the_same_protocol_at_d576_in_folders_of_its_own(tmp_path)
     # The model each scale names can be built (the command line alone would not show it: d=512 cannot split in 3).
     from hf_revdarts import RevDartsConfig
 
-    sq = _load_protocol_module()
+    sq = load_benchmark("search_quality")
     for scale in sq.CONFIG.scales.values():
         model = {k.strip("-"): v for k, v in scale["model"].items()}
         RevDartsConfig(**model)
@@ -382,7 +378,7 @@ def _protocol_real(tmp_path: Path, *extra: str) -> str:
 
 
 def test_publish_refuses_what_it_cannot_do_before_training_anything(tmp_path, capsys):
-    sq = _load_protocol_module()
+    sq = load_benchmark("search_quality")
     with pytest.raises(SystemExit):
         sq.parse_args(["--zoo_steps", "8000"])
     assert "--zoo_steps trains the model --publish publishes" in capsys.readouterr().err
@@ -410,7 +406,7 @@ def test_publish_takes_the_best_run_whose_model_is_here_a_replica_included(tmp_p
     """A run trained on a lent GPU may have left its weights there: the zoo then takes the best searched run by
     validation loss among those whose model is on this machine, a --replicate of the GPU run among them, and
     says which it passed over. The replica keeps the search of the run it repeats (older replicas lack it)."""
-    sq = _load_protocol_module()
+    sq = load_benchmark("search_quality")
     args = sq.parse_args(["--publish", "--work_dir", str(tmp_path / "work"), "--results_dir", str(tmp_path / "results")])
     protocol = sq.Protocol(args)
     (protocol.results / "replicas").mkdir(parents=True)

@@ -12,18 +12,13 @@ from pathlib import Path
 import pytest
 
 from hf_revdarts.model.genotype import Genotype
-from testing.scripts import load_file
+from testing.scripts import load_benchmark
 
 REPO = Path(__file__).resolve().parents[2]
-SCRIPT = REPO / "benchmarks" / "search_quality.py"
-
-
-def _load_protocol_module():
-    return load_file(SCRIPT, "search_quality_status_under_test")
 
 
 def test_status_says_where_each_run_stands_and_writes_nothing(tmp_path, capsys):
-    sq = _load_protocol_module()
+    sq = load_benchmark("search_quality")
     results, work = tmp_path / "results" / "en-de-smoke", tmp_path / "work" / "en-de-smoke"
     results.mkdir(parents=True)
     (results / "search-s0.json").write_text(json.dumps({"run": "search-s0", "kind": "search",
@@ -64,7 +59,7 @@ def test_status_says_where_each_run_stands_and_writes_nothing(tmp_path, capsys):
 def test_a_training_stopped_midway_keeps_its_seconds_for_the_next_sitting(tmp_path, monkeypatch):
     """A sitting that ends mid-training (the process stopped) saves the stage's time beside the run, so the
     record of the sitting that resumes it counts both."""
-    sq = _load_protocol_module()
+    sq = load_benchmark("search_quality")
     args = sq.parse_args(["--pair", "en-de", "--work_dir", str(tmp_path / "work"), "--results_dir", str(tmp_path / "r")])
     protocol = sq.Protocol(args)
 

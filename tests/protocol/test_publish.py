@@ -9,19 +9,13 @@ from typing import Any
 
 import pytest
 
-from testing.scripts import load_file
-
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "search_quality.py"
-
-
-def _load_protocol_module():
-    return load_file(SCRIPT, "search_quality_under_test")
+from testing.scripts import load_benchmark
 
 
 def test_a_zoo_record_of_a_run_continued_elsewhere_does_not_put_its_model_here(tmp_path):
     """With --zoo_steps a run counts as here when its checkpoints are (to continue them) or its continuation's model
     is; the zoo record of a continuation trained on a lent GPU is neither, and publishing it would fail late."""
-    sq = _load_protocol_module()
+    sq = load_benchmark("search_quality")
     args = sq.parse_args(["--publish", "--zoo_steps", "8000", "--work_dir", str(tmp_path / "work"),
                           "--results_dir", str(tmp_path / "results")])
     protocol = sq.Protocol(args)
@@ -47,7 +41,7 @@ def test_a_zoo_record_of_a_run_continued_elsewhere_does_not_put_its_model_here(t
 def test_publish_starts_none_of_the_plans_missing_runs(tmp_path, monkeypatch):
     """The zoo is made of finished runs: with a search seed or a training of the plan still missing (en-de plans S=3,
     T=2), --publish publishes what has finished instead of first starting hours of other runs."""
-    sq = _load_protocol_module()
+    sq = load_benchmark("search_quality")
     args = sq.parse_args(["--pair", "en-de", "--publish", "--work_dir", str(tmp_path / "work"),
                           "--results_dir", str(tmp_path / "results")])
     protocol = sq.Protocol(args)

@@ -9,10 +9,9 @@ from types import SimpleNamespace
 import pytest
 
 from hf_revdarts.model.genotype import Genotype
-from testing import REPO
-from testing.scripts import load_file
+from testing.scripts import load_benchmark
 
-ranking_module = load_file(REPO / "benchmarks" / "supernet_ranking.py", "supernet_ranking_under_test")
+ranking_module = load_benchmark("supernet_ranking")
 
 
 def _rows(losses, params, seed1=None, bleu=None):
