@@ -3,7 +3,7 @@
 
     python benchmarks/random_search.py --pair en-de --candidates 8 --first_budget 250 --jobs 2 --num_threads 1
     python benchmarks/random_search.py --pair en-de --dry_run        # the schedule, its updates, nothing run
-    python benchmarks/random_search.py --pair en-de --parameter_band 2.38 2.66   # draws of the searched models' size
+    python benchmarks/random_search.py --pair en-de --parameter_band 2.22 2.50   # draws of the default search's sizes
     python benchmarks/random_search.py --smoke                       # bundled sample, tiny, a minute
 
 Draws ``--candidates`` genotypes uniformly from the protocol's search space (``hf_revdarts.protocol.recipe.
