@@ -36,9 +36,24 @@ def mean_std(values: list[float]) -> tuple[float | None, float | None]:
     return round(statistics.fmean(values), 2), round(statistics.stdev(values), 2) if len(values) > 1 else 0.0
 
 
+def search_means(runs: list[RunRecord]) -> list[float]:
+    """A searched row's BLEU per search: the mean over that search's training seeds."""
+    by_search: dict[str, list[float]] = {}
+    for r in runs:
+        by_search.setdefault(r.search or r.run, []).append(r.bleu)
+    return [statistics.fmean(v) for v in by_search.values()]
+
+
+def goal_mean(row: dict[str, Any]) -> float:
+    """The figure a searched row is judged by: the mean over its searches (each the mean of its training seeds), so
+    that a search trained with more seeds does not weigh more; other rows: the mean over runs."""
+    return row.get("bleu_search_mean", row["bleu_mean"])
+
+
 def table(runs: list[RunRecord], searches: list[RunRecord]) -> dict[str, Any]:
     """Each row's figures: a training row's runs, BLEU (cased and lowercased) mean ± std, each run's BLEU,
-    mean parameters, updates, mean wall hours and total CPU hours; a search row's genotypes and cost."""
+    mean parameters, updates, mean wall hours and total CPU hours, and a searched row's mean ± std over its
+    searches; a search row's genotypes and cost."""
     kinds: dict[str, Any] = {}
     for kind in {r.row for r in runs}:
         rs = [r.require("test.bleu", "test.bleu_lowercase", "parameters", "updates", "wall_seconds", "cpu_seconds")
@@ -53,6 +68,10 @@ def table(runs: list[RunRecord], searches: list[RunRecord]) -> dict[str, Any]:
             "train_wall_hours_mean": round(statistics.fmean(r.wall_seconds for r in rs) / 3600, 3),
             "cpu_hours_total": round(sum(r.cpu_seconds for r in rs) / 3600, 3),
         }
+        if kind.startswith("searched"):
+            means = search_means(rs)
+            per_search = mean_std(means)
+            kinds[kind].update(searches=len(means), bleu_search_mean=per_search[0], bleu_search_std=per_search[1])
     for kind in {s.row for s in searches}:
         ss = [s.require("genotype", "wall_seconds", "cpu_seconds", what="a finished search")
               for s in searches if s.row == kind]
@@ -66,15 +85,21 @@ def table(runs: list[RunRecord], searches: list[RunRecord]) -> dict[str, Any]:
 
 
 def minus_random(kinds: dict[str, Any]) -> tuple[dict[str, float], dict[str, float]]:
-    """(each searched row's mean − the random genotypes' mean, the standard error of that difference between
-    runs, the unit a user draws from: a new training is new noise; only for rows of more than one run)."""
+    """(each searched row's mean over searches − the random genotypes' mean, the standard error of that
+    difference: between searches, the unit a user draws from, where the row has several; between the training
+    seeds of its one search otherwise, a new training being new noise; only for rows of more than one run)."""
     if "random" not in kinds:
         return {}, {}
     rand = kinds["random"]
-    delta = {kind: round(kinds[kind]["bleu_mean"] - rand["bleu_mean"], 2)
+    delta = {kind: round(goal_mean(kinds[kind]) - rand["bleu_mean"], 2)
              for kind in training_rows(kinds) if kind.startswith("searched")}
-    se = {kind: round((kinds[kind]["bleu_std"] ** 2 / kinds[kind]["runs"] + rand["bleu_std"] ** 2 / rand["runs"]) ** 0.5, 2)
-          for kind in delta if kinds[kind]["runs"] > 1 and rand["runs"] > 1}
+    se = {}
+    for kind in delta:
+        row = kinds[kind]
+        n, std = ((row["searches"], row["bleu_search_std"]) if row.get("searches", 1) > 1
+                  else (row["runs"], row["bleu_std"]))
+        if n > 1 and rand["runs"] > 1:
+            se[kind] = round((std ** 2 / n + rand["bleu_std"] ** 2 / rand["runs"]) ** 0.5, 2)
     return delta, se
 
 
@@ -126,13 +151,13 @@ def significance_random(runs: list[RunRecord], root: Path, references: list[str]
 
 
 def random_percentile(kinds: dict[str, Any], runs: list[RunRecord]) -> dict[str, dict[str, float]]:
-    """Where each searched row's mean lies among the random genotypes' runs: how many score below it (a tie
-    counts half) of how many, and that as a percentile."""
+    """Where each searched row's mean over searches lies among the random genotypes' runs: how many score below it
+    (a tie counts half) of how many, and that as a percentile."""
     randoms = [r.bleu for r in runs if r.kind == "random"]
     out = {}
     for kind in [k for k in training_rows(kinds) if k.startswith("searched")] if randoms else []:
-        below = sum(1.0 if b < kinds[kind]["bleu_mean"] else 0.5 if b == kinds[kind]["bleu_mean"] else 0.0
-                    for b in randoms)
+        mean = goal_mean(kinds[kind])
+        below = sum(1.0 if b < mean else 0.5 if b == mean else 0.0 for b in randoms)
         out[kind] = {"below": below, "of": len(randoms), "percentile": round(100 * below / len(randoms), 1)}
     return out
 
@@ -151,7 +176,8 @@ def random_search_rows(random_searches: list[dict[str, Any]], runs: list[RunReco
             cost = (search["cpu_hours_total"] / search["runs"] + kinds[kind]["cpu_hours_total"] / kinds[kind]["runs"]
                     if search else None)
             sig = bootstrap([(r, survivor) for r in runs if r.row == kind], root, references, ("searched", "random_search"))
-            rows[kind] = {"runs": kinds[kind]["runs"], "bleu_mean": kinds[kind]["bleu_mean"],
+            rows[kind] = {"runs": kinds[kind]["runs"], "searches": kinds[kind].get("searches", kinds[kind]["runs"]),
+                          "bleu_mean": goal_mean(kinds[kind]),
                           "cpu_hours_search_and_training": round(cost, 3) if cost is not None else None,
                           "delta": sig["pooled"]["delta"], "p_value": sig["pooled"]["p_value"]}
         out.append({"run": rs["run"], "survivor": rs["survivor"], "parameters": rs["parameters"],

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from hf_revdarts.protocol.compare import (
+    goal_mean,
     mean_std,
     minus_random,
     random_percentile,
@@ -51,6 +52,26 @@ def test_rows_means_and_the_difference_to_the_random_genotypes():
     assert delta == {"searched": 1.2, "searched-long": 2.0}
     assert se == {"searched": round((0.4 ** 2 / 2 + 0.6 ** 2 / 4) ** 0.5, 2)}  # a single run has no spread to weigh
     assert minus_random({k: v for k, v in kinds.items() if k != "random"}) == ({}, {})
+
+
+def test_a_searched_row_is_judged_by_its_mean_over_searches_not_over_runs():
+    """Issue 22's goal: the mean over search seeds. The search trained with two seeds (T = 2) weighs as much as the
+    searches trained once, and the spread the goal weighs is between searches, the unit a user draws."""
+    def run(name: str, search: str, bleu: float, kind: str = "searched") -> RunRecord:
+        return RunRecord(run=name, kind=kind, search=search, parameters=2_000_000, updates=4000, wall_seconds=1.0,
+                         cpu_seconds=1.0, test={"bleu": bleu, "bleu_lowercase": bleu})
+    runs = [run("searched-s0-t0", "search-s0", 34.0), run("searched-s0-t1", "search-s0", 35.0),
+            run("searched-s1-t0", "search-s1", 32.0), run("searched-s2-t0", "search-s2", 33.0),
+            *[run(f"random-r{k}", None, b, "random") for k, b in enumerate([31.0, 32.5, 33.5, 34.0])]]
+    kinds = table(runs, [])
+    row = kinds["searched"]
+    assert row["bleu_mean"] == 33.5 and row["runs"] == 4  # over runs: seed 0's search counted twice
+    assert (row["searches"], row["bleu_search_mean"], row["bleu_search_std"]) == (3, 33.17, 1.26)
+    assert goal_mean(row) == 33.17 and goal_mean(kinds["random"]) == kinds["random"]["bleu_mean"] == 32.75
+    delta, se = minus_random(kinds)
+    assert delta == {"searched": 0.42}
+    assert se == {"searched": round((1.26 ** 2 / 3 + kinds["random"]["bleu_std"] ** 2 / 4) ** 0.5, 2)}
+    assert random_percentile(kinds, runs)["searched"]["below"] == 2  # 33.17 lies above 31.0 and 32.5 only
 
 
 REFS = ["a small dog runs on the grass .", "two men play football in the park .", "a woman reads a book ."] * 4
