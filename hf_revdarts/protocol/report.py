@@ -2,7 +2,7 @@
 (table, significance, replicas, searched genotypes) and ``bleu_per_kind.png``; beside the pairs' folders
 ``overview.json``/``overview.md``, every pair's searched rows against the goal.
 
-The goal a searched row is judged on: its mean over training seeds at least the standard Transformer's + 2.0
+The goal a searched row is judged on: its mean over searches (each the mean of its training seeds) at least the standard Transformer's + 2.0
 BLEU with pooled paired-bootstrap p < 0.05, and above the mean of the random genotypes by at least 2 standard
 errors of that difference (``GOAL_OVER_STANDARD``, ``GOAL_OVER_RANDOM_SE``).
 """
@@ -100,7 +100,9 @@ def count_runs(row: dict[str, Any], unit: str = "") -> str:
     """A searched row's runs as its mean counts them: "4", or "3 searches, 4 runs" where a search has several
     training seeds (``unit``: the word after a plain count)."""
     searches = row.get("searches", row["runs"])
-    return (f"{row['runs']} {unit}".strip() if searches == row["runs"] else f"{searches} searches, {row['runs']} runs")
+    if searches == row["runs"]:
+        return f"{row['runs']} {unit}".strip()
+    return f"{searches} search{'es' if searches > 1 else ''}, {row['runs']} runs"
 
 
 def markdown(summary: dict[str, Any]) -> str:
@@ -257,11 +259,12 @@ def overview_rows(summary: dict[str, Any], plan: dict[str, int] | None = None) -
         minus_rand = summary.get("minus_random_mean", {}).get(kind)
         se = summary.get("minus_random_mean_se", {}).get(kind)
         minus_standard = round(goal_mean(k[kind]) - k["standard"]["bleu_mean"], 2) if "standard" in k else None
-        several = k[kind].get("searches", 1) > 1  # the spread between searches, else between one's training seeds
+        searches = k[kind].get("searches", k[kind]["runs"])
+        # the spread between searches, else between the training seeds of the one search
+        std = k[kind].get("bleu_search_std", k[kind]["bleu_std"]) if searches > 1 else k[kind]["bleu_std"]
         rows.append({
             "pair": summary["pair"] + (f" ({summary['scale']})" if summary.get("scale") else ""), "row": kind,
-            "runs": k[kind]["runs"], "searches": k[kind].get("searches", 1),
-            "bleu_mean": goal_mean(k[kind]), "bleu_std": k[kind]["bleu_search_std" if several else "bleu_std"],
+            "runs": k[kind]["runs"], "searches": searches, "bleu_mean": goal_mean(k[kind]), "bleu_std": std,
             "standard_mean": k.get("standard", {}).get("bleu_mean"), "standard_runs": k.get("standard", {}).get("runs", 0),
             "standard_planned": sizes.get("seeds"),
             "random_mean": k.get("random", {}).get("bleu_mean"), "random_runs": k.get("random", {}).get("runs", 0),
@@ -304,7 +307,8 @@ def write_overview(results_root: Path, pairs: dict[str, dict[str, int]]) -> list
         "between the training seeds of one search). "
         f"Goal: searched mean ≥ standard mean + {GOAL_OVER_STANDARD:.1f} BLEU with paired bootstrap p < 0.05 (pooled "
         f"over the training seeds), and above the mean of the random genotypes by ≥ {GOAL_OVER_RANDOM_SE:.0f} standard "
-        "errors of that difference between runs (in brackets: the difference in SE). \"—\": not measured yet (one "
+        "errors of that difference (between searches, or a search's training seeds, and between random runs; in "
+        "brackets: the difference in SE). \"—\": not measured yet (one "
         "run of a kind has no SE).",
         "",
         "| pair | searched row | searched BLEU (runs) | standard (runs of T) | random mean (runs of K) | "

@@ -78,6 +78,9 @@ def test_overview_puts_every_pair_against_the_goal(tmp_path):
              "en-fr": _pair_summary("en-fr", [41.9], [40.0], [42.0, 42.4], 0.001),  # +1.9 only: no; below random
              "en-cs": _pair_summary("en-cs", [30.5], [28.0], [30.0, 30.2], 0.001),  # above random: SE unknown
              "xx-yy": _pair_summary("xx-yy", [30.0], [28.0], [], 0.2)}  # +2.0 but not significant; no random yet
+    # a search trained with two seeds: the row is judged by its mean over the 3 searches, not over the 4 runs
+    cases["de-fr"] = _pair_summary("de-fr", [34.0, 35.0, 32.0, 33.0], [31.0, 31.6], [], 0.001)
+    cases["de-fr"]["kinds"]["searched"].update(searches=3, bleu_search_mean=33.17, bleu_search_std=1.26)
     cases["en-de"]["random_percentile"] = {"searched": {"below": 2, "of": 2, "percentile": 100.0}}
     cases["en-de"]["random_search"] = [{"run": "random-search-s0", "survivor": "c5", "parameters": 2_200_000,
                                         "candidates": 8, "updates_total": 7000, "trainings": 1.75, "cpu_hours": 2.1,
@@ -94,13 +97,14 @@ def test_overview_puts_every_pair_against_the_goal(tmp_path):
     rows = write_overview(tmp_path, {"en-de": {"seeds": 2, "random": 4}, "en-it": {"seeds": 1, "random": 2}})
     verdicts = {r["pair"]: (r["minus_standard"], r["beats_standard"], r["beats_random_mean"]) for r in rows}
     assert verdicts == {"en-de": (2.9, True, True), "de-en": (2.9, True, False), "en-fr": (1.9, False, False),
-                        "en-cs": (2.5, True, None), "xx-yy": (2.0, False, None)}
+                        "en-cs": (2.5, True, None), "xx-yy": (2.0, False, None), "de-fr": (1.87, False, None)}
     assert {r["pair"]: r["random_planned"] for r in rows}["en-de"] == 4  # the plan, not what a partial run asked for
     text = (tmp_path / "overview.md").read_text()
     assert "| en-de | searched | 34.20 ± 0.28 (2) | 31.30 (2 of 2) | 33.30 (2 of 4) | +2.90 (0.001) | +0.90 (+2.2) |" in text
     assert "+2.90 (0.001) | +0.90 (+2.2) | yes | yes | 2 of 2 |" in text and "| no | — | — |" in text
     assert "≥ standard + 2 | ≥ random + 2 SE | random runs below it |" in text
     assert "| en-de | random-search-s0 | 8 → c5 | 1.75 | 2.10 | 33.50 | searched | 34.20 (2) | 2.05 | +0.70 (0.010) |" in text
+    assert "| de-fr | searched | 33.17 ± 1.26 (3 searches, 4 runs) | 31.30 (2 of 1) | — (0 of 0) | +1.87 (0.001) |" in text
     assert "No finished run yet: en-it." in text
     assert "| en-de | supernet search-s0 | 9 | +0.28 | [-0.40, +0.94] |" in text and "ceiling" not in text
     assert json.loads((tmp_path / "overview.json").read_text())["not_run"] == ["en-it"]
