@@ -129,7 +129,7 @@ def markdown(summary: dict[str, Any]) -> str:
                      f"{k[kind]['cpu_hours_total']:.2f} |")
     lines += [f"\n{kind.capitalize()} over its {k[kind]['searches']} searches (each the mean of its training seeds, the "
               f"figure the goal judges): {k[kind]['bleu_search_mean']:.2f} ± {k[kind]['bleu_search_std']:.2f}."
-              for kind in training_rows(k) if k[kind].get("searches", k[kind]["runs"]) != k[kind]["runs"]]
+              for kind in training_rows(k) if 1 < k[kind].get("searches", k[kind]["runs"]) != k[kind]["runs"]]
     devices: dict[str, list[str]] = {}
     for name, device in summary.get("devices", {}).items():
         devices.setdefault(device, []).append(name)
