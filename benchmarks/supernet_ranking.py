@@ -14,7 +14,8 @@ For every genotype the protocol trained on the pair (standard, searched and rand
   split, of that search's trained supernet (``<work_dir>/<pair>/<search>/supernet``) computing only the genotype's
   ops with the weights it inherited (``hf_revdarts.search.selection.fixed_genotype``). A genotype the supernet
   cannot compute (another depth, or layers its tied blocks cannot hold) gets none; a genotype stacked from a
-  proxy's block is unstacked to it;
+  proxy's block is unstacked to it; a search whose supernet is another's weight for weight (the ``sampled``
+  variant differs from the base search of its seed only in its selection) is ranked once;
 - **α**, one per search: the log-probability its architecture weights give the genotype (the sum over α nodes of
   log softmax(α) of the genotype's op; what argmax maximises), so that α's ranking meets the supernet's;
 - **parameter count**, the cheapest predictor.
@@ -29,6 +30,7 @@ ceiling of any estimate) and the parameter count's τ with test BLEU. Writes ``r
 from __future__ import annotations
 
 import argparse
+import hashlib
 import logging
 import sys
 from pathlib import Path
@@ -138,6 +140,20 @@ def supernet_estimates(folder: Path, rows: list[dict[str, Any]], data: Path, src
     return out, log_probs
 
 
+def distinct_supernets(work: Path, searches: list[str]) -> list[str]:
+    """The searches whose trained supernets differ: a variant that changes only the selection (``sampled``) trains
+    the same supernet as the base search of its seed, weight for weight, and would only repeat its τ."""
+    first: dict[str, str] = {}
+    for search in searches:
+        digest = hashlib.sha256((work / search / "supernet" / "model.safetensors").read_bytes()).hexdigest()
+        if digest in first:
+            logger.info("%s: the same supernet as %s (the same search before selection): ranked once", search,
+                        first[digest])
+        else:
+            first[digest] = search
+    return list(first.values())
+
+
 def ranking(rows: list[dict[str, Any]], estimates: dict[str, list[float | None]],
             log_probs: dict[str, list[float | None]] | None = None) -> dict[str, Any]:
     """τ of each predictor against the stand-alone validation loss (mean over seeds), with intervals: each
@@ -226,6 +242,7 @@ def main(argv: list[str] | None = None) -> int:
     if missing:
         raise SystemExit(f"no trained supernet for {', '.join(missing)} in {work} (run its search, or "
                          "benchmarks/search_quality.py --rebuild, first)")
+    searches = distinct_supernets(work, searches)
     src, tgt = pair.split("-")
     both = {s: supernet_estimates(work / s, rows, data, src, tgt, splits["val"], args.val_sentences) for s in searches}
     estimates, log_probs = {s: v[0] for s, v in both.items()}, {s: v[1] for s, v in both.items()}

@@ -47,3 +47,15 @@ def test_unstacked_takes_the_block_a_proxy_searched():
     assert ranking_module.unstacked(stacked, proxy) == Genotype.from_dict(block)
     other = Genotype.from_dict({**stacked.to_dict(), "encoder": block["encoder"] + [["glu", "glu"], ["ffn", "conv_7"]]})
     assert ranking_module.unstacked(other, proxy) is None
+
+
+def test_a_search_that_trained_the_same_supernet_as_another_is_ranked_once(tmp_path):
+    """The ``sampled`` variant differs from the base search only in its selection: with the same seed its supernet
+    is the base's, weight for weight, and a second column would only repeat its τ."""
+    for search, weights in (("search-s0", b"w0"), ("search-s1", b"w1"), ("search-sampled-s0", b"w0")):
+        (tmp_path / search / "supernet").mkdir(parents=True)
+        (tmp_path / search / "supernet" / "model.safetensors").write_bytes(weights)
+    searches = ["search-s0", "search-s1", "search-sampled-s0"]
+    assert ranking_module.distinct_supernets(tmp_path, searches) == ["search-s0", "search-s1"]
+    (tmp_path / "search-sampled-s0" / "supernet" / "model.safetensors").write_bytes(b"w2")  # another supernet after all
+    assert ranking_module.distinct_supernets(tmp_path, searches) == searches
