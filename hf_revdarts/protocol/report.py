@@ -2,9 +2,9 @@
 (table, significance, replicas, searched genotypes) and ``bleu_per_kind.png``; beside the pairs' folders
 ``overview.json``/``overview.md``, every pair's searched rows against the goal.
 
-The goal a searched row is judged on: its mean over searches (each the mean of its training seeds) at least the standard Transformer's + 2.0
-BLEU with pooled paired-bootstrap p < 0.05, and above the mean of the random genotypes by at least 2 standard
-errors of that difference (``GOAL_OVER_STANDARD``, ``GOAL_OVER_RANDOM_SE``).
+The goal a searched row is judged on: its mean over searches (each the mean of its training seeds) at least the
+standard Transformer's + 2.0 BLEU with pooled paired-bootstrap p < 0.05, and above the mean of the random genotypes
+by at least 2 standard errors of that difference (``GOAL_OVER_STANDARD``, ``GOAL_OVER_RANDOM_SE``).
 """
 
 from __future__ import annotations
