@@ -23,6 +23,7 @@ import argparse
 import json
 import logging
 import os
+import re
 import shlex
 import sys
 from pathlib import Path
@@ -126,8 +127,8 @@ def main(argv: list[str] | None = None) -> int:
     trained = json.loads((output_dir(commands[1]) / "train_summary.json").read_text(encoding="utf-8"))
     test = json.loads(scores_file(commands[2]).read_text(encoding="utf-8"))
     results = Path(args.results_dir)
-    searches = {f.stem: json.loads(f.read_text(encoding="utf-8")).get("genotype")
-                for f in sorted((results / pair).glob("search-s*.json"))}
+    searches = {f.stem: json.loads(f.read_text(encoding="utf-8")).get("genotype")  # the base recipe's, no variant
+                for f in sorted((results / pair).glob("search-s*.json")) if re.fullmatch(r"search-s\d+", f.stem)}
     stages = {k: v for k, v in timing.items() if isinstance(v, dict)}
     record = {
         "pair": pair, "readme_commands": [shlex.join(c) for c in commands], "commands": timing["commands"],
@@ -135,7 +136,8 @@ def main(argv: list[str] | None = None) -> int:
         "same_genotype_as": [name for name, g in searches.items() if g == search["genotype"]],
         "parameters": trained["parameters"], "updates": trained["steps"],
         "val_averaged": {k: (trained.get("averaged") or {}).get(k) for k in ("steps", "val_loss", "bleu")},
-        "test": {k: test.get(k) for k in ("split", "bleu", "bleu_lowercase", "chrf", "sentences")},
+        "test": {k: test.get(k) for k in ("split", "bleu", "bleu_lowercase", "chrf")} | {
+            "sentences": len(test.get("hypotheses", []))},
         "protocol_row": protocol_row(results / pair / "summary.json", test["bleu"]),
         "device": machine(), "stages": stages,
         "cpu_seconds": round(sum(v["cpu_seconds"] for v in stages.values()), 1),

@@ -60,7 +60,7 @@ def test_the_commands_run_on_the_sample_and_a_finished_stage_is_not_run_again(tm
     assert readme_module.main(flags) == 0
     record = json.loads((results / "readme" / "en-de.json").read_text())
     scores = json.loads((train / "averaged" / "eval_test.json").read_text())
-    assert record["test"]["bleu"] == scores["bleu"] and record["updates"] == 4
+    assert record["test"]["bleu"] == scores["bleu"] and record["updates"] == 4 and record["test"]["sentences"] == 8
     assert record["genotype"] == json.loads((search / "search_summary.json").read_text())["genotype"]
     assert record["protocol_row"]["spread"] == [-1.0, 3.0]
     assert record["protocol_row"]["within_seed_spread"] == (-1.0 <= scores["bleu"] <= 3.0)
