@@ -81,6 +81,7 @@ class RandomSearch:
         self.recipe = CONFIG.recipe_for(args.smoke)
         band = args.parameter_band
         self.run = f"random-search-s{args.seed}" + (f"-{band[0]:g}M-{band[1]:g}M" if band else "")
+        self.band = [round(x * 1e6) for x in band] if band else None  # in parameters
         self.work = Path(args.work_dir) / name / self.run
         self.results = Path(args.results_dir) / name / "random_search"
         final = int(self.recipe["train"]["--max_steps"])
@@ -96,9 +97,9 @@ class RandomSearch:
         """The draw (``random_genotype``'s k) of each candidate: the seed's first ``--candidates``, or with
         ``--parameter_band`` its first ones whose model has that many parameters."""
         first = DRAWS_PER_SEED * (self.args.seed + 1)
-        if not self.args.parameter_band:
+        if not self.band:
             return [first + i for i in range(self.args.candidates)]
-        low, high = (round(x * 1e6) for x in self.args.parameter_band)
+        low, high = self.band
         tokenizer_path = self.work.parent / "tokenizer"
         tokenizer = load_tokenizer(tokenizer_path) if tokenizer_path.exists() else None
         kept, seen = [], []
@@ -213,7 +214,7 @@ class RandomSearch:
             "run": self.run, "kind": "random_search", "pair": self.pair, "seed": self.args.seed, "eta": self.args.eta,
             "schedule": [{"candidates": r.candidates, "budget": r.budget} for r in self.rungs],
             "updates_total": schedule_updates(self.rungs),
-            "parameter_band": [round(x * 1e6) for x in self.args.parameter_band] if self.args.parameter_band else None,
+            "parameter_band": self.band,
             "candidates": [{"name": n, "draw": k, "genotype": json.loads(p.read_text()),
                             "parameters": json.loads((self.work / n / "train_summary.json").read_text())["parameters"],
                             "val_loss": {str(b): v for b, v in losses[n].items()}}

@@ -31,7 +31,7 @@ from typing import Any
 
 import yaml
 
-from hf_revdarts.protocol.execution import machine, restart_flags, run_logged
+from hf_revdarts.protocol.execution import restart_flags, run_logged, timing_fields
 from hf_revdarts.protocol.record import repo_path
 from hf_revdarts.utils.atomic import atomic_write_json
 
@@ -129,20 +129,15 @@ def main(argv: list[str] | None = None) -> int:
     results = Path(args.results_dir)
     searches = {f.stem: json.loads(f.read_text(encoding="utf-8")).get("genotype")  # the base recipe's, no variant
                 for f in sorted((results / pair).glob("search-s*.json")) if re.fullmatch(r"search-s\d+", f.stem)}
-    stages = {k: v for k, v in timing.items() if isinstance(v, dict)}
     record = {
-        "pair": pair, "readme_commands": [shlex.join(c) for c in commands], "commands": timing["commands"],
-        "genotype": search["genotype"],
+        "pair": pair, "readme_commands": [shlex.join(c) for c in commands], "genotype": search["genotype"],
         "same_genotype_as": [name for name, g in searches.items() if g == search["genotype"]],
         "parameters": trained["parameters"], "updates": trained["steps"],
         "val_averaged": {k: (trained.get("averaged") or {}).get(k) for k in ("steps", "val_loss", "bleu")},
         "test": {k: test.get(k) for k in ("split", "bleu", "bleu_lowercase", "chrf")} | {
             "sentences": len(test.get("hypotheses", []))},
         "protocol_row": protocol_row(results / pair / "summary.json", test["bleu"]),
-        "device": machine(), "stages": stages,
-        "cpu_seconds": round(sum(v["cpu_seconds"] for v in stages.values()), 1),
-        "wall_seconds": round(sum(v["wall_seconds"] for v in stages.values()), 1),
-        "note": "wall/CPU seconds of every stage over every sitting, a stage stopped midway included",
+        **timing_fields(timing),
     }
     (results / "readme").mkdir(parents=True, exist_ok=True)
     atomic_write_json(results / "readme" / f"{pair}.json", record)

@@ -50,6 +50,14 @@ def goal_mean(row: dict[str, Any]) -> float:
     return row.get("bleu_search_mean", row["bleu_mean"])
 
 
+def goal_spread(row: dict[str, Any]) -> tuple[int, float]:
+    """How many values the goal mean of a row averages, and their std: its searches where it has several, else its
+    runs (the training seeds of its one search, or the runs of a row that is no search's)."""
+    if row.get("searches", 1) > 1:
+        return row["searches"], row["bleu_search_std"]
+    return row["runs"], row["bleu_std"]
+
+
 def table(runs: list[RunRecord], searches: list[RunRecord]) -> dict[str, Any]:
     """Each row's figures: a training row's runs, BLEU (cased and lowercased) mean ± std, each run's BLEU,
     mean parameters, updates, mean wall hours and total CPU hours, and a searched row's mean ± std over its
@@ -95,9 +103,7 @@ def minus_random(kinds: dict[str, Any]) -> tuple[dict[str, float], dict[str, flo
              for kind in training_rows(kinds) if kind.startswith("searched")}
     se = {}
     for kind in delta:
-        row = kinds[kind]
-        n, std = ((row["searches"], row["bleu_search_std"]) if row.get("searches", 1) > 1
-                  else (row["runs"], row["bleu_std"]))
+        n, std = goal_spread(kinds[kind])
         if n > 1 and rand["runs"] > 1:
             se[kind] = round((std ** 2 / n + rand["bleu_std"] ** 2 / rand["runs"]) ** 0.5, 2)
     return delta, se

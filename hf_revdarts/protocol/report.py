@@ -18,6 +18,7 @@ from typing import Any
 from ..utils.atomic import atomic_savefig, atomic_write_json, atomic_write_text
 from .compare import (
     goal_mean,
+    goal_spread,
     minus_random,
     random_percentile,
     random_search_rows,
@@ -259,12 +260,10 @@ def overview_rows(summary: dict[str, Any], plan: dict[str, int] | None = None) -
         minus_rand = summary.get("minus_random_mean", {}).get(kind)
         se = summary.get("minus_random_mean_se", {}).get(kind)
         minus_standard = round(goal_mean(k[kind]) - k["standard"]["bleu_mean"], 2) if "standard" in k else None
-        searches = k[kind].get("searches", k[kind]["runs"])
-        # the spread between searches, else between the training seeds of the one search
-        std = k[kind].get("bleu_search_std", k[kind]["bleu_std"]) if searches > 1 else k[kind]["bleu_std"]
         rows.append({
             "pair": summary["pair"] + (f" ({summary['scale']})" if summary.get("scale") else ""), "row": kind,
-            "runs": k[kind]["runs"], "searches": searches, "bleu_mean": goal_mean(k[kind]), "bleu_std": std,
+            "runs": k[kind]["runs"], "searches": k[kind].get("searches", k[kind]["runs"]),
+            "bleu_mean": goal_mean(k[kind]), "bleu_std": goal_spread(k[kind])[1],
             "standard_mean": k.get("standard", {}).get("bleu_mean"), "standard_runs": k.get("standard", {}).get("runs", 0),
             "standard_planned": sizes.get("seeds"),
             "random_mean": k.get("random", {}).get("bleu_mean"), "random_runs": k.get("random", {}).get("runs", 0),
