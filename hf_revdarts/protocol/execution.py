@@ -23,7 +23,8 @@ from ..utils.integrity import complete_checkpoints
 from .record import RunRecord
 
 logger = logging.getLogger(__name__)
-TIMING_NOTE = "wall/CPU seconds of finished stages; a stage killed midway is not counted"
+TIMING_NOTE = ("wall/CPU seconds of every stage over every sitting, a stage stopped midway included (not one whose "
+               "runner was killed with it)")
 
 
 def machine() -> str:
