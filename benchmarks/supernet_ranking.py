@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import logging
 import sys
 from pathlib import Path
@@ -43,7 +44,7 @@ from scipy.stats import kendalltau
 from hf_revdarts.model.genotype import Genotype
 from hf_revdarts.protocol.plan import load_runs
 from hf_revdarts.protocol.recipe import ProtocolConfig
-from hf_revdarts.protocol.report import write_overview
+from hf_revdarts.protocol.report import predictor_recipe, write_overview
 from hf_revdarts.utils.atomic import atomic_write_json, atomic_write_text
 
 REPO = Path(__file__).resolve().parents[1]
@@ -178,8 +179,20 @@ def ranking(rows: list[dict[str, Any]], estimates: dict[str, list[float | None]]
             "val_loss_vs_test_bleu": {"tau": tau([-v for v in loss], bleu), "ci95": tau_interval([-v for v in loss], bleu)}}
 
 
+def search_recipes(results: Path, searches: list[str]) -> dict[str, str]:
+    """Each search's recipe, from its record: "default" (the base search) or its ``search_variants`` name."""
+    recipes = {}
+    for search in searches:
+        record = results / f"{search}.json"
+        if not record.is_file():
+            raise SystemExit(f"{record}: no record of the search {search} (its supernet is in the work folder, but "
+                             "the ranking names each supernet's recipe from the record)")
+        recipes[search] = json.loads(record.read_text(encoding="utf-8")).get("search_variant") or "default"
+    return recipes
+
+
 def markdown(pair: str, rows: list[dict[str, Any]], estimates: dict[str, list[float | None]], result: dict[str, Any],
-             sentences: int) -> str:
+             sentences: int, recipes: dict[str, str] | None = None) -> str:
     def fmt(v: float | None, digits: int = 3) -> str:
         return "—" if v is None else f"{v:.{digits}f}"
 
@@ -191,9 +204,10 @@ def markdown(pair: str, rows: list[dict[str, Any]], estimates: dict[str, list[fl
              f"training seeds); supernet estimates: held-out NLL on the first {sentences} val sentences with only the "
              "genotype's ops (`benchmarks/supernet_ranking.py`). +1: the predictor orders the genotypes as training "
              "them alone does. 95% bootstrap interval over genotypes.", "",
-             "| predictor | genotypes | τ | 95% interval |", "|---|---|---|---|"]
+             "| predictor | search recipe | genotypes | τ | 95% interval |", "|---|---|---|---|---|"]
     for name, row in result["against_val_loss"].items():
-        lines.append(f"| {name} | {row['genotypes']} | {fmt(row['tau'], 2)} | {interval(row['ci95'])} |")
+        lines.append(f"| {name} | {predictor_recipe(name, recipes or {})} | {row['genotypes']} | "
+                     f"{fmt(row['tau'], 2)} | {interval(row['ci95'])} |")
     p, v = result["parameters_vs_test_bleu"], result["val_loss_vs_test_bleu"]
     lines += ["", f"Against test BLEU: parameter count τ {fmt(p['tau'], 2)} {interval(p['ci95'])}; stand-alone "
               f"validation loss τ {fmt(v['tau'], 2)} {interval(v['ci95'])}.", "",
@@ -254,9 +268,11 @@ def main(argv: list[str] | None = None) -> int:
                      "alpha_log_prob": {s: log_probs[s][i] for s in searches}} for i, r in enumerate(rows)]
     # In a folder of its own: the pair's folder holds run records only (``load_runs`` reads every JSON there).
     (results / "ranking").mkdir(parents=True, exist_ok=True)
+    recipes = search_recipes(results, searches)
     atomic_write_json(results / "ranking" / "ranking.json", {"pair": pair, "val_sentences": args.val_sentences,
-                                                 "searches": searches, **result, "genotypes": per_genotype})
-    text = markdown(pair, rows, estimates, result, args.val_sentences)
+                                                 "searches": searches, "search_recipes": recipes, **result,
+                                                 "genotypes": per_genotype})
+    text = markdown(pair, rows, estimates, result, args.val_sentences, recipes)
     atomic_write_text(results / "ranking" / "ranking.md", text)
     if not args.smoke:  # the cross-pair overview shows every pair's τ
         write_overview(results.parent, CONFIG.pairs)

@@ -364,8 +364,9 @@ def ranking_lines(results_root: Path, folders: list[str]) -> list[str]:
         path = results_root / name / "ranking" / "ranking.json"
         if path.is_file():
             ranking = json.loads(path.read_text(encoding="utf-8"))
-            rows += [f"| {name} | {predictor} | {r['genotypes']} | {r['tau']:+.2f} | "
-                     f"[{r['ci95'][0]:+.2f}, {r['ci95'][1]:+.2f}] |"
+            recipes = ranking.get("search_recipes", {})
+            rows += [f"| {name} | {predictor} | {predictor_recipe(predictor, recipes)} | {r['genotypes']} | "
+                     f"{r['tau']:+.2f} | [{r['ci95'][0]:+.2f}, {r['ci95'][1]:+.2f}] |"
                      for predictor, r in ranking["against_val_loss"].items() if r.get("tau") is not None]
     if not rows:
         return []
@@ -373,4 +374,11 @@ def ranking_lines(results_root: Path, folders: list[str]) -> list[str]:
             "Kendall τ-b of each predictor against the genotypes' stand-alone validation loss (averaged model at the "
             "recipe's budget), 95% bootstrap interval over genotypes (`benchmarks/supernet_ranking.py`; "
             "`<pair>/ranking/ranking.md`). A supernet's estimate: its held-out loss with only the genotype's ops.",
-            "", "| pair | predictor | genotypes | τ | 95% interval |", "|---|---|---|---|---|", *rows]
+            "", "| pair | predictor | search recipe | genotypes | τ | 95% interval |", "|---|---|---|---|---|---|", *rows]
+
+
+def predictor_recipe(predictor: str, recipes: dict[str, str]) -> str:
+    """The recipe of the search behind a ranking predictor ("supernet <run>", "α of <run>"): "default" or a named
+    search variant, from ``ranking.json``'s ``search_recipes``; "—" for the predictors that are not a search's."""
+    run = predictor.removeprefix("supernet ").removeprefix("α of ")
+    return "—" if run == predictor else recipes.get(run, "—")

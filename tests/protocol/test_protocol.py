@@ -214,6 +214,8 @@ def test_smoke_protocol_runs_every_kind_and_resumes(tmp_path):
     ranking = json.loads((results / "ranking" / "ranking.json").read_text())
     _protocol(tmp_path, "--report")  # the pair's folder still holds run records only
     assert ranking["searches"] == ["search-long-s0", "search-s0"]
+    assert ranking["search_recipes"] == {"search-long-s0": "long", "search-s0": "default"}
+    assert "| supernet search-long-s0 | long |" in (results / "ranking" / "ranking.md").read_text()
     runs = {run for g in ranking["genotypes"] for run in g["runs"]}
     assert {"searched-s0-t0", "searched-long-s0-t0", "standard-t0", "random-r0"} <= runs
     assert all(isinstance(v, float) for g in ranking["genotypes"] for v in g["supernet_estimates"].values())

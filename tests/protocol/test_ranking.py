@@ -59,3 +59,16 @@ def test_a_search_that_trained_the_same_supernet_as_another_is_ranked_once(tmp_p
     assert ranking_module.distinct_supernets(tmp_path, searches) == ["search-s0", "search-s1"]
     (tmp_path / "search-sampled-s0" / "supernet" / "model.safetensors").write_bytes(b"w2")  # another supernet after all
     assert ranking_module.distinct_supernets(tmp_path, searches) == searches
+
+
+def test_each_supernet_is_named_with_the_recipe_its_search_ran(tmp_path):
+    """A reader of the τ table needs to know which supernet is the base search's and which a variant's (the proxy,
+    the documented-until-December one): the record says, and a search without a record is refused by name."""
+    (tmp_path / "search-s0.json").write_text('{"search_variant": null}')
+    (tmp_path / "search-long-s0.json").write_text('{"search_variant": "long"}')
+    recipes = ranking_module.search_recipes(tmp_path, ["search-long-s0", "search-s0"])
+    assert recipes == {"search-long-s0": "long", "search-s0": "default"}
+    assert ranking_module.predictor_recipe("α of search-long-s0", recipes) == "long"
+    assert ranking_module.predictor_recipe("parameter count", recipes) == "—"
+    with pytest.raises(SystemExit, match="search-s1"):
+        ranking_module.search_recipes(tmp_path, ["search-s1"])

@@ -93,7 +93,8 @@ def test_overview_puts_every_pair_against_the_goal(tmp_path):
     (tmp_path / "en-de" / "ranking").mkdir()  # the ranking diagnostic's τ, where it ran
     (tmp_path / "en-de" / "ranking" / "ranking.json").write_text(json.dumps({"against_val_loss": {
         "supernet search-s0": {"genotypes": 9, "tau": 0.2778, "ci95": [-0.4, 0.9394]},
-        "another training seed (ceiling)": {"genotypes": 0, "tau": None, "ci95": None}}}))
+        "another training seed (ceiling)": {"genotypes": 0, "tau": None, "ci95": None}},
+        "search_recipes": {"search-s0": "default"}}))
     rows = write_overview(tmp_path, {"en-de": {"seeds": 2, "random": 4}, "en-it": {"seeds": 1, "random": 2}})
     verdicts = {r["pair"]: (r["minus_standard"], r["beats_standard"], r["beats_random_mean"]) for r in rows}
     assert verdicts == {"en-de": (2.9, True, True), "de-en": (2.9, True, False), "en-fr": (1.9, False, False),
@@ -106,7 +107,7 @@ def test_overview_puts_every_pair_against_the_goal(tmp_path):
     assert "| en-de | random-search-s0 | 8 → c5 | 1.75 | 2.10 | 33.50 | searched | 34.20 (2) | 2.05 | +0.70 (0.010) |" in text
     assert "| de-fr | searched | 33.17 ± 1.26 (3 searches, 4 runs) | 31.30 (2 of 1) | — (0 of 0) | +1.87 (0.001) |" in text
     assert "No finished run yet: en-it." in text
-    assert "| en-de | supernet search-s0 | 9 | +0.28 | [-0.40, +0.94] |" in text and "ceiling" not in text
+    assert "| en-de | supernet search-s0 | default | 9 | +0.28 | [-0.40, +0.94] |" in text and "ceiling" not in text
     assert json.loads((tmp_path / "overview.json").read_text())["not_run"] == ["en-it"]
 
 
