@@ -15,7 +15,9 @@ For every genotype the protocol trained on the pair (standard, searched and rand
   ops with the weights it inherited (``hf_revdarts.search.selection.fixed_genotype``). A genotype the supernet
   cannot compute (another depth, or layers its tied blocks cannot hold) gets none; a genotype stacked from a
   proxy's block is unstacked to it; a search whose supernet is another's weight for weight (the ``sampled``
-  variant differs from the base search of its seed only in its selection) is ranked once;
+  variant differs from the base search of its seed only in its selection) is ranked once; a search that kept its
+  θ warm-up (``warmup/``) is ranked a second time with those weights (``<search> warm-up``): the supernet before
+  any α step, which is what the ``spos`` variant selects on;
 - **α**, one per search: the log-probability its architecture weights give the genotype (the sum over α nodes of
   log softmax(α) of the genotype's op; what argmax maximises), so that α's ranking meets the supernet's;
 - **parameter count**, the cheapest predictor.
@@ -50,6 +52,7 @@ from hf_revdarts.utils.atomic import atomic_write_json, atomic_write_text
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = ProtocolConfig.load(REPO / "configs" / "protocol" / "multi30k.yaml")
 TRAINED_KINDS = ("standard", "searched", "random")
+WARMUP = "warm-up"  # a search's supernet at the end of its θ warm-up, ranked beside its final one
 logger = logging.getLogger("supernet_ranking")
 
 
@@ -115,16 +118,35 @@ def heldout_batches(tokenizer: Any, data: Path, src: str, tgt: str, split: str, 
             for i in range(0, len(sources), 64)]
 
 
+def warmup_weights(folder: Path) -> Path | None:
+    """The θ warm-up a search keeps for α-phase seeds (``warmup/checkpoint-*``): its supernet before any α step,
+    which is all a search without an α phase (the ``spos`` variant) trains. None: the search kept none (it had no
+    warm-up, or started its α phase from another search's)."""
+    found = sorted((folder / "warmup").glob("checkpoint-*/model.safetensors"))
+    return found[-1] if found else None
+
+
 def supernet_estimates(folder: Path, rows: list[dict[str, Any]], data: Path, src: str, tgt: str, split: str,
-                       sentences: int) -> tuple[list[float | None], list[float | None]]:
+                       sentences: int, weights: Path | None = None) -> tuple[list[float | None], list[float | None]]:
     """The supernet's held-out NLL of each row's genotype, and its α's log-probability of it (None: not in its
-    space)."""
+    space); with ``weights``, of the supernet with those weights (a warm-up checkpoint's) instead of the final."""
+    from safetensors.torch import load_file
     from transformers import AutoTokenizer
 
     from hf_revdarts.search import RevDartsSupernet
     from hf_revdarts.search.selection import genotype_log_prob, score_genotypes
 
     supernet = RevDartsSupernet.from_pretrained(folder / "supernet").eval()
+    if weights is not None:
+        # A checkpoint stores a tied tensor (tied blocks' α, the output embedding) under one of its names only.
+        state = load_file(weights)
+        missing, unexpected = supernet.load_state_dict(state, strict=False)
+        ours = supernet.state_dict(keep_vars=True)
+        loaded = {ours[k].data_ptr() for k in state if k in ours}
+        untied = [k for k in missing if ours[k].data_ptr() not in loaded]
+        if untied or unexpected:
+            raise ValueError(f"{weights}: not the weights of the supernet in {folder / 'supernet'} (missing "
+                             f"{untied[:5]}, unexpected {unexpected[:5]})")
     tokenizer = AutoTokenizer.from_pretrained(folder / "tokenizer")
     batches = heldout_batches(tokenizer, data, src, tgt, split, sentences, supernet.config.max_position_embeddings)
     out: list[float | None] = []
@@ -260,15 +282,20 @@ def main(argv: list[str] | None = None) -> int:
     src, tgt = pair.split("-")
     both = {s: supernet_estimates(work / s, rows, data, src, tgt, splits["val"], args.val_sentences) for s in searches}
     estimates, log_probs = {s: v[0] for s, v in both.items()}, {s: v[1] for s, v in both.items()}
+    recipes = search_recipes(results, searches)
+    for s in searches:  # the same supernet before its α phase: does the α phase make it rank better?
+        if (weights := warmup_weights(work / s)) is not None:
+            estimates[f"{s} {WARMUP}"] = supernet_estimates(work / s, rows, data, src, tgt, splits["val"],
+                                                            args.val_sentences, weights)[0]
+            recipes[f"{s} {WARMUP}"] = f"{recipes[s]}, {WARMUP} only"
     result = ranking(rows, estimates, log_probs)
     per_genotype = [{"runs": r["runs"], "kind": r["kind"], "parameters": r["parameters"],
                      "val_loss": {str(k): v for k, v in r["val_loss"].items()},
                      "test_bleu": {str(k): v for k, v in r["bleu"].items()},
-                     "supernet_estimates": {s: estimates[s][i] for s in searches},
+                     "supernet_estimates": {s: values[i] for s, values in estimates.items()},
                      "alpha_log_prob": {s: log_probs[s][i] for s in searches}} for i, r in enumerate(rows)]
     # In a folder of its own: the pair's folder holds run records only (``load_runs`` reads every JSON there).
     (results / "ranking").mkdir(parents=True, exist_ok=True)
-    recipes = search_recipes(results, searches)
     atomic_write_json(results / "ranking" / "ranking.json", {"pair": pair, "val_sentences": args.val_sentences,
                                                  "searches": searches, "search_recipes": recipes, **result,
                                                  "genotypes": per_genotype})

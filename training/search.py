@@ -9,7 +9,9 @@ GPU + bf16:       accelerate launch --mixed_precision bf16 training/search.py ..
 Resume:           ... --resume_from_checkpoint latest   (or a checkpoint-NNNNNN folder)
 
 Each step is an α step on held-out batches, then a θ step on training batches (first-order DARTS by
-default, ``--second_order`` for the unrolled variant). Writes into --output_dir: genotype.json,
+default, ``--second_order`` for the unrolled variant). With ``--selection sampled`` and ``--arch_start_step``
+equal to ``--max_steps`` there is no α phase: θ alone is trained (one path per step with ``--warmup_sampling
+single_path``, as SPOS) and the genotype is the sampled one the supernet scores best. Writes into --output_dir: genotype.json,
 alpha_history.json, arch_parameters.json, search_summary.json, derived_config/config.json, the supernet
 as a model folder (``supernet/``, loadable with ``RevDartsSupernet.from_pretrained``), alpha_heatmap.png,
 alpha_entropy.png, genotype.png, the tokenizer, TensorBoard logs and checkpoint-NNNNNN folders (each
@@ -150,10 +152,12 @@ def check_inputs(args: SearchArgs) -> tuple[Texts, Path | None, Path | None]:
     the warm-up to start from (both resolved and verified here, once)."""
     run = args.run
     check_output_dir(run.output_dir, run.overwrite_output_dir, run.resume_from_checkpoint, kind="search")
-    if args.search.arch_start_step >= run.max_steps:
+    no_alpha_phase = args.search.arch_start_step == run.max_steps and args.search.selection == "sampled"
+    if args.search.arch_start_step >= run.max_steps and not no_alpha_phase:
         raise ValueError(
             f"--arch_start_step {args.search.arch_start_step} >= --max_steps {run.max_steps}: α would never be "
-            "updated and genotype.json would be the argmax of its random initialisation"
+            "updated and genotype.json would be the argmax of its random initialisation (only --selection sampled "
+            "selects without α: then --arch_start_step equal to --max_steps trains θ alone)"
         )
     check_search_flags(args.search, args.model, args.run.max_steps, arch_lr(args))
     if args.data.tokenizer:
@@ -424,6 +428,8 @@ def write_final_outputs(s: Search) -> None:
         "alpha_entropy_last": last["entropy"],
         "alpha_max_abs_diff_across_ranks": rank_diff,
         "arch_lr": arch_lr(s.args),
+        # 0: θ alone was trained (--selection sampled, as SPOS); the argmax genotype then reads α's random start
+        "alpha_steps": max(0, s.state.step - s.args.search.arch_start_step),
         "mean_top_weight": last["mean_top_weight"],
         "selection": s.args.search.selection,
         "genotype": genotype.to_dict(),

@@ -264,7 +264,9 @@ class SearchArguments:
         default=9.0, metadata={"help": "total α logit movement the default α lr allows (paper: 3e-4 × 30k steps = 9)"}
     )
     arch_weight_decay: float = field(default=1e-3, metadata={"help": "α weight decay"})
-    arch_start_step: int = field(default=0, metadata={"help": "weight-only warm-up steps before α updates begin"})
+    arch_start_step: int = field(default=0, metadata={
+        "help": "weight-only warm-up steps before α updates begin (= --max_steps with --selection sampled: no α phase, "
+                "θ alone is trained and the sampled genotypes are scored on it, as SPOS)"})
     warmup_sampling: str = field(
         default="full",
         metadata={"help": "how θ trains before --arch_start_step: full (every candidate op, the supernet step) or "

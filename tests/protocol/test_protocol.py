@@ -214,13 +214,18 @@ def test_smoke_protocol_runs_every_kind_and_resumes(tmp_path):
     ranking = json.loads((results / "ranking" / "ranking.json").read_text())
     _protocol(tmp_path, "--report")  # the pair's folder still holds run records only
     assert ranking["searches"] == ["search-long-s0", "search-s0"]
-    assert ranking["search_recipes"] == {"search-long-s0": "long", "search-s0": "default"}
+    assert ranking["search_recipes"] == {"search-long-s0": "long", "search-s0": "default",
+                                         "search-long-s0 warm-up": "long, warm-up only",
+                                         "search-s0 warm-up": "default, warm-up only"}
     assert "| supernet search-long-s0 | long |" in (results / "ranking" / "ranking.md").read_text()
     runs = {run for g in ranking["genotypes"] for run in g["runs"]}
     assert {"searched-s0-t0", "searched-long-s0-t0", "standard-t0", "random-r0"} <= runs
     assert all(isinstance(v, float) for g in ranking["genotypes"] for v in g["supernet_estimates"].values())
-    assert set(ranking["against_val_loss"]) == {"supernet search-long-s0", "supernet search-s0", "α of search-long-s0",
-                                                "α of search-s0", "parameter count", "another training seed (ceiling)"}
+    assert set(ranking["against_val_loss"]) == {
+        "supernet search-long-s0", "supernet search-s0", "supernet search-long-s0 warm-up", "supernet search-s0 warm-up",
+        "α of search-long-s0", "α of search-s0", "parameter count", "another training seed (ceiling)"}
+    warm, final = (ranking["genotypes"][0]["supernet_estimates"][k] for k in ("search-s0 warm-up", "search-s0"))
+    assert warm != final, "the warm-up's weights, not the final supernet's"
     module = load_benchmark("supernet_ranking")
     from transformers import AutoTokenizer
 
@@ -341,6 +346,11 @@ def test_search_variant_changes_the_search_only(tmp_path):
     assert [f"en-de/search-long-s{i} " in c for i, c in enumerate(searches)] == [True] * 3  # its own folders
     assert all("--d_model 96 " in c and "--max_steps 1300 " in c and "--arch_start_step 1000 " in c for c in searches)
     assert all("--d_model 192 " in c and "--max_steps 4000 " in c and "search-long-s" in c for c in trains)
+    # spos: the base's warm-up and no α phase, selected by sampling on the warm-up supernet
+    dry = _protocol_real(tmp_path, "--pair", "en-de", "--search_variant", "spos", "--searches", "1", "--dry_run")
+    search = next(line for line in dry.splitlines() if line.startswith("python training/search.py"))
+    assert all(f in search for f in ("--max_steps 1000 ", "--arch_start_step 1000 ", "--selection sampled",
+                                     "--warmup_sampling single_path", "--d_model 192 "))
 
 
 def test_scale_wide_is_the_same_protocol_at_d576_in_folders_of_its_own(tmp_path):

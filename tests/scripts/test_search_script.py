@@ -14,6 +14,8 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
+from safetensors.torch import load_file
 
 from hf_revdarts import Genotype, RevDartsConfig
 from hf_revdarts.search import RevDartsSupernet
@@ -168,6 +170,33 @@ def test_single_path_warm_up_runs_and_alpha_moves_only_after_it(tmp_path: Path) 
     summary = json.loads((out / "search_summary.json").read_text())
     assert all(v is not None for v in (summary["val_loss_first"], summary["val_loss_last"]))
     Genotype.load(out / "genotype.json").validate(1, 1)
+
+
+def test_sampled_selection_without_an_alpha_phase_scores_the_warm_up_supernet(tmp_path: Path) -> None:
+    """--selection sampled with --arch_start_step = --max_steps (SPOS): θ alone is trained, α never moves, and the
+    genotypes are scored on the supernet a longer search of the same seed hands to its α phase; any other
+    selection without α steps is refused."""
+    search_script = load_script("search")
+    data = _tiny_dataset(tmp_path)
+    sp = {"--warmup_sampling": "single_path", "--arch_start_step": "3"}
+    with pytest.raises(ValueError, match="only --selection sampled selects without α"):
+        search_script.main(_script_args(data, tmp_path / "refused", steps=3, **sp))
+    longer = tmp_path / "longer"
+    assert search_script.main(_script_args(data, longer, steps=6, **sp)) == 0
+    spos = tmp_path / "spos"
+    extra = {**sp, "--selection": "sampled", "--sampled_genotypes": "6"}
+    assert search_script.main(_script_args(data, spos, steps=3, **extra)) == 0
+
+    history = json.loads((spos / "alpha_history.json").read_text())
+    assert [h["step"] for h in history] == [0, 3] and history[0]["softmax"] == history[1]["softmax"]
+    summary = json.loads((spos / "search_summary.json").read_text())
+    assert summary["alpha_steps"] == 0 and summary["steps"] == 3 and summary["selection"] == "sampled"
+    selection = json.loads((spos / "selection.json").read_text())["sampled"]
+    assert selection["scored"][0]["genotype"] == selection["genotype"] == summary["genotype"]
+    ours = load_file(spos / "supernet" / "model.safetensors")
+    theirs = load_file(longer / "warmup" / "checkpoint-000003" / "model.safetensors")
+    weights = [k for k in theirs if "arch" not in k and "alpha" not in k]
+    assert weights and all(torch.equal(ours[k], theirs[k]) for k in weights), "the longer search's warm-up, exactly"
 
 
 def test_alpha_phase_seeds_share_one_warm_up(tmp_path: Path) -> None:
