@@ -429,7 +429,8 @@ def test_a_checked_error_is_one_line_naming_where_a_flag_came_from(tmp_path):
     assert done.returncode == 1
     assert "Traceback" not in done.stderr
     assert ("search.py: error: --arch_start_step 20 >= --max_steps 10: α would never be updated" in done.stderr
-            and "(--arch_start_step 20 comes from configs/sample-en-de-search.yaml)" in done.stderr)
+            and "(--arch_start_step 20 comes from configs/sample-en-de-search.yaml; --selection argmax comes from "
+                "configs/sample-en-de-search.yaml)" in done.stderr)
     assert not (tmp_path / "s").exists()
 
 
