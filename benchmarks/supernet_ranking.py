@@ -126,11 +126,26 @@ def warmup_weights(folder: Path) -> Path | None:
     return found[-1] if found else None
 
 
+def load_weights(supernet: torch.nn.Module, weights: Path) -> None:
+    """Every weight of ``supernet`` from a checkpoint's ``model.safetensors``, or an error naming the file. A
+    checkpoint stores a tied tensor (tied blocks' α, the output embedding) under one of its names only: a missing
+    name is accepted only where it shares its storage with one that was loaded."""
+    from safetensors.torch import load_file
+
+    state = load_file(weights)
+    missing, unexpected = supernet.load_state_dict(state, strict=False)
+    ours = supernet.state_dict(keep_vars=True)
+    loaded = {ours[k].data_ptr() for k in state if k in ours}
+    untied = [k for k in missing if ours[k].data_ptr() not in loaded]
+    if untied or unexpected:
+        raise ValueError(f"{weights}: not this supernet's weights (missing {untied[:5]}, unexpected "
+                         f"{unexpected[:5]})")
+
+
 def supernet_estimates(folder: Path, rows: list[dict[str, Any]], data: Path, src: str, tgt: str, split: str,
                        sentences: int, weights: Path | None = None) -> tuple[list[float | None], list[float | None]]:
     """The supernet's held-out NLL of each row's genotype, and its α's log-probability of it (None: not in its
     space); with ``weights``, of the supernet with those weights (a warm-up checkpoint's) instead of the final."""
-    from safetensors.torch import load_file
     from transformers import AutoTokenizer
 
     from hf_revdarts.search import RevDartsSupernet
@@ -138,15 +153,7 @@ def supernet_estimates(folder: Path, rows: list[dict[str, Any]], data: Path, src
 
     supernet = RevDartsSupernet.from_pretrained(folder / "supernet").eval()
     if weights is not None:
-        # A checkpoint stores a tied tensor (tied blocks' α, the output embedding) under one of its names only.
-        state = load_file(weights)
-        missing, unexpected = supernet.load_state_dict(state, strict=False)
-        ours = supernet.state_dict(keep_vars=True)
-        loaded = {ours[k].data_ptr() for k in state if k in ours}
-        untied = [k for k in missing if ours[k].data_ptr() not in loaded]
-        if untied or unexpected:
-            raise ValueError(f"{weights}: not the weights of the supernet in {folder / 'supernet'} (missing "
-                             f"{untied[:5]}, unexpected {unexpected[:5]})")
+        load_weights(supernet, weights)
     tokenizer = AutoTokenizer.from_pretrained(folder / "tokenizer")
     batches = heldout_batches(tokenizer, data, src, tgt, split, sentences, supernet.config.max_position_embeddings)
     out: list[float | None] = []

@@ -72,3 +72,24 @@ def test_each_supernet_is_named_with_the_recipe_its_search_ran(tmp_path):
     assert ranking_module.predictor_recipe("parameter count", recipes) == "—"
     with pytest.raises(SystemExit, match="search-s1"):
         ranking_module.search_recipes(tmp_path, ["search-s1"])
+
+
+def test_a_warm_up_checkpoint_loads_whole_or_is_refused_by_name(tmp_path):
+    """The warm-up checkpoint (accelerate's ``model.safetensors``) keeps one name of each tied tensor: loading it
+    gives every weight of the supernet that saved it, and a checkpoint of another supernet is refused by name."""
+    import torch
+    from safetensors.torch import save_model
+
+    from hf_revdarts.search import RevDartsSupernet
+    from testing.builders import tiny_search_config
+
+    torch.manual_seed(0)
+    saved = RevDartsSupernet(tiny_search_config(vocab_size=60))
+    save_model(saved, str(tmp_path / "model.safetensors"))  # drops the tied duplicates, as the checkpoint does
+    torch.manual_seed(1)
+    fresh = RevDartsSupernet(tiny_search_config(vocab_size=60))
+    ranking_module.load_weights(fresh, tmp_path / "model.safetensors")
+    assert all(torch.equal(v, fresh.state_dict()[k]) for k, v in saved.state_dict().items())
+    other = RevDartsSupernet(tiny_search_config(layers=3, vocab_size=60))
+    with pytest.raises(ValueError, match="model.safetensors: not this supernet's weights"):
+        ranking_module.load_weights(other, tmp_path / "model.safetensors")
