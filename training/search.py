@@ -11,11 +11,13 @@ Resume:           ... --resume_from_checkpoint latest   (or a checkpoint-NNNNNN 
 Each step is an α step on held-out batches, then a θ step on training batches (first-order DARTS by
 default, ``--second_order`` for the unrolled variant). With ``--selection sampled`` and ``--arch_start_step``
 equal to ``--max_steps`` there is no α phase: θ alone is trained (one path per step with ``--warmup_sampling
-single_path``, as SPOS) and the genotype is the sampled one the supernet scores best. Writes into --output_dir: genotype.json,
-alpha_history.json, arch_parameters.json, search_summary.json, derived_config/config.json, the supernet
-as a model folder (``supernet/``, loadable with ``RevDartsSupernet.from_pretrained``), alpha_heatmap.png,
-alpha_entropy.png, genotype.png, the tokenizer, TensorBoard logs and checkpoint-NNNNNN folders (each
-written under a temporary name and renamed, so an interrupted run never leaves a half-written one).
+single_path``, as SPOS) and the genotype is the sampled one the supernet scores best.
+
+Writes into --output_dir: genotype.json, alpha_history.json, arch_parameters.json, search_summary.json,
+derived_config/config.json, the supernet as a model folder (``supernet/``, loadable with
+``RevDartsSupernet.from_pretrained``), alpha_heatmap.png, alpha_entropy.png, genotype.png, the tokenizer,
+TensorBoard logs and checkpoint-NNNNNN folders (each written under a temporary name and renamed, so an
+interrupted run never leaves a half-written one).
 """
 
 from __future__ import annotations
