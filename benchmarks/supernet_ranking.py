@@ -121,7 +121,10 @@ def heldout_batches(tokenizer: Any, data: Path, src: str, tgt: str, split: str, 
 def warmup_weights(folder: Path) -> Path | None:
     """The θ warm-up a search keeps for α-phase seeds (``warmup/checkpoint-*``): its supernet before any α step,
     which is all a search without an α phase (the ``spos`` variant) trains. None: the search kept none (it had no
-    warm-up, or started its α phase from another search's)."""
+    warm-up, or started its α phase from another search's), or it had no α phase."""
+    summary = folder / "search_summary.json"
+    if summary.is_file() and json.loads(summary.read_text(encoding="utf-8")).get("alpha_steps") == 0:
+        return None  # no α phase: its warm-up is its final supernet, already ranked
     found = sorted((folder / "warmup").glob("checkpoint-*/model.safetensors"))
     return found[-1] if found else None
 

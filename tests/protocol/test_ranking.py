@@ -93,3 +93,15 @@ def test_a_warm_up_checkpoint_loads_whole_or_is_refused_by_name(tmp_path):
     other = RevDartsSupernet(tiny_search_config(layers=3, vocab_size=60))
     with pytest.raises(ValueError, match="model.safetensors: not this supernet's weights"):
         ranking_module.load_weights(other, tmp_path / "model.safetensors")
+
+
+def test_a_search_without_an_alpha_phase_is_not_ranked_twice(tmp_path):
+    """A ``spos`` search's warm-up checkpoint holds its final supernet: only a search with α steps gets a warm-up
+    column (an older search, whose summary predates ``alpha_steps``, keeps it)."""
+    (tmp_path / "warmup" / "checkpoint-001000").mkdir(parents=True)
+    (tmp_path / "warmup" / "checkpoint-001000" / "model.safetensors").write_bytes(b"w")
+    assert ranking_module.warmup_weights(tmp_path) == tmp_path / "warmup" / "checkpoint-001000" / "model.safetensors"
+    (tmp_path / "search_summary.json").write_text('{"alpha_steps": 300}')
+    assert ranking_module.warmup_weights(tmp_path) is not None
+    (tmp_path / "search_summary.json").write_text('{"alpha_steps": 0}')
+    assert ranking_module.warmup_weights(tmp_path) is None
