@@ -5,6 +5,7 @@
     python benchmarks/random_search.py --pair en-de --dry_run        # the schedule, its updates, nothing run
     python benchmarks/random_search.py --pair en-de --parameter_band 2.22 2.50   # draws of the default search's sizes
     python benchmarks/random_search.py --smoke                       # bundled sample, tiny, a minute
+    python benchmarks/random_search.py --pair en-de --candidates_from search-spos-s0 --candidates 4 --first_budget 500
 
 Draws ``--candidates`` genotypes uniformly from the protocol's search space (``hf_revdarts.protocol.recipe.
 random_genotype``, seeds 1000·(seed+1)+i, apart from the protocol's own random runs), trains each with the
@@ -26,6 +27,13 @@ seconds add up over sittings (``timing.json`` beside the checkpoints).
 and the pair's tokenizer, has LOW to HIGH million parameters: candidate i is the i-th draw of the seed's sequence in
 the band (without a band, draw i). Random genotypes are smaller than searched ones (the search favours attention
 and ffn ops), so this is random search at matched size; its run is ``random-search-s<seed>-<LOW>M-<HIGH>M``.
+
+``--candidates_from SEARCH`` halves the genotypes a search's supernet scored best instead of random draws: the
+search's ``--selection sampled`` list (``selection.json``: hundreds of sampled genotypes, each scored by the
+supernet's held-out loss), its ``--candidates`` lowest, distinct. This is the search's selection "train the top
+few", decided by the same validation loss; its cost is the search's CPU seconds (from its record) plus the schedule's,
+both in its record (kind ``supernet_halving``, run ``halving-<SEARCH>``). 4 candidates from 500 updates cost 1.5
+trainings, so with a ``spos`` search (0.4 CPU-h) it costs about what 8 random draws from 250 do.
 """
 
 from __future__ import annotations
@@ -80,7 +88,8 @@ class RandomSearch:
         self.splits = CONFIG.smoke["splits"] if args.smoke else CONFIG.splits
         self.recipe = CONFIG.recipe_for(args.smoke)
         band = args.parameter_band
-        self.run = f"random-search-s{args.seed}" + (f"-{band[0]:g}M-{band[1]:g}M" if band else "")
+        self.run = (f"halving-{args.candidates_from}" if args.candidates_from else
+                    f"random-search-s{args.seed}" + (f"-{band[0]:g}M-{band[1]:g}M" if band else ""))
         self.band = [round(x * 1e6) for x in band] if band else None  # in parameters
         self.work = Path(args.work_dir) / name / self.run
         self.results = Path(args.results_dir) / name / "random_search"
@@ -114,12 +123,51 @@ class RandomSearch:
                          f"{len(kept)} of {DRAWS_PER_SEED} draws have {low:,} to {high:,} parameters (the draws range "
                          f"over {min(seen):,} to {max(seen):,}); widen the band or ask for fewer --candidates")
 
-    def candidate(self, i: int, k: int) -> tuple[str, Path]:
+    def search_record(self) -> dict[str, Any]:
+        """The record of the search ``--candidates_from`` names (its cost is part of this run's)."""
+        path = self.results.parent / f"{self.args.candidates_from}.json"
+        if not path.is_file():
+            raise FileNotFoundError(f"--candidates_from {self.args.candidates_from}: no search record {path} (run the "
+                                    "search with benchmarks/search_quality.py first)")
+        record = json.loads(path.read_text())
+        if record.get("kind") != "search":
+            raise ValueError(f"--candidates_from {self.args.candidates_from}: {path} is a {record.get('kind')!r} "
+                             "record, not a search's")
+        return record
+
+    def supernet_top(self) -> list[tuple[Genotype, dict[str, Any]]]:
+        """The ``--candidates`` distinct genotypes the search's supernet scored lowest, with their scores."""
+        path = self.work.parent / self.args.candidates_from / "selection.json"
+        if not path.is_file():
+            raise FileNotFoundError(f"--candidates_from {self.args.candidates_from}: no {path} (not a finished search "
+                                    "of this pair)")
+        scored = json.loads(path.read_text()).get("sampled", {}).get("scored")
+        if not scored:
+            raise ValueError(f"--candidates_from {self.args.candidates_from}: {path} has no scored sampled genotypes "
+                             "(the search ran without --selection sampled)")
+        ranked = sorted(enumerate(scored), key=lambda e: (e[1]["loss"], e[0]))
+        top: dict[str, tuple[Genotype, dict[str, Any]]] = {}
+        for rank, (_, entry) in enumerate(ranked):
+            genotype = Genotype.from_dict(entry["genotype"])
+            top.setdefault(json.dumps(genotype.to_dict(), sort_keys=True),
+                           (genotype, {"supernet_rank": rank, "supernet_loss": entry["loss"]}))
+        if len(top) < self.args.candidates:
+            raise ValueError(f"--candidates_from {self.args.candidates_from}: its supernet scored {len(top)} distinct "
+                             f"genotypes, fewer than --candidates {self.args.candidates}")
+        return list(top.values())[: self.args.candidates]
+
+    def sources(self) -> list[tuple[Genotype, dict[str, Any]]]:
+        """Each candidate's genotype and where it came from (its draw, or its supernet score)."""
+        if self.args.candidates_from:
+            return self.supernet_top()
+        return [(random_genotype(self.recipe, k), {"draw": k}) for k in self.draws()]
+
+    def candidate(self, i: int, genotype: Genotype) -> tuple[str, Path]:
         name = f"c{i}"
         path = self.work / f"{name}.genotype.json"
         if not self.args.dry_run:
             path.parent.mkdir(parents=True, exist_ok=True)
-            atomic_write_json(path, random_genotype(self.recipe, k).to_dict())
+            atomic_write_json(path, genotype.to_dict())
         return name, path
 
     def script(self, script: str, flags: list[str], log: Path, stage: str) -> None:
@@ -172,8 +220,9 @@ class RandomSearch:
         if not self.args.dry_run:
             joint_tokenizer(self.work.parent / "tokenizer", self.data, self.src, self.tgt, self.splits["train"],
                             self.recipe["vocab_size"])
-        self.drawn = self.draws()
-        candidates = dict(self.candidate(i, k) for i, k in enumerate(self.drawn))
+        search = self.search_record() if self.args.candidates_from else None
+        self.origins = self.sources()
+        candidates = dict(self.candidate(i, g) for i, (g, _) in enumerate(self.origins))
         alive, losses = list(candidates), {name: {} for name in candidates}
         jobs = Jobs(1 if self.args.dry_run else self.args.jobs)
         for k, rung in enumerate(self.rungs):
@@ -201,24 +250,27 @@ class RandomSearch:
                      "--output", repo_path(test_json, REPO), *flag_list(self.recipe["evaluate"])]
             flags += ["--num_threads", str(self.args.num_threads)] if self.args.num_threads else []
             self.script("evaluate.py", flags, self.work / f"{best}.log", "evaluate")
-        return self.record(candidates, losses, best, json.loads(test_json.read_text()))
+        return self.record(candidates, losses, best, json.loads(test_json.read_text()), search)
 
     def record(self, candidates: dict[str, Path], losses: dict[str, dict[int, float]], best: str,
-               test: dict[str, Any]) -> dict[str, Any]:
+               test: dict[str, Any], search: dict[str, Any] | None = None) -> dict[str, Any]:
         summary = json.loads((self.work / best / "train_summary.json").read_text())
         self.results.mkdir(parents=True, exist_ok=True)
         hypotheses = self.results / f"{self.run}.test.txt"
         atomic_write_text(hypotheses, "\n".join(test["hypotheses"]) + "\n")
         stages = {k: v for k, v in self.timing.items() if isinstance(v, dict)}
         record = {
-            "run": self.run, "kind": "random_search", "pair": self.pair, "seed": self.args.seed, "eta": self.args.eta,
+            "run": self.run, "kind": "supernet_halving" if search else "random_search", "pair": self.pair,
+            "seed": self.args.seed, "eta": self.args.eta,
             "schedule": [{"candidates": r.candidates, "budget": r.budget} for r in self.rungs],
             "updates_total": schedule_updates(self.rungs),
             "parameter_band": self.band,
-            "candidates": [{"name": n, "draw": k, "genotype": json.loads(p.read_text()),
+            "candidates_from": {"search": search["run"], "search_cpu_seconds": search["cpu_seconds"],
+                                "search_wall_seconds": search["wall_seconds"]} if search else None,
+            "candidates": [{"name": n, **origin, "genotype": json.loads(p.read_text()),
                             "parameters": json.loads((self.work / n / "train_summary.json").read_text())["parameters"],
                             "val_loss": {str(b): v for b, v in losses[n].items()}}
-                           for (n, p), k in zip(candidates.items(), self.drawn)],
+                           for (n, p), (_, origin) in zip(candidates.items(), self.origins)],
             "survivor": best, "genotype": summary["genotype"], "parameters": summary["parameters"],
             "val_averaged": {k: (summary.get("averaged") or {}).get(k) for k in ("steps", "val_loss", "bleu")},
             "test": {k: test.get(k) for k in ("split", "num_beams", "length_penalty", "bleu", "bleu_signature",
@@ -227,7 +279,8 @@ class RandomSearch:
             "device": machine(), "stages": stages,
             "cpu_seconds": round(sum(v["cpu_seconds"] for v in stages.values()), 1),
             "wall_seconds": round(sum(v["wall_seconds"] for v in stages.values()), 1),
-            "note": "wall/CPU seconds of every stage over every sitting, a stage stopped midway included",
+            "note": "wall/CPU seconds of every stage over every sitting, a stage stopped midway included"
+                    + ("; the search's own are in candidates_from, not in these" if search else ""),
             "commands": self.timing["commands"],
         }
         atomic_write_json(self.results / f"{self.run}.json", record)
@@ -244,6 +297,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--first_budget", type=int, default=None, help="updates of the first rung (default: 1/8 of the recipe's)")
     p.add_argument("--eta", type=int, default=2, help="1/eta of the candidates survive each rung")
     p.add_argument("--seed", type=int, default=0, help="which draw of candidates (the run's name)")
+    p.add_argument("--candidates_from", default=None, metavar="SEARCH",
+                   help="a search of the pair (run name, e.g. search-spos-s0): halve the genotypes its supernet scored "
+                        "best instead of random draws")
     p.add_argument("--parameter_band", type=float, nargs=2, default=None, metavar=("LOW", "HIGH"),
                    help="only draws whose model has LOW to HIGH million parameters (random search at matched size)")
     p.add_argument("--data", default=None)
@@ -259,6 +315,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.parameter_band and not 0 < args.parameter_band[0] <= args.parameter_band[1]:
         p.error(f"--parameter_band {args.parameter_band[0]:g} {args.parameter_band[1]:g}: give 0 < LOW <= HIGH "
                 "(millions of parameters)")
+    if args.candidates_from and (args.parameter_band or args.seed):
+        p.error("--candidates_from takes its candidates from the search's supernet: --parameter_band and --seed choose "
+                "random draws and do not apply")
     if args.first_budget is not None and args.first_budget < 1:
         p.error("--first_budget must be >= 1")
     return args

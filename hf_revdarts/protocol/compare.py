@@ -174,8 +174,9 @@ def random_search_rows(random_searches: list[dict[str, Any]], runs: list[RunReco
     row: the survivor's test BLEU and cost beside the row's mean and the cost of a search plus one training, and
     the paired bootstrap of the row's runs against the survivor (pooled over the row's runs)."""
     out = []
+    survivors = {rs["run"]: RunRecord(run=rs["run"], kind="random_search", test=rs["test"]) for rs in random_searches}
     for rs in random_searches:
-        survivor = RunRecord(run=rs["run"], kind="random_search", test=rs["test"])
+        survivor = survivors[rs["run"]]
         rows = {}
         for kind in [k for k in training_rows(kinds) if k.startswith("searched")]:
             search = kinds.get(kind.replace("searched", "search", 1))
@@ -186,10 +187,21 @@ def random_search_rows(random_searches: list[dict[str, Any]], runs: list[RunReco
                           "bleu_mean": goal_mean(kinds[kind]),
                           "cpu_hours_search_and_training": round(cost, 3) if cost is not None else None,
                           "delta": sig["pooled"]["delta"], "p_value": sig["pooled"]["p_value"]}
-        out.append({"run": rs["run"], "survivor": rs["survivor"], "parameters": rs["parameters"],
-                    "candidates": len(rs["candidates"]), "updates_total": rs["updates_total"],
-                    "trainings": round(rs["updates_total"] / rs["schedule"][-1]["budget"], 2),
-                    "cpu_hours": round(rs["cpu_seconds"] / 3600, 3), "bleu": rs["test"]["bleu"], "searched": rows})
+        source = rs.get("candidates_from")
+        row = {"run": rs["run"], "kind": rs.get("kind", "random_search"), "survivor": rs["survivor"],
+               "parameters": rs["parameters"], "candidates": len(rs["candidates"]), "updates_total": rs["updates_total"],
+               "trainings": round(rs["updates_total"] / rs["schedule"][-1]["budget"], 2),
+               "cpu_hours": round(rs["cpu_seconds"] / 3600, 3), "bleu": rs["test"]["bleu"], "searched": rows}
+        if source:  # the search's best-scored genotypes halved: its cost includes the search's, set against random search
+            row |= {"candidates_from": source["search"],
+                    "cpu_hours_with_search": round((rs["cpu_seconds"] + source["search_cpu_seconds"]) / 3600, 3)}
+            row["against_random_search"] = {}
+            for other in (o for o in random_searches if o.get("kind", "random_search") == "random_search"):
+                sig = bootstrap([(survivor, survivors[other["run"]])], root, references, ("halving", "random_search"))
+                row["against_random_search"][other["run"]] = {
+                    "bleu": other["test"]["bleu"], "cpu_hours": round(other["cpu_seconds"] / 3600, 3),
+                    "delta": sig["pooled"]["delta"], "p_value": sig["pooled"]["p_value"]}
+        out.append(row)
     return out
 
 

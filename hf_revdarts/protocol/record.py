@@ -260,15 +260,21 @@ def load_runs(results: str | os.PathLike) -> tuple[list[RunRecord], list[RunReco
     return runs, searches
 
 
+HALVING_KINDS = ("random_search", "supernet_halving")
+
+
 def load_random_searches(results: str | os.PathLike) -> list[dict[str, Any]]:
-    """The records of a pair's random searches at the same compute (``random_search/*.json``), by name."""
+    """The records of a pair's successive-halving runs (``random_search/*.json``), by name: random searches at the
+    same compute, and halvings of a search's best-scored genotypes (``--candidates_from``)."""
     out = []
     for path in sorted((Path(results) / "random_search").glob("*.json")):
         record = json.loads(path.read_text(encoding="utf-8"))
         missing = [k for k in ("run", "survivor", "parameters", "candidates", "schedule", "updates_total",
                                "cpu_seconds", "test") if k not in record]
-        if record.get("kind") != "random_search" or missing or "hypotheses" not in record.get("test", {}):
-            raise ValueError(f"{path}: not a finished random search's record (kind {record.get('kind')!r}, "
+        if record.get("kind") == "supernet_halving" and not record.get("candidates_from"):
+            missing.append("candidates_from")
+        if record.get("kind") not in HALVING_KINDS or missing or "hypotheses" not in record.get("test", {}):
+            raise ValueError(f"{path}: not a finished successive-halving record (kind {record.get('kind')!r}, "
                              f"missing {missing or ['test.hypotheses']})")
         out.append(record)
     return out

@@ -175,10 +175,19 @@ def markdown(summary: dict[str, Any]) -> str:
         lines += [f"{kind.capitalize()} mean above {p['below']:g} of the {p['of']} random genotypes' runs "
                   f"(percentile {p['percentile']:.0f})." for kind, p in summary.get("random_percentile", {}).items()]
     for rs in summary.get("random_search", []):
-        lines += ["", f"Random search at the same compute (`{rs['run']}`, `benchmarks/random_search.py`): "
-                  f"{rs['candidates']} random genotypes halved on validation loss, {rs['updates_total']} updates "
-                  f"({rs['trainings']:.2f} trainings), {rs['cpu_hours']:.2f} CPU h; its survivor {rs['survivor']} "
-                  f"({rs['parameters'] / 1e6:.2f}M parameters) scores {rs['bleu']:.2f}."]
+        if rs.get("candidates_from"):
+            lines += ["", f"The supernet's best-scored genotypes halved (`{rs['run']}`, `benchmarks/random_search.py "
+                      f"--candidates_from {rs['candidates_from']}`): its {rs['candidates']} best of the sampled genotypes "
+                      f"halved on validation loss, {rs['updates_total']} updates ({rs['trainings']:.2f} trainings), "
+                      f"{rs['cpu_hours']:.2f} CPU h, {rs['cpu_hours_with_search']:.2f} with the search; its survivor "
+                      f"{rs['survivor']} ({rs['parameters'] / 1e6:.2f}M parameters) scores {rs['bleu']:.2f}."]
+            lines += [f"- vs the random search `{run}` ({r['bleu']:.2f}, {r['cpu_hours']:.2f} CPU h): "
+                      f"Δ = {r['delta']:+.2f}, p = {r['p_value']:.4f}" for run, r in rs["against_random_search"].items()]
+        else:
+            lines += ["", f"Random search at the same compute (`{rs['run']}`, `benchmarks/random_search.py`): "
+                      f"{rs['candidates']} random genotypes halved on validation loss, {rs['updates_total']} updates "
+                      f"({rs['trainings']:.2f} trainings), {rs['cpu_hours']:.2f} CPU h; its survivor {rs['survivor']} "
+                      f"({rs['parameters'] / 1e6:.2f}M parameters) scores {rs['bleu']:.2f}."]
         lines += [f"- {kind} ({count_runs(r, 'runs')}, {r['bleu_mean']:.2f}"
                   + (f"; search + training {r['cpu_hours_search_and_training']:.2f} CPU h" if r[
                       "cpu_hours_search_and_training"] is not None else "")
@@ -339,18 +348,23 @@ def random_search_lines(summaries: dict[str, dict[str, Any]]) -> list[str]:
     rows = []
     for name, summary in summaries.items():
         for rs in summary.get("random_search", []):
+            source = f"top {rs['candidates']} of `{rs['candidates_from']}`" if rs.get("candidates_from") else \
+                f"{rs['candidates']} random"
+            hours = f"{rs['cpu_hours_with_search']:.2f} (with search)" if rs.get("candidates_from") else \
+                f"{rs['cpu_hours']:.2f}"
             for kind, r in rs["searched"].items():
                 cost = r["cpu_hours_search_and_training"]
-                rows.append(f"| {name} | {rs['run']} | {rs['candidates']} → {rs['survivor']} | {rs['trainings']:.2f} | "
-                            f"{rs['cpu_hours']:.2f} | {rs['bleu']:.2f} | {kind} | {r['bleu_mean']:.2f} ({count_runs(r)}) | "
+                rows.append(f"| {name} | {rs['run']} | {source} → {rs['survivor']} | {rs['trainings']:.2f} | "
+                            f"{hours} | {rs['bleu']:.2f} | {kind} | {r['bleu_mean']:.2f} ({count_runs(r)}) | "
                             f"{'—' if cost is None else format(cost, '.2f')} | {r['delta']:+.2f} ({r['p_value']:.3f}) |")
     if not rows:
         return []
     return ["", "## Search or random search at the same compute?", "",
             "Random search with successive halving (`benchmarks/random_search.py`): genotypes drawn from the space, "
-            "trained briefly, halved on validation loss, the survivor trained with the recipe and scored once. Beside "
-            "it each searched row, its CPU hours being one search's plus one training's (means), and the paired "
-            "bootstrap of the row's runs against the survivor (pooled).", "",
+            "trained briefly, halved on validation loss, the survivor trained with the recipe and scored once; with "
+            "`--candidates_from`, the same halving of the genotypes a search's supernet scored best (its CPU hours "
+            "include the search's). Beside it each searched row, its CPU hours being one search's plus one "
+            "training's (means), and the paired bootstrap of the row's runs against the survivor (pooled).", "",
             "| pair | random search | candidates → survivor | trainings of updates | CPU h | survivor BLEU | "
             "searched row | its BLEU (runs) | search + training CPU h | Δ searched − survivor (p) |",
             "|---|---|---|---|---|---|---|---|---|---|", *rows]

@@ -147,5 +147,34 @@ def test_random_search_meets_each_searched_row_and_a_searched_mean_has_a_place_a
     assert searched["cpu_hours_search_and_training"] == 2.0 and searched["delta"] > 0 and searched["p_value"] < 0.05
     del record["test"]["hypotheses"]  # a random search that never translated its survivor is refused by name
     (tmp_path / "random_search" / "random-search-s0.json").write_text(json.dumps(record))
-    with pytest.raises(ValueError, match="random-search-s0.json: not a finished random search"):
+    with pytest.raises(ValueError, match="random-search-s0.json: not a finished successive-halving record"):
+        load_random_searches(tmp_path)
+
+
+def test_a_halving_of_the_supernets_best_meets_random_search_at_its_cost_with_the_search(tmp_path):
+    """``random_search.py --candidates_from``: the survivor of a search's best-scored genotypes against each random
+    search's (paired bootstrap), its CPU hours counted with the search's."""
+    runs = [_run(tmp_path, "searched-s0-t0", "searched", "CPU", BAD)]
+    kinds = {"searched": {"runs": 1, "bleu_mean": 30.0, "cpu_hours_total": 1.0}}
+    (tmp_path / "random_search").mkdir()
+    base = {"parameters": 2_400_000, "candidates": [{"name": f"c{i}"} for i in range(4)], "survivor": "c1",
+            "schedule": [{"candidates": 4, "budget": 500}, {"candidates": 1, "budget": 4000}], "updates_total": 6000}
+    for name, kind, hyps, extra in (
+            ("random-search-s0", "random_search", BAD, {}),
+            ("halving-search-spos-s0", "supernet_halving", GOOD,
+             {"candidates_from": {"search": "search-spos-s0", "search_cpu_seconds": 1800.0}})):
+        (tmp_path / f"{name}.txt").write_text("\n".join(hyps))
+        record = base | extra | {"run": name, "kind": kind, "cpu_seconds": 5400.0,
+                                 "test": {"bleu": 40.0 if hyps is GOOD else 30.0, "hypotheses": f"{name}.txt"}}
+        (tmp_path / "random_search" / f"{name}.json").write_text(json.dumps(record))
+    halving, plain = random_search_rows(load_random_searches(tmp_path), runs, kinds, tmp_path, REFS)
+    assert plain["kind"] == "random_search" and "against_random_search" not in plain
+    assert halving["kind"] == "supernet_halving" and halving["candidates_from"] == "search-spos-s0"
+    assert halving["cpu_hours"] == 1.5 and halving["cpu_hours_with_search"] == 2.0
+    (against,) = halving["against_random_search"].items()
+    assert against[0] == "random-search-s0" and against[1]["delta"] > 0 and against[1]["p_value"] < 0.05
+    assert halving["searched"]["searched"]["delta"] < 0  # the searched row (BAD) against this survivor (GOOD)
+    del record["candidates_from"]  # a halving that does not say whose genotypes it halved is refused
+    (tmp_path / "random_search" / "halving-search-spos-s0.json").write_text(json.dumps(record))
+    with pytest.raises(ValueError, match=r"missing \['candidates_from'\]"):
         load_random_searches(tmp_path)

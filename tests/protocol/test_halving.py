@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from safetensors.torch import load_file
@@ -60,6 +61,83 @@ def test_a_parameter_band_keeps_the_seeds_draws_of_that_size_in_order(tmp_path, 
         too_big.draws()
     with pytest.raises(SystemExit):
         module.parse_args(["--parameter_band", "2.6", "2.4"])
+
+
+def _scored_search(tmp_path, module, losses, name="search-spos-s0"):
+    """A finished search of the smoke pair whose supernet scored random genotypes with ``losses`` (in that order)."""
+    recipe = module.CONFIG.recipe_for(True)
+    genotypes = [module.random_genotype(recipe, k).to_dict() for k in range(len(losses))]
+    folder = tmp_path / "work" / "en-de-smoke" / name
+    folder.mkdir(parents=True)
+    scored = [{"genotype": g, "loss": loss} for g, loss in zip(genotypes, losses)]
+    (folder / "selection.json").write_text(json.dumps({"sampled": {"method": "sampled", "scored": scored}}))
+    (tmp_path / "results" / "en-de-smoke").mkdir(parents=True)
+    (tmp_path / "results" / "en-de-smoke" / f"{name}.json").write_text(json.dumps(
+        {"run": name, "kind": "search", "cpu_seconds": 1800.0, "wall_seconds": 2000.0}))
+    return genotypes
+
+
+def test_candidates_from_a_search_are_the_distinct_genotypes_its_supernet_scored_best(tmp_path):
+    module = load_benchmark("random_search")
+    genotypes = _scored_search(tmp_path, module, [3.9, 3.7, 3.8, 3.6, 4.0])
+    # the same genotype scored twice (two draws of the same sample) is one candidate, at its better score
+    selection = tmp_path / "work" / "en-de-smoke" / "search-spos-s0" / "selection.json"
+    data = json.loads(selection.read_text())
+    data["sampled"]["scored"].append({"genotype": genotypes[3], "loss": 3.65})
+    selection.write_text(json.dumps(data))
+    _, halving = _random_search(tmp_path, "--candidates_from", "search-spos-s0", "--candidates", "3", module=module)
+    assert halving.run == "halving-search-spos-s0"
+    top = halving.sources()
+    assert [g.to_dict() for g, _ in top] == [genotypes[3], genotypes[1], genotypes[2]]
+    assert [o["supernet_loss"] for _, o in top] == [3.6, 3.7, 3.8] and [o["supernet_rank"] for _, o in top] == [0, 2, 3]
+    assert halving.search_record()["cpu_seconds"] == 1800.0
+    _, greedy = _random_search(tmp_path, "--candidates_from", "search-spos-s0", "--candidates", "6", module=module)
+    with pytest.raises(ValueError, match="scored 5 distinct genotypes, fewer than --candidates 6"):
+        greedy.sources()
+    _, missing = _random_search(tmp_path, "--candidates_from", "search-s9", module=module)
+    with pytest.raises(FileNotFoundError, match="search-s9: no .*selection.json"):
+        missing.sources()
+    with pytest.raises(FileNotFoundError, match="search-s9: no search record"):
+        missing.search_record()
+    data["sampled"].pop("scored")  # an argmax/DARTS-PT search scored nothing to take from
+    selection.write_text(json.dumps(data))
+    with pytest.raises(ValueError, match="has no scored sampled genotypes"):
+        halving.sources()
+    for flags in (["--parameter_band", "2.2", "2.5"], ["--seed", "1"]):
+        with pytest.raises(SystemExit):
+            module.parse_args(["--candidates_from", "search-spos-s0", *flags])
+
+
+def test_a_halving_of_the_supernets_best_keeps_the_lowest_validation_loss_and_records_its_search(tmp_path, monkeypatch):
+    """The rungs and the record of ``--candidates_from``, training replaced by given validation losses."""
+    module = load_benchmark("random_search")
+    genotypes = _scored_search(tmp_path, module, [3.9, 3.7, 3.8, 3.6])
+    _, halving = _random_search(tmp_path, "--candidates_from", "search-spos-s0", "--candidates", "4",
+                                "--first_budget", "2", module=module)
+    val = {"c0": 5.0, "c1": 4.0, "c2": 4.5, "c3": 4.2}  # c0 is the supernet's best, c1 the best after training
+
+    def train(name, genotype, budget, final):
+        out = halving.work / name
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "train_summary.json").write_text(json.dumps({
+            "steps": budget, "parameters": 1000 + int(name[1:]), "genotype": json.loads(genotype.read_text()),
+            "history": [{"step": budget, "val_loss": val[name] - budget / 100}], "averaged": {"val_loss": val[name]}}))
+
+    def script(script, flags, log, stage):
+        assert stage == "evaluate" and "/c1/averaged" in flags[flags.index("--model") + 1]
+        Path(flags[flags.index("--output") + 1]).write_text(json.dumps({"bleu": 12.5, "hypotheses": ["a", "b"]}))
+
+    monkeypatch.setattr(halving, "train", train)
+    monkeypatch.setattr(halving, "script", script)
+    monkeypatch.chdir(REPO)
+    record = halving.execute()
+    assert record["kind"] == "supernet_halving" and record["survivor"] == "c1"
+    assert record["candidates_from"] == {"search": "search-spos-s0", "search_cpu_seconds": 1800.0,
+                                         "search_wall_seconds": 2000.0}
+    assert [c["genotype"] for c in record["candidates"]] == [genotypes[i] for i in (3, 1, 2, 0)]
+    assert [c["supernet_rank"] for c in record["candidates"]] == [0, 1, 2, 3] and "draw" not in record["candidates"][0]
+    saved = json.loads((tmp_path / "results" / "en-de-smoke" / "random_search" / "halving-search-spos-s0.json").read_text())
+    assert saved == record
 
 
 @pytest.mark.slow

@@ -27,6 +27,21 @@ def test_the_committed_summary_md_is_the_markdown_of_its_summary_json(pair):
     assert summary["recipe"] == CONFIG.recipe_for() and summary["recipe_short"] == recipe_short(CONFIG.recipe_for())
 
 
+def test_a_pairs_summary_names_a_halving_of_the_supernets_best_by_its_search_and_meets_each_random_search():
+    summary = json.loads((RESULTS / "en-de" / "summary.json").read_text())
+    summary["random_search"] = [{"run": "halving-search-spos-s0", "kind": "supernet_halving", "survivor": "c2",
+                                 "parameters": 2_400_000, "candidates": 4, "updates_total": 6000, "trainings": 1.5,
+                                 "cpu_hours": 1.6, "candidates_from": "search-spos-s0", "cpu_hours_with_search": 2.0,
+                                 "bleu": 34.9, "searched": {}, "against_random_search": {"random-search-s0": {
+                                     "bleu": 33.5, "cpu_hours": 2.1, "delta": 1.4, "p_value": 0.002}}}]
+    text = markdown(summary)
+    assert ("`benchmarks/random_search.py --candidates_from search-spos-s0`): its 4 best of the sampled genotypes halved "
+            "on validation loss, 6000 updates (1.50 trainings), 1.60 CPU h, 2.00 with the search; its survivor c2 "
+            "(2.40M parameters) scores 34.90.") in text
+    assert "- vs the random search `random-search-s0` (33.50, 2.10 CPU h): Δ = +1.40, p = 0.0020" in text
+    assert "Random search at the same compute" not in text
+
+
 def test_the_committed_overview_is_rebuilt_from_the_pairs_summaries(tmp_path):
     for pair in CONFIG.pairs:
         (tmp_path / pair).mkdir()
@@ -86,7 +101,16 @@ def test_overview_puts_every_pair_against_the_goal(tmp_path):
                                         "candidates": 8, "updates_total": 7000, "trainings": 1.75, "cpu_hours": 2.1,
                                         "bleu": 33.5, "searched": {"searched": {
                                             "runs": 2, "bleu_mean": 34.2, "cpu_hours_search_and_training": 2.05,
-                                            "delta": 0.7, "p_value": 0.01}}}]
+                                            "delta": 0.7, "p_value": 0.01}}},
+                                       {"run": "halving-search-spos-s0", "kind": "supernet_halving", "survivor": "c2",
+                                        "parameters": 2_400_000, "candidates": 4, "updates_total": 6000,
+                                        "trainings": 1.5, "cpu_hours": 1.6, "candidates_from": "search-spos-s0",
+                                        "cpu_hours_with_search": 2.0, "bleu": 34.9, "against_random_search": {
+                                            "random-search-s0": {"bleu": 33.5, "cpu_hours": 2.1, "delta": 1.4,
+                                                                 "p_value": 0.002}},
+                                        "searched": {"searched": {
+                                            "runs": 2, "bleu_mean": 34.2, "cpu_hours_search_and_training": 2.05,
+                                            "delta": -0.7, "p_value": 0.03}}}]
     for pair, summary in cases.items():
         (tmp_path / pair).mkdir()
         (tmp_path / pair / "summary.json").write_text(json.dumps(summary))
@@ -104,7 +128,10 @@ def test_overview_puts_every_pair_against_the_goal(tmp_path):
     assert "| en-de | searched | 34.20 ± 0.28 (2) | 31.30 (2 of 2) | 33.30 (2 of 4) | +2.90 (0.001) | +0.90 (+2.2) |" in text
     assert "+2.90 (0.001) | +0.90 (+2.2) | yes | yes | 2 of 2 |" in text and "| no | — | — |" in text
     assert "≥ standard + 2 | ≥ random + 2 SE | random runs below it |" in text
-    assert "| en-de | random-search-s0 | 8 → c5 | 1.75 | 2.10 | 33.50 | searched | 34.20 (2) | 2.05 | +0.70 (0.010) |" in text
+    assert "| en-de | random-search-s0 | 8 random → c5 | 1.75 | 2.10 | 33.50 | searched | 34.20 (2) | 2.05 | +0.70 (0.010) |" in text
+    # the halving of a search's best-scored genotypes: named by its source, its hours with the search's
+    assert ("| en-de | halving-search-spos-s0 | top 4 of `search-spos-s0` → c2 | 1.50 | 2.00 (with search) | 34.90 | "
+            "searched | 34.20 (2) | 2.05 | -0.70 (0.030) |") in text
     assert "| de-fr | searched | 33.17 ± 1.26 (3 searches, 4 runs) | 31.30 (2 of 1) | — (0 of 0) | +1.87 (0.001) |" in text
     assert "No finished run yet: en-it." in text
     assert "| en-de | supernet search-s0 | default | 9 | +0.28 | [-0.40, +0.94] |" in text and "ceiling" not in text
