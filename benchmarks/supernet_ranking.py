@@ -118,13 +118,20 @@ def heldout_batches(tokenizer: Any, data: Path, src: str, tgt: str, split: str, 
             for i in range(0, len(sources), 64)]
 
 
+def has_alpha_phase(folder: Path) -> bool:
+    """Whether the search in ``folder`` took α steps (a search whose summary predates ``alpha_steps`` did). Without
+    them (the ``spos`` variant) its α is the random initialisation: no ranking of its own, and its warm-up is its
+    final supernet."""
+    summary = folder / "search_summary.json"
+    return not (summary.is_file() and json.loads(summary.read_text(encoding="utf-8")).get("alpha_steps") == 0)
+
+
 def warmup_weights(folder: Path) -> Path | None:
     """The θ warm-up a search keeps for α-phase seeds (``warmup/checkpoint-*``): its supernet before any α step,
     which is all a search without an α phase (the ``spos`` variant) trains. None: the search kept none (it had no
     warm-up, or started its α phase from another search's), or it had no α phase."""
-    summary = folder / "search_summary.json"
-    if summary.is_file() and json.loads(summary.read_text(encoding="utf-8")).get("alpha_steps") == 0:
-        return None  # no α phase: its warm-up is its final supernet, already ranked
+    if not has_alpha_phase(folder):
+        return None  # its warm-up is its final supernet, already ranked
     found = sorted((folder / "warmup").glob("checkpoint-*/model.safetensors"))
     return found[-1] if found else None
 
@@ -291,7 +298,8 @@ def main(argv: list[str] | None = None) -> int:
     searches = distinct_supernets(work, searches)
     src, tgt = pair.split("-")
     both = {s: supernet_estimates(work / s, rows, data, src, tgt, splits["val"], args.val_sentences) for s in searches}
-    estimates, log_probs = {s: v[0] for s, v in both.items()}, {s: v[1] for s, v in both.items()}
+    estimates = {s: v[0] for s, v in both.items()}
+    log_probs = {s: v[1] for s, v in both.items() if has_alpha_phase(work / s)}
     recipes = search_recipes(results, searches)
     for s in searches:  # the same supernet before its α phase: does the α phase make it rank better?
         if (weights := warmup_weights(work / s)) is not None:
@@ -303,7 +311,7 @@ def main(argv: list[str] | None = None) -> int:
                      "val_loss": {str(k): v for k, v in r["val_loss"].items()},
                      "test_bleu": {str(k): v for k, v in r["bleu"].items()},
                      "supernet_estimates": {s: values[i] for s, values in estimates.items()},
-                     "alpha_log_prob": {s: log_probs[s][i] for s in searches}} for i, r in enumerate(rows)]
+                     "alpha_log_prob": {s: v[i] for s, v in log_probs.items()}} for i, r in enumerate(rows)]
     # In a folder of its own: the pair's folder holds run records only (``load_runs`` reads every JSON there).
     (results / "ranking").mkdir(parents=True, exist_ok=True)
     atomic_write_json(results / "ranking" / "ranking.json", {"pair": pair, "val_sentences": args.val_sentences,

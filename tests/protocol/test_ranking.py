@@ -96,12 +96,14 @@ def test_a_warm_up_checkpoint_loads_whole_or_is_refused_by_name(tmp_path):
 
 
 def test_a_search_without_an_alpha_phase_is_not_ranked_twice(tmp_path):
-    """A ``spos`` search's warm-up checkpoint holds its final supernet: only a search with α steps gets a warm-up
-    column (an older search, whose summary predates ``alpha_steps``, keeps it)."""
+    """A ``spos`` search's warm-up checkpoint holds its final supernet, and its α never moved from the random
+    initialisation: only a search with α steps gets a warm-up column and an α ranking (an older search, whose
+    summary predates ``alpha_steps``, keeps both)."""
+    assert ranking_module.has_alpha_phase(tmp_path)
     (tmp_path / "warmup" / "checkpoint-001000").mkdir(parents=True)
     (tmp_path / "warmup" / "checkpoint-001000" / "model.safetensors").write_bytes(b"w")
     assert ranking_module.warmup_weights(tmp_path) == tmp_path / "warmup" / "checkpoint-001000" / "model.safetensors"
     (tmp_path / "search_summary.json").write_text('{"alpha_steps": 300}')
     assert ranking_module.warmup_weights(tmp_path) is not None
     (tmp_path / "search_summary.json").write_text('{"alpha_steps": 0}')
-    assert ranking_module.warmup_weights(tmp_path) is None
+    assert ranking_module.warmup_weights(tmp_path) is None and not ranking_module.has_alpha_phase(tmp_path)
