@@ -53,7 +53,7 @@ from hf_revdarts.model.genotype import Genotype
 from hf_revdarts.protocol.execution import Jobs, add_seconds, joint_tokenizer, machine, run_script
 from hf_revdarts.protocol.halving import halving_schedule, schedule_updates, survivors
 from hf_revdarts.protocol.recipe import ProtocolConfig, flag_list, random_genotype
-from hf_revdarts.protocol.record import repo_path
+from hf_revdarts.protocol.record import RunRecord, find_run, repo_path
 from hf_revdarts.training.arguments import DataArguments, ModelArguments
 from hf_revdarts.training.run_config import build_config
 from hf_revdarts.training.tokenization import load_tokenizer
@@ -123,16 +123,11 @@ class RandomSearch:
                          f"{len(kept)} of {DRAWS_PER_SEED} draws have {low:,} to {high:,} parameters (the draws range "
                          f"over {min(seen):,} to {max(seen):,}); widen the band or ask for fewer --candidates")
 
-    def search_record(self) -> dict[str, Any]:
+    def search_record(self) -> RunRecord:
         """The record of the search ``--candidates_from`` names (its cost is part of this run's)."""
-        path = self.results.parent / f"{self.args.candidates_from}.json"
-        if not path.is_file():
-            raise FileNotFoundError(f"--candidates_from {self.args.candidates_from}: no search record {path} (run the "
-                                    "search with benchmarks/search_quality.py first)")
-        record = json.loads(path.read_text())
-        if record.get("kind") != "search":
-            raise ValueError(f"--candidates_from {self.args.candidates_from}: {path} is a {record.get('kind')!r} "
-                             "record, not a search's")
+        record = find_run(self.results.parent, self.args.candidates_from, "--candidates_from")
+        if record.kind != "search":
+            raise ValueError(f"--candidates_from {self.args.candidates_from}: a {record.kind!r} record, not a search's")
         return record
 
     def supernet_top(self) -> list[tuple[Genotype, dict[str, Any]]]:
@@ -253,7 +248,7 @@ class RandomSearch:
         return self.record(candidates, losses, best, json.loads(test_json.read_text()), search)
 
     def record(self, candidates: dict[str, Path], losses: dict[str, dict[int, float]], best: str,
-               test: dict[str, Any], search: dict[str, Any] | None = None) -> dict[str, Any]:
+               test: dict[str, Any], search: RunRecord | None = None) -> dict[str, Any]:
         summary = json.loads((self.work / best / "train_summary.json").read_text())
         self.results.mkdir(parents=True, exist_ok=True)
         hypotheses = self.results / f"{self.run}.test.txt"
@@ -265,8 +260,8 @@ class RandomSearch:
             "schedule": [{"candidates": r.candidates, "budget": r.budget} for r in self.rungs],
             "updates_total": schedule_updates(self.rungs),
             "parameter_band": self.band,
-            "candidates_from": {"search": search["run"], "search_cpu_seconds": search["cpu_seconds"],
-                                "search_wall_seconds": search["wall_seconds"]} if search else None,
+            "candidates_from": {"search": search.run, "search_cpu_seconds": search.cpu_seconds,
+                                "search_wall_seconds": search.wall_seconds} if search else None,
             "candidates": [{"name": n, **origin, "genotype": json.loads(p.read_text()),
                             "parameters": json.loads((self.work / n / "train_summary.json").read_text())["parameters"],
                             "val_loss": {str(b): v for b, v in losses[n].items()}}

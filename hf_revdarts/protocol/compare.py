@@ -188,7 +188,7 @@ def random_search_rows(random_searches: list[dict[str, Any]], runs: list[RunReco
                           "cpu_hours_search_and_training": round(cost, 3) if cost is not None else None,
                           "delta": sig["pooled"]["delta"], "p_value": sig["pooled"]["p_value"]}
         source = rs.get("candidates_from")
-        row = {"run": rs["run"], "kind": rs.get("kind", "random_search"), "survivor": rs["survivor"],
+        row = {"run": rs["run"], "kind": rs["kind"], "survivor": rs["survivor"],
                "parameters": rs["parameters"], "candidates": len(rs["candidates"]), "updates_total": rs["updates_total"],
                "trainings": round(rs["updates_total"] / rs["schedule"][-1]["budget"], 2),
                "cpu_hours": round(rs["cpu_seconds"] / 3600, 3), "bleu": rs["test"]["bleu"], "searched": rows}
@@ -196,7 +196,7 @@ def random_search_rows(random_searches: list[dict[str, Any]], runs: list[RunReco
             row |= {"candidates_from": source["search"],
                     "cpu_hours_with_search": round((rs["cpu_seconds"] + source["search_cpu_seconds"]) / 3600, 3)}
             row["against_random_search"] = {}
-            for other in (o for o in random_searches if o.get("kind", "random_search") == "random_search"):
+            for other in (o for o in random_searches if o["kind"] == "random_search"):
                 sig = bootstrap([(survivor, survivors[other["run"]])], root, references, ("halving", "random_search"))
                 row["against_random_search"][other["run"]] = {
                     "bleu": other["test"]["bleu"], "cpu_hours": round(other["cpu_seconds"] / 3600, 3),

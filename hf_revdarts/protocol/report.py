@@ -348,10 +348,11 @@ def random_search_lines(summaries: dict[str, dict[str, Any]]) -> list[str]:
     rows = []
     for name, summary in summaries.items():
         for rs in summary.get("random_search", []):
-            source = f"top {rs['candidates']} of `{rs['candidates_from']}`" if rs.get("candidates_from") else \
-                f"{rs['candidates']} random"
-            hours = f"{rs['cpu_hours_with_search']:.2f} (with search)" if rs.get("candidates_from") else \
-                f"{rs['cpu_hours']:.2f}"
+            if rs.get("candidates_from"):
+                source = f"top {rs['candidates']} of `{rs['candidates_from']}`"
+                hours = f"{rs['cpu_hours_with_search']:.2f} (with search)"
+            else:
+                source, hours = f"{rs['candidates']} random", f"{rs['cpu_hours']:.2f}"
             for kind, r in rs["searched"].items():
                 cost = r["cpu_hours_search_and_training"]
                 rows.append(f"| {name} | {rs['run']} | {source} → {rs['survivor']} | {rs['trainings']:.2f} | "

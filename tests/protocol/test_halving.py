@@ -90,15 +90,20 @@ def test_candidates_from_a_search_are_the_distinct_genotypes_its_supernet_scored
     top = halving.sources()
     assert [g.to_dict() for g, _ in top] == [genotypes[3], genotypes[1], genotypes[2]]
     assert [o["supernet_loss"] for _, o in top] == [3.6, 3.7, 3.8] and [o["supernet_rank"] for _, o in top] == [0, 2, 3]
-    assert halving.search_record()["cpu_seconds"] == 1800.0
+    assert halving.search_record().cpu_seconds == 1800.0
     _, greedy = _random_search(tmp_path, "--candidates_from", "search-spos-s0", "--candidates", "6", module=module)
     with pytest.raises(ValueError, match="scored 5 distinct genotypes, fewer than --candidates 6"):
         greedy.sources()
     _, missing = _random_search(tmp_path, "--candidates_from", "search-s9", module=module)
     with pytest.raises(FileNotFoundError, match="search-s9: no .*selection.json"):
         missing.sources()
-    with pytest.raises(FileNotFoundError, match="search-s9: no search record"):
+    with pytest.raises(FileNotFoundError, match="--candidates_from search-s9: no search-s9.json"):
         missing.search_record()
+    (tmp_path / "results" / "en-de-smoke" / "searched-s0-t0.json").write_text(json.dumps(
+        {"run": "searched-s0-t0", "kind": "searched"}))
+    _, trained = _random_search(tmp_path, "--candidates_from", "searched-s0-t0", module=module)
+    with pytest.raises(ValueError, match="searched-s0-t0: a 'searched' record, not a search's"):
+        trained.search_record()
     data["sampled"].pop("scored")  # an argmax/DARTS-PT search scored nothing to take from
     selection.write_text(json.dumps(data))
     with pytest.raises(ValueError, match="has no scored sampled genotypes"):
